@@ -1,0 +1,4 @@
+from eenet_cli.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Pure numpy core: no file I/O, no printing, no torch."""

@@ -1,0 +1,237 @@
+"""Turning per-exit scores into thresholds that meet a budget on validation data.
+
+A policy scores every sample at every exit (``scores``, ``[N, K]``, higher means "stop
+here") and stops a sample at the first exit ``k`` whose score is ``>= t_k``. A threshold
+of ``None`` means the exit never stops a sample on its own; the last exit stops every
+sample that reaches it, whatever its threshold.
+
+Thresholds come from *quotas*: at exit ``k`` the ``m_k`` highest-scoring samples that are
+still running stop there, and ``t_k`` is the lowest score among them. When the quota
+boundary falls inside a group of tied scores the whole tied group keeps running, so no
+exit ever takes more samples than planned, and applying the thresholds to the same data
+reproduces the assignment exactly.
+
+>>> import numpy as np
+>>> s = np.array([[0.9, 0.0], [0.2, 0.0], [0.7, 0.0], [0.1, 0.0]])
+>>> quota_thresholds(s, [2, 2])
+[0.7, None]
+>>> apply_thresholds(s, [0.7, None]).tolist()
+[0, 1, 0, 1]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def apply_thresholds(scores: np.ndarray, thresholds: Sequence[float | None]) -> np.ndarray:
+    """0-based exit taken by each sample: the first k with ``score >= t_k``; else the last."""
+    n, k = scores.shape
+    exits = np.full(n, k - 1, dtype=np.int64)
+    running = np.ones(n, dtype=bool)
+    for j in range(k - 1):
+        t = thresholds[j]
+        if t is None:
+            continue
+        stop = running & (scores[:, j] >= t)
+        exits[stop] = j
+        running &= ~stop
+    return exits
+
+
+class Ranking:
+    """Scores with each exit's descending order computed once, for repeated quota fits."""
+
+    def __init__(self, scores: np.ndarray):
+        self.scores = np.ascontiguousarray(scores, dtype=np.float64)
+        # stable sort on the negated score: ties keep index order (deterministic)
+        self.order = np.argsort(-self.scores, axis=0, kind="stable")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.scores.shape  # type: ignore[return-value]
+
+    def thresholds(self, quotas: Sequence[int]) -> list[float | None]:
+        """Sequential quota assignment (see module docstring); ties never overfill."""
+        n, k = self.scores.shape
+        running = np.ones(n, dtype=bool)
+        out: list[float | None] = []
+        for j in range(k - 1):
+            m = int(quotas[j])
+            order = self.order[:, j]
+            cand = order[running[order]]  # running samples, best first
+            if m <= 0 or cand.size == 0:
+                out.append(None)
+                continue
+            vals = self.scores[cand, j]
+            if m >= cand.size:
+                t = float(vals[-1])
+                take = cand.size
+            else:
+                boundary = vals[m - 1]
+                if vals[m] < boundary:
+                    take = m
+                else:  # tie across the boundary: the tied group keeps running
+                    take = int(np.searchsorted(-vals, -boundary, side="left"))
+                if take == 0:
+                    out.append(None)
+                    continue
+                t = float(vals[take - 1])
+            running[cand[:take]] = False
+            out.append(t)
+        out.append(None)
+        return out
+
+
+def realised_cost(exits: np.ndarray, costs: np.ndarray) -> float:
+    """Average per-sample cost, summed in float64."""
+    return float(np.asarray(costs, dtype=np.float64)[exits].mean(dtype=np.float64))
+
+
+def quota_thresholds(scores: np.ndarray, quotas: Sequence[int]) -> list[float | None]:
+    """Thresholds from per-exit quotas; see :class:`Ranking`."""
+    return Ranking(scores).thresholds(quotas)
+
+
+def quotas_from_distribution(p: np.ndarray, n: int, rounding: str = "floor") -> np.ndarray:
+    """Sample counts per exit from a distribution; the last exit takes the remainder."""
+    p = np.asarray(p, dtype=np.float64)
+    p = p / p.sum()
+    raw = n * p[:-1]
+    q = np.floor(raw + 1e-9) if rounding == "floor" else np.floor(raw + 0.5)
+    q = q.astype(np.int64)
+    # never plan more than n in total
+    q = np.minimum(q, n - np.concatenate([[0], np.cumsum(q)[:-1]]))
+    q = np.maximum(q, 0)
+    return np.append(q, n - q.sum())
+
+
+def geometric(q: float, k: int) -> np.ndarray:
+    """MSDNet's exit distribution: p_k proportional to q^(k-1); ``q=inf`` puts all at the end."""
+    if np.isinf(q):
+        p = np.zeros(k)
+        p[-1] = 1.0
+        return p
+    if q <= 0:
+        p = np.zeros(k)
+        p[0] = 1.0
+        return p
+    logw = np.arange(k) * np.log(q)
+    w = np.exp(logw - logw.max())
+    return w / w.sum()
+
+
+@dataclass
+class QuotaFit:
+    """Thresholds found on validation, with what they realise there."""
+
+    thresholds: list[float | None]
+    distribution: np.ndarray  # planned share per exit
+    exits: np.ndarray  # realised exit per validation sample
+    avg_cost: float
+    info: dict
+
+
+def _fit(ranking: Ranking, costs: np.ndarray, p: np.ndarray, rounding: str) -> QuotaFit:
+    n = ranking.shape[0]
+    quotas = quotas_from_distribution(p, n, rounding)
+    thr = ranking.thresholds(quotas)
+    exits = apply_thresholds(ranking.scores, thr)
+    return QuotaFit(thr, quotas / n, exits, realised_cost(exits, costs), {})
+
+
+def fit_geometric(ranking: Ranking, costs: np.ndarray, budget: float, iters: int = 64) -> QuotaFit:
+    """Thresholds for the geometric exit distribution whose realised cost is the largest
+    that does not exceed ``budget`` (MSDNet's dynamic evaluation, with the bisection done on
+    the realised validation cost so rounding and ties cannot overrun the budget)."""
+    k = ranking.shape[1]
+    costs = np.asarray(costs, dtype=np.float64)
+    top = _fit(ranking, costs, geometric(np.inf, k), "floor")
+    if top.avg_cost <= budget:
+        top.info = {"q": None}
+        return top
+    best = _fit(ranking, costs, geometric(0.0, k), "floor")
+    best.info = {"q": 0.0}
+    lo, hi = -30.0, 30.0  # bisection on log q
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        cand = _fit(ranking, costs, geometric(float(np.exp(mid)), k), "floor")
+        if cand.avg_cost <= budget:
+            lo = mid
+            if cand.avg_cost >= best.avg_cost:
+                cand.info = {"q": float(np.exp(mid))}
+                best = cand
+        else:
+            hi = mid
+    return best
+
+
+def fit_distribution(
+    ranking: Ranking, costs: np.ndarray, budget: float, p: np.ndarray, rounding: str = "round", iters: int = 50
+) -> QuotaFit:
+    """Algorithm 1's quotas from a planned distribution ``p``; if the realised validation
+    cost overshoots the budget, shift mass towards exit 1 (``p' = (1-s) p + s e_1``) with the
+    smallest shift ``s`` that fits, found by bisection, and record it in ``info``."""
+    costs = np.asarray(costs, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    fit = _fit(ranking, costs, p, rounding)
+    if fit.avg_cost <= budget:
+        fit.info = {"shift_to_first_exit": 0.0}
+        return fit
+    first = np.zeros_like(p)
+    first[0] = 1.0
+    lo, hi = 0.0, 1.0
+    best = _fit(ranking, costs, first, rounding)
+    best.info = {"shift_to_first_exit": 1.0}
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        cand = _fit(ranking, costs, (1 - mid) * p + mid * first, rounding)
+        if cand.avg_cost <= budget:
+            hi = mid
+            cand.info = {"shift_to_first_exit": mid}
+            best = cand
+        else:
+            lo = mid
+    return best
+
+
+def search_thresholds(
+    ranking: Ranking,
+    costs: np.ndarray,
+    budget: float,
+    correct: np.ndarray,
+    start: Sequence[float | None],
+    *,
+    grid: int = 64,
+    rounds: int = 4,
+    objective: Callable[[np.ndarray], float] | None = None,
+) -> list[float | None]:
+    """Coordinate ascent on validation accuracy over per-exit score quantiles, subject to
+    realised cost <= budget, started from ``start`` (which must already fit the budget)."""
+    n, k = ranking.shape
+    costs = np.asarray(costs, dtype=np.float64)
+    rows = np.arange(n)
+
+    def score(thr: Sequence[float | None]) -> tuple[float, float]:
+        ex = apply_thresholds(ranking.scores, thr)
+        return float(correct[rows, ex].mean()), realised_cost(ex, costs)
+
+    best = list(start)
+    best_acc, best_cost = score(best)
+    qs = np.linspace(0.0, 1.0, grid + 1)
+    for _ in range(rounds):
+        improved = False
+        for j in range(k - 1):
+            cands = np.unique(np.quantile(ranking.scores[:, j], qs))
+            for t in list(cands) + [None]:
+                trial = list(best)
+                trial[j] = None if t is None else float(t)
+                acc, cost = score(trial)
+                if cost <= budget and (acc > best_acc + 1e-12 or (acc >= best_acc - 1e-12 and cost < best_cost - 1e-12)):
+                    best, best_acc, best_cost, improved = trial, acc, cost, True
+        if not improved:
+            break
+    return best

@@ -1,0 +1,48 @@
+"""The one exception family of eenet.
+
+Library code raises these; the command line turns them into one line on stderr and an
+exit code (SPEC §4): 2 for bad usage or bad input, 1 for a failed check or failed work.
+"""
+
+from __future__ import annotations
+
+
+class EenetError(Exception):
+    """Base class: something the user can fix. ``exit_code`` is what the CLI returns."""
+
+    exit_code = 2
+
+
+class InputError(EenetError):
+    """A file, field or option is not what was expected (exit 2)."""
+
+    def __init__(self, message: str, *, source: str | None = None, field: str | None = None):
+        self.source = source
+        self.field = field
+        parts = []
+        if source:
+            parts.append(str(source))
+        if field:
+            parts.append(field)
+        prefix = ": ".join(parts)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+class VersionError(InputError):
+    """An artifact of a newer major version than this release understands."""
+
+
+class BudgetError(InputError):
+    """A budget that cannot be met or parsed, or whose unit does not match the costs."""
+
+
+class CheckFailed(EenetError):
+    """A regression check failed (exit 1)."""
+
+    exit_code = 1
+
+
+class WorkFailed(EenetError):
+    """The work itself failed, not the input (exit 1)."""
+
+    exit_code = 1
