@@ -1,0 +1,748 @@
+"""Reading and writing eenet's artifacts (SPEC §2): the only module that touches files.
+
+Every write is atomic: the bytes go to a hidden temporary file in the destination folder,
+which is renamed over the final name only once complete, so an interrupted command never
+leaves a half-written file and never damages an existing one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eenet_cli._version import __version__
+from eenet_cli.errors import InputError, VersionError
+
+CREATED_BY = f"eenet {__version__}"
+MAX_METADATA_BYTES = 16 * 1024 * 1024  # one metadata value; larger is refused
+MAX_JSON_BYTES = 256 * 1024 * 1024
+
+SUPPORTED_VERSIONS = {"predictions": 1, "costs": 1, "policy": 1, "results": 1}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def display(path: str | os.PathLike | None) -> str:
+    return "<stdin>" if path in (None, "-") else str(path)
+
+
+def check_version(doc_format: str, version: Any, source: str) -> None:
+    """Refuse a newer major version with one line saying what this release understands."""
+    known = SUPPORTED_VERSIONS[doc_format]
+    if isinstance(version, bool) or not isinstance(version, (int, float, str)):
+        raise InputError(f"expected a version number, got {version!r}", source=source, field="version")
+    try:
+        major = int(str(version).split(".")[0])
+    except ValueError:
+        raise InputError(f"expected a version number, got {version!r}", source=source, field="version") from None
+    if major > known:
+        raise VersionError(
+            f"{doc_format} format version {version} is newer than this eenet understands "
+            f"(version {known}); upgrade eenet to read it",
+            source=source,
+            field="version",
+        )
+    if major < 1:
+        raise InputError(f"unknown {doc_format} format version {version!r}", source=source, field="version")
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+def loads_strict(text: str | bytes, source: str) -> Any:
+    """Parse JSON refusing NaN/Infinity literals and duplicate keys."""
+
+    def no_dupes(pairs: list[tuple[str, Any]]) -> dict:
+        out: dict = {}
+        for k, v in pairs:
+            if k in out:
+                raise ValueError(f"duplicate key {k!r}")
+            out[k] = v
+        return out
+
+    try:
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=no_dupes)
+    except (ValueError, UnicodeDecodeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"not valid JSON ({msg})", source=source) from None
+
+
+def read_bytes(path: str | os.PathLike, *, limit: int = MAX_JSON_BYTES) -> bytes:
+    """Read a whole input file (``-`` is stdin) with clear errors for the usual mistakes."""
+    if str(path) == "-":
+        data = sys.stdin.buffer.read(limit + 1)
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise InputError("no such file", source=str(path))
+        if p.is_dir():
+            raise InputError("is a directory, expected a file", source=str(path))
+        try:
+            with open(p, "rb") as fh:
+                data = fh.read(limit + 1)
+        except PermissionError:
+            raise InputError("permission denied", source=str(path)) from None
+        except OSError as e:
+            raise InputError(f"cannot read ({e.strerror})", source=str(path)) from None
+    if len(data) > limit:
+        raise InputError(f"larger than the {limit // (1024 * 1024)} MiB limit", source=display(path))
+    return data
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return loads_strict(read_bytes(path), display(path))
+
+
+def dumps(obj: Any) -> str:
+    """Deterministic JSON text (insertion order kept, finite floats only, newline at end)."""
+    return json.dumps(obj, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def check_output_path(path: str | os.PathLike | None) -> None:
+    """Fail before any work if the output cannot be written where asked."""
+    if path is None or str(path) == "-":
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise InputError("is a directory, expected a file name for the output", source=str(path))
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.exists():
+        raise InputError(f"output folder {parent} does not exist", source=str(path))
+    if not parent.is_dir():
+        raise InputError(f"{parent} is not a folder", source=str(path))
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"output folder {parent} is not writable", source=str(path))
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only on success."""
+    final = Path(path)
+    check_output_path(final)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent if str(final.parent) else ".")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_text(path: str | os.PathLike | None, text: str) -> None:
+    """Write text atomically; ``-`` or ``None`` writes to stdout."""
+    if path is None or str(path) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike | None, obj: Any) -> None:
+    write_text(path, dumps(obj))
+
+
+def sha256_paths(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- costs
+
+TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+WORK_UNITS = {"flops": 1.0, "kflops": 1e3, "mflops": 1e6, "gflops": 1e9, "tflops": 1e12}
+_CANONICAL = {"us": "us", "µs": "us", "ms": "ms", "s": "s", "flops": "flops", "kflops": "KFLOPs", "mflops": "MFLOPs", "gflops": "GFLOPs", "tflops": "TFLOPs"}
+
+
+def normalise_unit(unit: str, source: str = "unit") -> str:
+    key = unit.strip().lower()
+    if key in ("µs", "μs"):
+        key = "us"
+    if key in ("flop",):
+        key = "flops"
+    if key not in TIME_UNITS and key not in WORK_UNITS:
+        raise InputError(
+            f"unknown unit {unit!r}; expected one of us, ms, s, FLOPs, MFLOPs, GFLOPs", source=source, field="unit"
+        )
+    return _CANONICAL[key]
+
+
+def unit_scale(unit: str) -> tuple[str, float]:
+    """(dimension, factor to SI) for a canonical unit."""
+    key = unit.lower()
+    if key in TIME_UNITS:
+        return "time", TIME_UNITS[key]
+    return "work", WORK_UNITS[key]
+
+
+def convert(value: float, from_unit: str, to_unit: str, source: str = "budget") -> float:
+    d1, f1 = unit_scale(from_unit)
+    d2, f2 = unit_scale(to_unit)
+    if d1 != d2:
+        what = {"time": "a time", "work": "a FLOP count"}
+        raise InputError(
+            f"{value:g}{from_unit} is {what[d1]} but the costs are {what[d2]} in {to_unit}; "
+            f"give the budget in {to_unit} (or as a percentage)",
+            source=source,
+        )
+    return value * f1 / f2
+
+
+@dataclass
+class Costs:
+    """Cumulative per-exit costs (SPEC §2.2)."""
+
+    values: np.ndarray  # [K] float64, positive, strictly increasing
+    unit: str
+    source: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_exits(self) -> int:
+        return int(self.values.size)
+
+    def to_json(self) -> dict:
+        out = {"format": "costs", "version": 1, "unit": self.unit, "costs": [float(v) for v in self.values]}
+        for k, v in self.extra.items():
+            if k not in out:
+                out[k] = v
+        return out
+
+    def brief(self) -> dict:
+        return {"unit": self.unit, "costs": [float(v) for v in self.values]}
+
+
+def validate_costs(values: Any, unit: Any, source: str, field_name: str = "costs") -> Costs:
+    if not isinstance(unit, str):
+        raise InputError(f"expected a unit string, got {unit!r}", source=source, field="unit")
+    unit = normalise_unit(unit, source)
+    if not isinstance(values, list) or not values:
+        raise InputError("expected a non-empty list of numbers", source=source, field=field_name)
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        raise InputError(f"expected numbers, got {values!r}", source=source, field=field_name)
+    arr = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise InputError("costs must be finite", source=source, field=field_name)
+    if np.any(arr <= 0):
+        raise InputError(f"costs must be positive, got {arr.tolist()}", source=source, field=field_name)
+    if np.any(np.diff(arr) <= 0):
+        raise InputError(
+            f"costs must be strictly increasing (cumulative cost to each exit), got {arr.tolist()}",
+            source=source,
+            field=field_name,
+        )
+    return Costs(arr, unit, source)
+
+
+def parse_costs_json(obj: Any, source: str) -> Costs:
+    if not isinstance(obj, dict):
+        raise InputError("expected a JSON object with format, version, unit and costs", source=source)
+    fmt = obj.get("format")
+    if fmt is not None and fmt != "costs":
+        raise InputError(f"expected format 'costs', got {fmt!r}", source=source, field="format")
+    if "version" in obj:
+        check_version("costs", obj["version"], source)
+    for key in ("unit", "costs"):
+        if key not in obj:
+            raise InputError(f"missing field {key!r}", source=source, field=key)
+    costs = validate_costs(obj["costs"], obj["unit"], source)
+    costs.extra = {k: v for k, v in obj.items() if k not in ("format", "version", "unit", "costs")}
+    return costs
+
+
+def parse_inline_costs(text: str) -> Costs:
+    """``1.2,2.5,3.7ms`` (one unit at the end, or on every number)."""
+    import re
+
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    src = f"--costs {text}"
+    if not parts:
+        raise InputError("expected numbers like 1.2,2.5,3.7ms", source=src)
+    vals: list[float] = []
+    units: set[str] = set()
+    for p in parts:
+        m = re.fullmatch(r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-zµμ]*)", p)
+        if not m:
+            raise InputError(f"cannot read {p!r} as a cost", source=src)
+        vals.append(float(m.group(1)))
+        if m.group(2):
+            units.add(normalise_unit(m.group(2), src))
+    if len(units) > 1:
+        raise InputError(f"mixed units {sorted(units)}", source=src)
+    unit = units.pop() if units else "ms"
+    return validate_costs(vals, unit, src)
+
+
+def load_costs(spec: str | None, predictions_meta: dict | None = None, predictions_source: str = "") -> Costs | None:
+    """Costs by SPEC precedence: ``--costs FILE``, ``--costs 1,2,3ms``, the predictions' metadata."""
+    if spec:
+        path = Path(spec)
+        if spec == "-" or path.suffix.lower() == ".json" or path.exists():
+            return parse_costs_json(read_json(spec), display(spec))
+        if any(ch.isdigit() for ch in spec) and "," in spec or spec.replace(".", "", 1).rstrip("smuµμ").isdigit():
+            return parse_inline_costs(spec)
+        raise InputError("no such file (and not an inline list like 1.2,2.5,3.7ms)", source=spec, field="--costs")
+    if predictions_meta and predictions_meta.get("costs") is not None:
+        src = f"{predictions_source} (metadata eenet.costs)"
+        return parse_costs_json(predictions_meta["costs"], src)
+    return None
+
+
+# --------------------------------------------------------------------------- predictions
+
+EXIT_PREFIX = "exit_"
+
+
+@dataclass
+class Predictions:
+    """Per-exit scores of N samples, as read from a predictions file (SPEC §2.1)."""
+
+    scores: np.ndarray  # [N, K, C] float32
+    labels: np.ndarray | None  # [N] int64
+    split: np.ndarray | None  # [N] object (str)
+    sample_id: np.ndarray | None
+    meta: dict
+    source: str
+    files: list[Path] = field(default_factory=list)
+    _sha: str | None = None
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.scores.shape[0])
+
+    @property
+    def num_exits(self) -> int:
+        return int(self.scores.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.scores.shape[2])
+
+    @property
+    def score_kind(self) -> str:
+        return self.meta.get("scores", "logits")
+
+    @property
+    def sha256(self) -> str:
+        if self._sha is None:
+            self._sha = sha256_paths(self.files) if self.files else ""
+        return self._sha
+
+    def rows(self, mask: np.ndarray) -> "Predictions":
+        return Predictions(
+            scores=self.scores[mask],
+            labels=None if self.labels is None else self.labels[mask],
+            split=None if self.split is None else self.split[mask],
+            sample_id=None if self.sample_id is None else self.sample_id[mask],
+            meta=self.meta,
+            source=self.source,
+            files=self.files,
+            _sha=self._sha,
+        )
+
+    def features(self):
+        from eenet_cli.core.measures import exit_features
+
+        return exit_features(self.scores, self.score_kind, self.labels)
+
+
+def _decode_meta(raw: dict[bytes, bytes] | None, source: str) -> dict:
+    out: dict[str, Any] = {}
+    for k, v in (raw or {}).items():
+        key = k.decode("utf-8", "replace")
+        if not key.startswith("eenet."):
+            continue
+        if len(v) > MAX_METADATA_BYTES:
+            raise InputError(f"metadata value larger than {MAX_METADATA_BYTES // (1024 * 1024)} MiB", source=source, field=key)
+        out[key[len("eenet.") :]] = loads_strict(v, f"{source}: metadata {key}")
+    return out
+
+
+def _open_parquet(path: Path, source: str):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except PermissionError:
+        raise InputError("permission denied", source=source) from None
+    except (pa.ArrowException, OSError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"not a readable Parquet file ({msg})", source=source) from None
+
+
+def _part_files(path: Path, source: str) -> list[Path]:
+    if path.is_dir():
+        parts = sorted(p for p in path.iterdir() if p.suffix == ".parquet" and not p.name.startswith("."))
+        if not parts:
+            raise InputError("folder holds no .parquet part files", source=source)
+        return parts
+    if not path.exists():
+        raise InputError("no such file or folder", source=source)
+    return [path]
+
+
+def _check_schema(schema, source: str) -> tuple[list[str], int, bool]:
+    import pyarrow as pa
+
+    names = schema.names
+    exit_cols = [n for n in names if n.startswith(EXIT_PREFIX)]
+    if not exit_cols:
+        raise InputError("no exit columns (expected exit_0 ... exit_{K-1})", source=source, field="exit_0")
+    k = len(exit_cols)
+    expected = [f"{EXIT_PREFIX}{j}" for j in range(k)]
+    if sorted(exit_cols, key=lambda s: (len(s), s)) != expected:
+        raise InputError(f"exit columns must be exit_0 ... exit_{k - 1} with no gaps, got {exit_cols}", source=source, field="exit columns")
+    num_classes = None
+    fp16 = False
+    for name in expected:
+        t = schema.field(name).type
+        if not pa.types.is_fixed_size_list(t):
+            raise InputError(f"expected fixed_size_list<float32>[C], got {t}", source=source, field=name)
+        vt = t.value_type
+        if not (pa.types.is_float32(vt) or pa.types.is_float16(vt) or pa.types.is_float64(vt)):
+            raise InputError(f"expected float32 (or float16) scores, got {vt}", source=source, field=name)
+        fp16 |= pa.types.is_float16(vt)
+        if num_classes is None:
+            num_classes = t.list_size
+        elif t.list_size != num_classes:
+            raise InputError(
+                f"has {t.list_size} classes but exit_0 has {num_classes}; every exit must score the same classes",
+                source=source,
+                field=name,
+            )
+    if "label" in names and not pa.types.is_integer(schema.field("label").type):
+        raise InputError(f"expected int64 labels, got {schema.field('label').type}", source=source, field="label")
+    if "split" in names and not (pa.types.is_string(schema.field("split").type) or pa.types.is_large_string(schema.field("split").type) or pa.types.is_dictionary(schema.field("split").type)):
+        raise InputError(f"expected strings, got {schema.field('split').type}", source=source, field="split")
+    return expected, int(num_classes), fp16
+
+
+def read_predictions(path: str | os.PathLike, *, validate: bool = True) -> Predictions:
+    """Read a predictions file or folder of part files into ``[N, K, C]`` float32.
+
+    Exit columns are copied row group by row group straight from Arrow buffers into one
+    preallocated array: no per-row Python objects and no second full-size copy.
+    """
+    import pyarrow as pa
+
+    source = display(path)
+    if str(path) == "-":
+        buf = sys.stdin.buffer.read()
+        tmpdir = tempfile.mkdtemp(prefix="eenet-stdin-")
+        p = Path(tmpdir) / "stdin.parquet"
+        p.write_bytes(buf)
+        files = [p]
+    else:
+        files = _part_files(Path(path), source)
+    pfs = [(f, _open_parquet(f, source if len(files) == 1 else str(f))) for f in files]
+    first_schema = pfs[0][1].schema_arrow
+    meta = _decode_meta(first_schema.metadata, source)
+    fmt = meta.get("format", "predictions")
+    if fmt != "predictions":
+        raise InputError(f"expected eenet.format 'predictions', got {fmt!r}", source=source, field="eenet.format")
+    if "version" in meta:
+        check_version("predictions", meta["version"], f"{source}: metadata eenet.version")
+    cols, num_classes, _ = _check_schema(first_schema, source)
+    for f, pf in pfs[1:]:
+        if not pf.schema_arrow.remove_metadata().equals(first_schema.remove_metadata()):
+            raise InputError(f"part file schema differs from {files[0].name}", source=str(f))
+    k = len(cols)
+    if "num_exits" in meta and meta["num_exits"] != k:
+        raise InputError(f"says {meta['num_exits']} exits but the file has {k} exit columns", source=source, field="eenet.num_exits")
+    if "num_classes" in meta and meta["num_classes"] != num_classes:
+        raise InputError(f"says {meta['num_classes']} classes but exit columns hold {num_classes}", source=source, field="eenet.num_classes")
+    scores_kind = meta.get("scores", "logits")
+    if scores_kind not in ("logits", "probs"):
+        raise InputError(f"expected 'logits' or 'probs', got {scores_kind!r}", source=source, field="eenet.scores")
+    names = first_schema.names
+    n = sum(pf.metadata.num_rows for _, pf in pfs)
+    if n == 0:
+        raise InputError("has no rows", source=source)
+    if num_classes < 2:
+        raise InputError(f"needs at least 2 classes, got {num_classes}", source=source, field="exit_0")
+    scores = np.empty((n, k, num_classes), dtype=np.float32)
+    labels = np.empty(n, dtype=np.int64) if "label" in names else None
+    split_parts: list[np.ndarray] = []
+    id_parts: list[np.ndarray] = []
+    want = cols + [c for c in ("label", "split", "sample_id") if c in names]
+    row = 0
+    for f, pf in pfs:
+        src = source if len(files) == 1 else str(f)
+        for g in range(pf.num_row_groups):
+            try:
+                tbl = pf.read_row_group(g, columns=want)
+            except (pa.ArrowException, OSError) as e:
+                raise InputError(f"cannot read row group {g} ({str(e).splitlines()[0]})", source=src) from None
+            m = tbl.num_rows
+            for j, name in enumerate(cols):
+                col = tbl.column(name)
+                if col.null_count:
+                    raise InputError(f"{col.null_count} rows have no scores (null)", source=src, field=name)
+                at = row
+                for chunk in col.chunks:
+                    cm = len(chunk)
+                    flat = chunk.flatten().to_numpy(zero_copy_only=False)
+                    if flat.size != cm * num_classes:
+                        raise InputError("scores contain nulls", source=src, field=name)
+                    scores[at : at + cm, j, :] = flat.reshape(cm, num_classes)
+                    at += cm
+            if labels is not None:
+                lab = tbl.column("label")
+                if lab.null_count:
+                    raise InputError(f"{lab.null_count} rows have no label", source=src, field="label")
+                labels[row : row + m] = lab.to_numpy()
+            if "split" in names:
+                sp = tbl.column("split")
+                if sp.null_count:
+                    raise InputError(f"{sp.null_count} rows have no split", source=src, field="split")
+                split_parts.append(np.asarray(sp.to_numpy(zero_copy_only=False), dtype=object))
+            if "sample_id" in names:
+                id_parts.append(tbl.column("sample_id").to_numpy(zero_copy_only=False))
+            row += m
+    preds = Predictions(
+        scores=scores,
+        labels=labels,
+        split=np.concatenate(split_parts) if split_parts else None,
+        sample_id=np.concatenate(id_parts) if id_parts else None,
+        meta=meta,
+        source=source,
+        files=files,
+    )
+    if validate:
+        validate_predictions(preds)
+    return preds
+
+
+def validate_predictions(p: Predictions) -> None:
+    src = p.source
+    finite = np.isfinite(p.scores)
+    if not finite.all():
+        bad = np.argwhere(~finite)[0]
+        count = int((~finite).sum())
+        raise InputError(
+            f"{count} non-finite score(s) (NaN or infinite), first at row {bad[0]}, class {bad[2]}",
+            source=src,
+            field=f"exit_{bad[1]}",
+        )
+    if p.score_kind == "probs":
+        if (p.scores < 0).any():
+            raise InputError("eenet.scores is 'probs' but some scores are negative", source=src, field="eenet.scores")
+        sums = p.scores.sum(axis=-1, dtype=np.float64)
+        off = np.abs(sums - 1.0) > 1e-3
+        if off.any():
+            r, e = np.argwhere(off)[0]
+            raise InputError(
+                f"eenet.scores is 'probs' but row {r} sums to {sums[r, e]:.4g}, not 1 (store logits, or softmaxed scores)",
+                source=src,
+                field=f"exit_{e}",
+            )
+    if p.labels is not None:
+        c = p.num_classes
+        bad = (p.labels < 0) | (p.labels >= c)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError(f"label {p.labels[i]} at row {i} is outside [0, {c})", source=src, field="label")
+    if p.sample_id is not None:
+        import pandas as pd
+
+        keys = pd.DataFrame({"split": p.split if p.split is not None else np.zeros(p.num_samples), "id": p.sample_id})
+        dup = keys.duplicated()
+        if dup.any():
+            i = int(np.argmax(dup.to_numpy()))
+            raise InputError(f"sample_id {p.sample_id[i]!r} appears more than once within a split", source=src, field="sample_id")
+
+
+def predictions_schema(num_exits: int, num_classes: int, *, fp16: bool = False, sample_id_type=None, with_split: bool = True, with_label: bool = True):
+    import pyarrow as pa
+
+    vt = pa.float16() if fp16 else pa.float32()
+    fields = [pa.field(f"{EXIT_PREFIX}{j}", pa.list_(vt, num_classes), nullable=False) for j in range(num_exits)]
+    if with_label:
+        fields.append(pa.field("label", pa.int64()))
+    if with_split:
+        fields.append(pa.field("split", pa.string()))
+    if sample_id_type is not None:
+        fields.append(pa.field("sample_id", sample_id_type))
+    return pa.schema(fields)
+
+
+def predictions_metadata(num_exits: int, num_classes: int, *, scores: str = "logits", costs: dict | None = None, model: str | None = None, class_names: list | None = None) -> dict[bytes, bytes]:
+    meta: dict[str, Any] = {
+        "format": "predictions",
+        "version": 1,
+        "num_exits": num_exits,
+        "num_classes": num_classes,
+        "scores": scores,
+        "created_by": CREATED_BY,
+    }
+    if costs is not None:
+        meta["costs"] = costs
+    if model is not None:
+        meta["model"] = model
+    if class_names is not None:
+        meta["class_names"] = class_names
+    return {f"eenet.{k}".encode(): json.dumps(v, allow_nan=False).encode() for k, v in meta.items()}
+
+
+def _exit_arrays(scores: np.ndarray, fp16: bool):
+    import pyarrow as pa
+
+    n, k, c = scores.shape
+    dtype = np.float16 if fp16 else np.float32
+    arrs = []
+    for j in range(k):
+        flat = np.ascontiguousarray(scores[:, j, :], dtype=dtype).reshape(-1)
+        arrs.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), c))
+    return arrs
+
+
+class PredictionsWriter:
+    """Stream predictions into one Parquet file, a row group per ``write`` call.
+
+    The file appears under its final name only when ``close()`` succeeds (use it as a
+    context manager). ``append_from`` copies the rows of an existing file first, which is
+    how ``dump --append`` adds a split without rewriting anything in place.
+
+    >>> import numpy as np, tempfile, os
+    >>> d = tempfile.mkdtemp(); path = os.path.join(d, "p.parquet")
+    >>> with PredictionsWriter(path, num_exits=2, num_classes=3) as w:
+    ...     w.write(np.zeros((4, 2, 3), np.float32), labels=np.arange(4) % 3, split="val")
+    >>> read_predictions(path).scores.shape
+    (4, 2, 3)
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        num_exits: int,
+        num_classes: int,
+        scores: str = "logits",
+        fp16: bool = False,
+        costs: dict | None = None,
+        model: str | None = None,
+        class_names: list | None = None,
+        sample_id_type=None,
+        with_split: bool = True,
+    ):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.path = Path(path)
+        self.num_exits, self.num_classes, self.fp16 = num_exits, num_classes, fp16
+        self.schema = predictions_schema(
+            num_exits, num_classes, fp16=fp16, sample_id_type=sample_id_type or pa.int64(), with_split=with_split
+        ).with_metadata(predictions_metadata(num_exits, num_classes, scores=scores, costs=costs, model=model, class_names=class_names))
+        self._ctx = atomic_path(self.path)
+        self._tmp = self._ctx.__enter__()
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
+        self.rows = 0
+
+    def write(self, scores: np.ndarray, labels: np.ndarray, split: str | np.ndarray | None = None, sample_id: np.ndarray | None = None) -> None:
+        import pyarrow as pa
+
+        scores = np.asarray(scores)
+        n = scores.shape[0]
+        if scores.shape[1:] != (self.num_exits, self.num_classes):
+            raise ValueError(f"expected scores [n, {self.num_exits}, {self.num_classes}], got {list(scores.shape)}")
+        cols = _exit_arrays(scores, self.fp16)
+        cols.append(pa.array(np.asarray(labels, dtype=np.int64)))
+        names = [f.name for f in self.schema]
+        if "split" in names:
+            sp = np.full(n, split, dtype=object) if isinstance(split, str) or split is None else np.asarray(split, dtype=object)
+            cols.append(pa.array(sp, type=pa.string()))
+        if "sample_id" in names:
+            ids = np.arange(self.rows, self.rows + n) if sample_id is None else sample_id
+            cols.append(pa.array(ids, type=self.schema.field("sample_id").type))
+        self._writer.write_table(pa.Table.from_arrays(cols, schema=self.schema))
+        self.rows += n
+
+    def append_from(self, path: str | os.PathLike) -> None:
+        """Copy every row of an existing predictions file (same K and C) into this one."""
+        import pyarrow.parquet as pq
+
+        old = read_predictions(path)
+        if (old.num_exits, old.num_classes) != (self.num_exits, self.num_classes):
+            raise InputError(
+                f"cannot append: file has {old.num_exits} exits × {old.num_classes} classes, new rows have "
+                f"{self.num_exits} × {self.num_classes}",
+                source=str(path),
+            )
+        pf = pq.ParquetFile(old.files[0])
+        for g in range(pf.num_row_groups):
+            t = pf.read_row_group(g)
+            self.write(
+                np.stack([np.asarray(t.column(f"exit_{j}").combine_chunks().flatten()).reshape(-1, self.num_classes) for j in range(self.num_exits)], axis=1),
+                labels=t.column("label").to_numpy() if "label" in t.column_names else np.zeros(t.num_rows, np.int64),
+                split=np.asarray(t.column("split").to_numpy(zero_copy_only=False), dtype=object) if "split" in t.column_names else None,
+                sample_id=t.column("sample_id").to_numpy(zero_copy_only=False) if "sample_id" in t.column_names else None,
+            )
+
+    def close(self) -> None:
+        self._writer.close()
+        self._ctx.__exit__(None, None, None)
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        with contextlib.suppress(BaseException):
+            self._ctx.__exit__(type(exc) if exc else RuntimeError, exc or RuntimeError("aborted"), None)
+
+    def __enter__(self) -> "PredictionsWriter":
+        return self
+
+    def __exit__(self, et, ev, tb) -> None:
+        if et is None:
+            self.close()
+        else:
+            self.abort(ev)
+
+
+def write_predictions(
+    path: str | os.PathLike,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    *,
+    split: np.ndarray | str | None = None,
+    sample_id: np.ndarray | None = None,
+    costs: dict | None = None,
+    scores_kind: str = "logits",
+    fp16: bool = False,
+    model: str | None = None,
+    row_group_size: int = 8192,
+) -> None:
+    """Write a whole predictions array (atomically), in row groups of ``row_group_size``."""
+    n, k, c = scores.shape
+    with PredictionsWriter(path, num_exits=k, num_classes=c, scores=scores_kind, fp16=fp16, costs=costs, model=model, with_split=split is not None) as w:
+        for s in range(0, n, row_group_size):
+            sl = slice(s, s + row_group_size)
+            w.write(
+                scores[sl],
+                labels[sl],
+                split=split if isinstance(split, str) or split is None else split[sl],
+                sample_id=None if sample_id is None else sample_id[sl],
+            )
