@@ -746,3 +746,193 @@ def write_predictions(
                 split=split if isinstance(split, str) or split is None else split[sl],
                 sample_id=None if sample_id is None else sample_id[sl],
             )
+
+
+# --------------------------------------------------------------------------- results
+
+RESULT_LIST_FIELDS = ("exit_fractions", "val_exit_fractions")
+REQUIRED_RESULT_FIELDS = ("method", "budget", "accuracy", "avg_cost", "budget_met")
+
+
+def results_format(path: str | os.PathLike | None) -> str:
+    if path is None or str(path) == "-":
+        return "json"
+    suffix = Path(path).suffix.lower()
+    return {".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(suffix, "")
+
+
+def write_results(path: str | os.PathLike | None, doc: dict) -> None:
+    """Results as JSON, Parquet or CSV chosen by the extension (SPEC §2.5)."""
+    fmt = results_format(path)
+    if fmt == "json":
+        write_json(path, doc)
+        return
+    if not fmt:
+        raise InputError("unknown results format; use a .json, .parquet or .csv file name", source=str(path))
+    import pandas as pd
+
+    df = pd.DataFrame(doc["results"])
+    header = {k: v for k, v in doc.items() if k != "results"}
+    if fmt == "csv":
+        for col in RESULT_LIST_FIELDS:
+            if col in df:
+                df[col] = df[col].map(lambda v: json.dumps(v))
+        text = df.to_csv(index=False, lineterminator="\n")
+        write_text(path, text)
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata({f"eenet.{k}".encode(): json.dumps(v).encode() for k, v in header.items()})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def _results_from_records(records: list[dict], header: dict, source: str) -> dict:
+    if not records:
+        raise InputError("has no result records", source=source)
+    for i, r in enumerate(records):
+        for key in REQUIRED_RESULT_FIELDS:
+            if key not in r:
+                raise InputError(f"record {i} has no {key!r}", source=source, field=key)
+        for key in ("budget", "accuracy", "avg_cost"):
+            v = r[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise InputError(f"record {i}: expected a finite number, got {v!r}", source=source, field=key)
+    return {**header, "results": records}
+
+
+def read_results(path: str | os.PathLike) -> dict:
+    """Read a results file written by ``evaluate`` in any of its three formats."""
+    source = display(path)
+    fmt = results_format(path) if str(path) != "-" else "json"
+    if fmt == "json" or not fmt:
+        doc = read_json(path)
+        if not isinstance(doc, dict) or doc.get("format") != "results":
+            got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+            raise InputError(f"expected an eenet results file (format 'results'), got {got!r}", source=source, field="format")
+        check_version("results", doc.get("version"), source)
+        recs = doc.get("results")
+        if not isinstance(recs, list) or not all(isinstance(r, dict) for r in recs):
+            raise InputError("expected a list of records", source=source, field="results")
+        return _results_from_records(recs, {k: v for k, v in doc.items() if k != "results"}, source)
+    if fmt == "csv":
+        import pandas as pd
+
+        if Path(path).is_dir():
+            raise InputError("is a directory, expected a file", source=source)
+        try:
+            df = pd.read_csv(path)
+        except FileNotFoundError:
+            raise InputError("no such file", source=source) from None
+        except Exception as e:  # pandas raises many types for malformed CSV
+            raise InputError(f"not a readable CSV file ({str(e).splitlines()[0]})", source=source) from None
+        for col in RESULT_LIST_FIELDS:
+            if col in df:
+                df[col] = df[col].map(lambda s: loads_strict(s, source) if isinstance(s, str) else s)
+        header = {"format": "results", "version": 1}
+    else:
+        if not Path(path).exists():
+            raise InputError("no such file", source=source)
+        pf = _open_parquet(Path(path), source)
+        header = _decode_meta(pf.schema_arrow.metadata, source)
+        if header.get("format", "results") != "results":
+            raise InputError(f"expected an eenet results file, got format {header.get('format')!r}", source=source, field="eenet.format")
+        if "version" in header:
+            check_version("results", header["version"], source)
+        df = pf.read().to_pandas()
+        for col in RESULT_LIST_FIELDS:
+            if col in df:
+                df[col] = df[col].map(lambda v: [float(x) for x in v])
+    records = json.loads(df.to_json(orient="records"))
+    for r in records:
+        for col in RESULT_LIST_FIELDS:
+            if col in r and isinstance(r[col], str):
+                r[col] = loads_strict(r[col], source)
+    return _results_from_records(records, header, source)
+
+
+# --------------------------------------------------------------------------- policies
+
+POLICY_KEYS = {
+    "format", "version", "method", "num_exits", "num_classes", "budget", "costs", "thresholds",
+    "exit_distribution", "scorer", "validation", "training", "provenance", "threshold_fit",
+}
+
+
+def read_policy(path: str | os.PathLike) -> dict:
+    """Read and check a policy JSON (SPEC §2.4): version, keys, thresholds, scorer."""
+    source = display(path)
+    doc = read_json(path)
+    validate_policy(doc, source)
+    return doc
+
+
+def validate_policy(doc: Any, source: str) -> None:
+    if not isinstance(doc, dict):
+        raise InputError("expected a JSON object", source=source)
+    if doc.get("format") != "policy":
+        raise InputError(f"expected format 'policy', got {doc.get('format')!r}", source=source, field="format")
+    check_version("policy", doc.get("version"), source)
+    unknown = sorted(set(doc) - POLICY_KEYS)
+    if unknown:
+        raise InputError(f"unknown key(s) {unknown}", source=source)
+    for key in ("method", "num_exits", "num_classes", "costs", "thresholds", "scorer"):
+        if key not in doc:
+            raise InputError(f"missing field {key!r}", source=source, field=key)
+    k = doc["num_exits"]
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InputError(f"expected a positive integer, got {k!r}", source=source, field="num_exits")
+    c = doc["num_classes"]
+    if isinstance(c, bool) or not isinstance(c, int) or c < 2:
+        raise InputError(f"expected an integer >= 2, got {c!r}", source=source, field="num_classes")
+    thr = doc["thresholds"]
+    if not isinstance(thr, list) or len(thr) != k:
+        raise InputError(f"expected a list of {k} thresholds", source=source, field="thresholds")
+    for i, t in enumerate(thr):
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)):
+            raise InputError(f"threshold {i} must be a finite number or null, got {t!r}", source=source, field="thresholds")
+    if thr[-1] is not None:
+        raise InputError("the last exit accepts every sample: its threshold must be null", source=source, field="thresholds")
+    costs = doc["costs"]
+    if not isinstance(costs, dict):
+        raise InputError("expected an object with unit and costs", source=source, field="costs")
+    cst = validate_costs(costs.get("costs"), costs.get("unit"), source, "costs.costs")
+    if cst.num_exits != k:
+        raise InputError(f"has {cst.num_exits} costs for {k} exits", source=source, field="costs")
+    scorer = doc["scorer"]
+    if not isinstance(scorer, dict) or not isinstance(scorer.get("type"), str):
+        raise InputError("expected an object with a 'type'", source=source, field="scorer")
+    kinds = ("maxprob", "entropy", "vote", "patience", "eenet")
+    if scorer["type"] not in kinds:
+        raise InputError(f"unknown scorer type {scorer['type']!r}; expected one of {', '.join(kinds)}", source=source, field="scorer.type")
+    if scorer["type"] == "eenet":
+        _validate_eenet_scorer(scorer, k, c, source)
+
+
+def _validate_eenet_scorer(scorer: dict, k: int, c: int, source: str) -> None:
+    exits = scorer.get("exits")
+    if not isinstance(exits, list) or len(exits) != k:
+        raise InputError(f"expected weights for {k} exits", source=source, field="scorer.exits")
+    for j, e in enumerate(exits):
+        fld = f"scorer.exits[{j}]"
+        if not isinstance(e, dict):
+            raise InputError("expected an object of weights", source=source, field=fld)
+        try:
+            w = np.asarray(e["shared_weight"], dtype=np.float64)
+            arrays = [np.asarray(e[n], dtype=np.float64) for n in ("shared_bias", "utility_weight", "assign_weight")]
+            scalars = [e["utility_bias"], e["assign_bias"]]
+        except KeyError as ex:
+            raise InputError(f"missing {ex.args[0]!r}", source=source, field=fld) from None
+        except (TypeError, ValueError):
+            raise InputError("weights must be numeric nested lists", source=source, field=fld) from None
+        h = w.shape[0] if w.ndim == 2 else -1
+        if w.ndim != 2 or w.shape[1] != c + 3 + j:
+            raise InputError(f"shared_weight must be [H, {c + 3 + j}], got {list(w.shape)}", source=source, field=fld)
+        if any(a.shape != (h,) for a in arrays):
+            raise InputError(f"bias and head weights must have {h} entries", source=source, field=fld)
+        if any(isinstance(s, bool) or not isinstance(s, (int, float)) for s in scalars):
+            raise InputError("utility_bias and assign_bias must be numbers", source=source, field=fld)
+        if not (np.isfinite(w).all() and all(np.isfinite(a).all() for a in arrays) and all(math.isfinite(s) for s in scalars)):
+            raise InputError("weights must be finite", source=source, field=fld)

@@ -31,7 +31,8 @@ def stderr_console(quiet: bool = False):
 def stdout_console():
     from rich.console import Console
 
-    return Console(highlight=False)
+    # a pipe gets a wide fixed layout rather than rich's 80-column default
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 def log(message: str, quiet: bool = False) -> None:

@@ -9,7 +9,9 @@ Thresholds come from *quotas*: at exit ``k`` the ``m_k`` highest-scoring samples
 still running stop there, and ``t_k`` is the lowest score among them. When the quota
 boundary falls inside a group of tied scores the whole tied group keeps running, so no
 exit ever takes more samples than planned, and applying the thresholds to the same data
-reproduces the assignment exactly.
+reproduces the assignment exactly. When a quota takes every sample still running, the
+threshold is :data:`ACCEPT_ALL` (``-1e300``, below any score), so that unseen samples stop
+there too instead of drifting to costlier exits.
 
 >>> import numpy as np
 >>> s = np.array([[0.9, 0.0], [0.2, 0.0], [0.7, 0.0], [0.1, 0.0]])
@@ -25,6 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+ACCEPT_ALL = -1.0e300  # threshold meaning "stop every sample that reaches this exit"
 
 
 def apply_thresholds(scores: np.ndarray, thresholds: Sequence[float | None]) -> np.ndarray:
@@ -68,7 +72,7 @@ class Ranking:
                 continue
             vals = self.scores[cand, j]
             if m >= cand.size:
-                t = float(vals[-1])
+                t = ACCEPT_ALL
                 take = cand.size
             else:
                 boundary = vals[m - 1]

@@ -1,0 +1,281 @@
+"""The Python API: the same operations as the commands, on arrays and dicts.
+
+>>> from eenet_cli.synthetic import make_predictions
+>>> d = make_predictions(num_samples=600, num_exits=3, num_classes=5, seed=1)
+>>> preds = predictions_from_arrays(d.logits, d.labels, split=d.split, costs=d.costs, unit="ms")
+>>> policy = fit_policy(preds, budget="2ms", method="maxprob")
+>>> policy["validation"]["avg_cost"] <= 2.0
+True
+>>> summary = apply_policy(policy, preds.rows(preds.split == "test")).summary
+>>> 0.0 <= summary["accuracy"] <= 1.0
+True
+>>> results = evaluate(preds, budgets=["1.5ms", "2.5ms"], methods=["maxprob", "oracle"])
+>>> [(r["method"], r["budget"]) for r in results["results"]]
+[('maxprob', 1.5), ('oracle', 1.5), ('maxprob', 2.5), ('oracle', 2.5)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from eenet_cli.budgets import default_budgets, parse_budget, parse_budgets
+from eenet_cli.core.measures import ExitFeatures
+from eenet_cli.errors import InputError
+from eenet_cli.io import CREATED_BY, Costs, Predictions, load_costs, read_predictions, validate_costs, validate_predictions
+
+KNOWN_SPLITS = ("train", "val", "test")
+
+
+def load_predictions(path: str) -> Predictions:
+    """Read and validate a predictions file or folder of part files (SPEC §2.1)."""
+    return read_predictions(path)
+
+
+def predictions_from_arrays(
+    scores: np.ndarray,
+    labels: np.ndarray | None,
+    *,
+    split: np.ndarray | None = None,
+    costs: Sequence[float] | None = None,
+    unit: str = "ms",
+    scores_kind: str = "logits",
+) -> Predictions:
+    """Wrap in-memory arrays ``[N, K, C]`` as :class:`Predictions` (validated)."""
+    meta: dict[str, Any] = {"format": "predictions", "version": 1, "scores": scores_kind}
+    if costs is not None:
+        meta["costs"] = {"format": "costs", "version": 1, "unit": unit, "costs": list(map(float, costs))}
+    p = Predictions(
+        scores=np.asarray(scores, dtype=np.float32),
+        labels=None if labels is None else np.asarray(labels, dtype=np.int64),
+        split=None if split is None else np.asarray(split, dtype=object),
+        sample_id=None,
+        meta=meta,
+        source="<arrays>",
+    )
+    validate_predictions(p)
+    return p
+
+
+def resolve_costs(preds: Predictions, spec: str | Costs | Sequence[float] | None) -> Costs:
+    """Costs by SPEC §2.2 precedence, checked against the predictions' exits."""
+    if isinstance(spec, Costs):
+        costs = spec
+    elif spec is not None and not isinstance(spec, str):
+        costs = validate_costs(list(map(float, spec)), "ms", "costs")
+    else:
+        costs = load_costs(spec, preds.meta, preds.source)
+    if costs is None:
+        raise InputError(
+            "no costs: pass --costs costs.json (from `eenet profile`), --costs 1.2,2.5,3.7ms, "
+            "or embed eenet.costs in the predictions",
+            source=preds.source,
+        )
+    if costs.num_exits != preds.num_exits:
+        raise InputError(
+            f"has {costs.num_exits} costs but the predictions have {preds.num_exits} exits",
+            source=costs.source,
+            field="costs",
+        )
+    return costs
+
+
+def _check_splits(preds: Predictions) -> None:
+    if preds.split is None:
+        return
+    values = set(np.unique(preds.split).tolist())
+    unknown = sorted(values - set(KNOWN_SPLITS))
+    if unknown:
+        raise InputError(f"unknown split value(s) {unknown}; expected train, val or test", source=preds.source, field="split")
+
+
+def _require_labels(preds: Predictions, what: str) -> None:
+    if preds.labels is None:
+        raise InputError(f"{what} needs a label column", source=preds.source, field="label")
+
+
+def validation_rows(preds: Predictions) -> Predictions:
+    """The rows ``fit`` learns from: the ``val`` split, or every row without a split column."""
+    _check_splits(preds)
+    if preds.split is None:
+        return preds
+    mask = preds.split == "val"
+    if not mask.any():
+        raise InputError("no rows with split 'val' to fit on", source=preds.source, field="split")
+    return preds.rows(mask)
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of validation rows: ``fraction`` of each class, seeded."""
+    if not 0.0 < fraction < 1.0:
+        raise InputError(f"must be between 0 and 1, got {fraction}", field="--val-fraction")
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(labels.size, dtype=bool)
+    for c in np.unique(labels):  # loop over classes, not samples
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        mask[idx[: int(round(fraction * idx.size))]] = True
+    return mask
+
+
+def split_for_evaluation(
+    preds: Predictions, test_preds: Predictions | None = None, val_fraction: float | None = None, seed: int = 0
+) -> tuple[Predictions, Predictions, str]:
+    """(val, test, how) following SPEC §2.1."""
+    _require_labels(preds, "evaluate")
+    if test_preds is not None:
+        _require_labels(test_preds, "evaluate")
+        if (test_preds.num_exits, test_preds.num_classes) != (preds.num_exits, preds.num_classes):
+            raise InputError(
+                f"test file has {test_preds.num_exits} exits × {test_preds.num_classes} classes, validation file "
+                f"{preds.num_exits} × {preds.num_classes}",
+                source=test_preds.source,
+            )
+        return preds, test_preds, f"validation from {preds.source}, test from {test_preds.source}"
+    if val_fraction is not None:
+        mask = stratified_split(preds.labels, val_fraction, seed)
+        return preds.rows(mask), preds.rows(~mask), f"seeded stratified split: {val_fraction:g} validation (seed {seed})"
+    if preds.split is None:
+        raise InputError(
+            "has no split column: pass --val A --test B, or --val-fraction F for a seeded split",
+            source=preds.source,
+            field="split",
+        )
+    _check_splits(preds)
+    val = preds.split == "val"
+    test = preds.split == "test"
+    if not val.any():
+        raise InputError("no rows with split 'val'", source=preds.source, field="split")
+    if not test.any():
+        raise InputError("no rows with split 'test'", source=preds.source, field="split")
+    return preds.rows(val), preds.rows(test), "split column (val / test)"
+
+
+def _budget_value(budget: str | float, costs: Costs) -> float:
+    if isinstance(budget, str):
+        return parse_budget(budget, costs)
+    from eenet_cli.budgets import check_feasible
+
+    check_feasible(float(budget), costs)
+    return float(budget)
+
+
+def fit_policy(
+    preds: Predictions,
+    budget: str | float,
+    *,
+    method: str = "eenet",
+    costs: str | Costs | Sequence[float] | None = None,
+    seed: int = 0,
+    hyper=None,
+    progress: Callable | None = None,
+    features: ExitFeatures | None = None,
+) -> dict:
+    """Fit a policy for ``budget`` on the validation rows; returns the policy dict (SPEC §2.4)."""
+    from eenet_cli.core.methods import POLICY_METHODS, FitCache, check_method, fit_method
+
+    check_method(method, POLICY_METHODS)
+    cost = resolve_costs(preds, costs)
+    val = validation_rows(preds)
+    _require_labels(val, "fit")
+    b = _budget_value(budget, cost)
+    feats = features if features is not None else val.features()
+    policy = fit_method(method, FitCache(feats), cost.values, b, cost.unit, seed=seed, hyper=hyper, progress=progress)
+    policy["costs"] = cost.brief()
+    policy.setdefault("training", {})
+    policy["training"] = {"seed": seed, **policy["training"]}
+    policy["provenance"] = {"predictions_sha256": preds.sha256, "created_by": CREATED_BY}
+    return policy
+
+
+@dataclass
+class Applied:
+    exits: np.ndarray
+    exit_scores: np.ndarray
+    preds: np.ndarray
+    correct: np.ndarray | None
+    summary: dict
+
+
+def check_policy_fits(policy: dict, preds: Predictions, source: str = "policy") -> None:
+    if policy.get("num_exits") != preds.num_exits:
+        raise InputError(
+            f"policy is for {policy.get('num_exits')} exits but the predictions have {preds.num_exits}", source=source, field="num_exits"
+        )
+    if policy.get("num_classes") != preds.num_classes:
+        raise InputError(
+            f"policy is for {policy.get('num_classes')} classes but the predictions have {preds.num_classes}",
+            source=source,
+            field="num_classes",
+        )
+
+
+def apply_policy(policy: dict, preds: Predictions, *, source: str = "policy") -> Applied:
+    """Run a policy over predictions with numpy alone (Algorithm 2, offline)."""
+    from eenet_cli.core.policy import apply_to_features
+
+    check_policy_fits(policy, preds, source)
+    feats = preds.features()
+    a = apply_to_features(policy, feats)
+    costs = np.asarray(policy["costs"]["costs"], dtype=np.float64)
+    avg = float(costs[a.exits].mean(dtype=np.float64))
+    budget = policy.get("budget", {}).get("value")
+    summary = {
+        "method": policy.get("method"),
+        "n": int(feats.num_samples),
+        "accuracy": None if a.correct is None else float(a.correct.mean()),
+        "avg_cost": avg,
+        "unit": policy["costs"]["unit"],
+        "budget": budget,
+        "budget_met": None if budget is None else bool(avg <= budget * (1 + 1e-12)),
+        "exit_fractions": a.exit_fractions(feats.num_exits),
+    }
+    return Applied(exits=a.exits, exit_scores=a.exit_score(), preds=a.preds, correct=a.correct, summary=summary)
+
+
+def evaluate(
+    preds: Predictions,
+    *,
+    budgets: Sequence[str | float] | str | None = None,
+    methods: Sequence[str] | None = None,
+    costs: str | Costs | Sequence[float] | None = None,
+    test: Predictions | None = None,
+    val_fraction: float | None = None,
+    seed: int = 0,
+    hyper=None,
+    on_step: Callable[[str, float], None] | None = None,
+) -> dict:
+    """Accuracy vs budget for each method (SPEC §2.5); returns the results document."""
+    from eenet_cli.core.evaluate import evaluate_features
+    from eenet_cli.core.methods import ALL_METHODS, BASELINES, check_method
+
+    cost = resolve_costs(preds, costs)
+    if isinstance(budgets, str):
+        values = parse_budgets(budgets, cost)
+    elif budgets is None:
+        values = default_budgets(cost)
+    else:
+        values = [_budget_value(b, cost) for b in budgets]
+    methods = list(methods) if methods else BASELINES + ["eenet", "oracle"]
+    for m in methods:
+        check_method(m, ALL_METHODS)
+    val, tst, how = split_for_evaluation(preds, test, val_fraction, seed)
+    records, _ = evaluate_features(
+        val.features(), tst.features(), cost.values, cost.unit, values, methods, seed=seed, hyper=hyper, on_step=on_step
+    )
+    return {
+        "format": "results",
+        "version": 1,
+        "created_by": CREATED_BY,
+        "predictions_sha256": preds.sha256 if test is None else [preds.sha256, test.sha256],
+        "num_exits": preds.num_exits,
+        "num_classes": preds.num_classes,
+        "costs": cost.brief(),
+        "costs_source": cost.source,
+        "split": how,
+        "seed": seed,
+        "results": records,
+    }

@@ -1,0 +1,255 @@
+"""Built-in multi-exit models and the built-in ``digits`` dataset.
+
+Every model here is *staged* (SPEC §5): ``stages`` and ``heads`` are two
+``nn.ModuleList`` of K modules, and exit k's logits are
+``heads[k](stages[k](... stages[0](x)))``. ``forward(x)`` returns the K logits as a list.
+
+This module imports torch at the top; the command line imports it only inside the model
+commands, so ``eenet --help`` stays free of torch.
+
+>>> import torch
+>>> m = DigitsCNN()
+>>> [tuple(t.shape) for t in m(torch.zeros(2, 1, 8, 8))]
+[(2, 10), (2, 10), (2, 10), (2, 10)]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class StagedModel(nn.Module):
+    """Base class: ``forward`` runs every stage and returns every exit's logits."""
+
+    stages: nn.ModuleList
+    heads: nn.ModuleList
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        h = x
+        for stage, head in zip(self.stages, self.heads):
+            h = stage(h)
+            out.append(head(h))
+        return out
+
+
+# --------------------------------------------------------------------------- digits CNN
+
+
+class DigitsCNN(StagedModel):
+    """A small 4-exit CNN for 8×8 grey digits (input ``[B, 1, 8, 8]``, values in [0, 1]).
+
+    The early stages are shallow and the early heads deliberately small (global average
+    pooling of a few channels), so the early exits are clearly weaker than the last one:
+    that is what makes an exit policy worth learning on the shipped sample data.
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 8):
+        super().__init__()
+        w = int(width)
+        self.stages = nn.ModuleList(
+            [
+                nn.Sequential(nn.Conv2d(1, w, 3, padding=1), nn.ReLU()),  # 8x8
+                nn.Sequential(nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),  # 4x4
+                nn.Sequential(nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU()),  # 4x4
+                nn.Sequential(
+                    nn.Conv2d(4 * w, 8 * w, 3, padding=1), nn.ReLU(), nn.Conv2d(8 * w, 8 * w, 3, padding=1), nn.ReLU()
+                ),
+            ]
+        )
+        self.heads = nn.ModuleList(
+            [
+                nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(w, num_classes)),
+                nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * w, num_classes)),
+                nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16 * w, num_classes)),
+                nn.Sequential(nn.Flatten(), nn.Linear(8 * w * 16, 64), nn.ReLU(), nn.Linear(64, num_classes)),
+            ]
+        )
+
+
+# --------------------------------------------------------------------------- ResNet-56
+
+
+class BasicBlock(nn.Module):
+    """The CIFAR ResNet basic block (two 3×3 convolutions, identity or 1×1 shortcut)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+def _conv_exit_head(channels: int, num_classes: int) -> nn.Module:
+    """The paper's early-exit classifier: three 3×3 conv layers with ReLU, then a linear layer."""
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(channels, channels, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(channels, channels, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(channels, num_classes),
+    )
+
+
+class ResNet56(StagedModel):
+    """Multi-exit ResNet-56 for 32×32 images (input ``[B, 3, 32, 32]``), K = 3.
+
+    Three stages of 9 basic blocks (16, 32, 64 channels); as in the paper, exits sit after
+    the 18th and 36th layers (ends of stages 1 and 2), each a head of three 3×3 conv layers
+    and a linear layer; the last exit is the usual global-pool + linear classifier.
+    """
+
+    def __init__(self, num_classes: int = 10, blocks_per_stage: int = 9, in_channels: int = 3):
+        super().__init__()
+        n = int(blocks_per_stage)
+
+        def stage(cin: int, cout: int, stride: int) -> list[nn.Module]:
+            return [BasicBlock(cin, cout, stride)] + [BasicBlock(cout, cout) for _ in range(n - 1)]
+
+        stem = [nn.Conv2d(in_channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+        self.stages = nn.ModuleList(
+            [nn.Sequential(*stem, *stage(16, 16, 1)), nn.Sequential(*stage(16, 32, 2)), nn.Sequential(*stage(32, 64, 2))]
+        )
+        self.heads = nn.ModuleList(
+            [
+                _conv_exit_head(16, num_classes),
+                _conv_exit_head(32, num_classes),
+                nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)),
+            ]
+        )
+
+
+# --------------------------------------------------------------------------- MLP
+
+
+class MultiExitMLP(StagedModel):
+    """A multi-exit MLP: stage k is ``Linear + ReLU``, head k is ``Linear`` to the classes.
+
+    Input is flattened, so any shape with ``in_features`` values per sample works.
+    """
+
+    def __init__(self, in_features: int = 64, hidden: int = 64, num_exits: int = 3, num_classes: int = 10):
+        super().__init__()
+        if num_exits < 1:
+            raise ValueError("num_exits must be at least 1")
+        stages: list[nn.Module] = [nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU())]
+        stages += [nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU()) for _ in range(num_exits - 1)]
+        self.stages = nn.ModuleList(stages)
+        self.heads = nn.ModuleList([nn.Linear(hidden, num_classes) for _ in range(num_exits)])
+
+
+# --------------------------------------------------------------------------- registry
+
+#: built-in model name -> (factory, default input shape without the batch axis, description)
+BUILTIN_MODELS: dict[str, tuple] = {
+    "digits-cnn": (DigitsCNN, (1, 8, 8), "4-exit CNN for 8x8 digits (the sample data's model)"),
+    "resnet56": (ResNet56, (3, 32, 32), "3-exit ResNet-56 for 32x32 images (exits after layers 18 and 36)"),
+    "mlp": (MultiExitMLP, None, "multi-exit MLP (args in_features, hidden, num_exits, num_classes)"),
+}
+
+
+def default_input_shape(name: str, model_args: dict | None = None) -> tuple[int, ...] | None:
+    """The input shape (no batch axis) a built-in model expects, if it has a natural one."""
+    if name not in BUILTIN_MODELS:
+        return None
+    if name == "mlp":
+        return (int((model_args or {}).get("in_features", 64)),)
+    if name == "resnet56":
+        return (int((model_args or {}).get("in_channels", 3)), 32, 32)
+    return BUILTIN_MODELS[name][1]
+
+
+# --------------------------------------------------------------------------- digits data
+
+DIGITS_SEED = 0
+DIGITS_SPLIT_SIZES = {"train": 897, "val": 450, "test": 450}
+
+
+def stratified_split(labels: np.ndarray, sizes: dict[str, int], seed: int) -> dict[str, np.ndarray]:
+    """Seeded stratified split of ``range(len(labels))`` into parts of the given sizes.
+
+    Pure numpy (independent of scikit-learn's version): shuffle each class, deal its
+    members to the parts in proportion to their sizes (largest remainders), then shuffle
+    inside each part. Returns sorted-free index arrays.
+    """
+    labels = np.asarray(labels)
+    n = labels.size
+    names = list(sizes)
+    total = sum(sizes.values())
+    if total != n:
+        raise ValueError(f"split sizes add up to {total}, expected {n}")
+    rng = np.random.default_rng(seed)
+    frac = np.array([sizes[k] for k in names], dtype=np.float64) / n
+    classes = np.unique(labels)
+    per_class = {}
+    want = np.zeros((classes.size, len(names)), dtype=np.int64)
+    for i, c in enumerate(classes):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        per_class[c] = idx
+        raw = idx.size * frac
+        want[i] = np.floor(raw)
+    # give the leftover samples of each part to the classes with the largest remainders
+    for j, name in enumerate(names):
+        short = sizes[name] - want[:, j].sum()
+        spare = np.array([per_class[c].size - want[i].sum() for i, c in enumerate(classes)])
+        rem = np.array([per_class[c].size * frac[j] - want[i, j] for i, c in enumerate(classes)])
+        order = np.lexsort((np.arange(classes.size), -rem))
+        for i in order:
+            if short <= 0:
+                break
+            if spare[i] > 0:
+                want[i, j] += 1
+                spare[i] -= 1
+                short -= 1
+    out: dict[str, list] = {k: [] for k in names}
+    for i, c in enumerate(classes):
+        idx = per_class[c]
+        at = 0
+        for j, name in enumerate(names):
+            out[name].append(idx[at : at + want[i, j]])
+            at += want[i, j]
+    result = {}
+    for name in names:
+        part = np.concatenate(out[name]) if out[name] else np.empty(0, np.int64)
+        rng.shuffle(part)
+        result[name] = part.astype(np.int64)
+    return result
+
+
+def load_digits_split(split: str, seed: int = DIGITS_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """The built-in ``digits`` dataset: scikit-learn's bundled 8×8 digits (1797 images),
+    split 897/450/450 into train/val/test, stratified and seeded.
+
+    Returns ``x`` float32 ``[n, 1, 8, 8]`` scaled to [0, 1] and ``y`` int64 ``[n]``.
+    Needs scikit-learn (only for the bundled images; no download).
+    """
+    if split not in DIGITS_SPLIT_SIZES and split != "all":
+        raise ValueError(f"unknown split {split!r}; expected one of train, val, test, all")
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:  # pragma: no cover - scikit-learn is a dev dependency
+        raise ImportError("the built-in dataset 'digits' needs scikit-learn (pip install scikit-learn)") from None
+    d = load_digits()
+    x = (np.asarray(d.images, dtype=np.float32) / 16.0)[:, None, :, :]
+    y = np.asarray(d.target, dtype=np.int64)
+    if split == "all":
+        return x, y
+    parts = stratified_split(y, DIGITS_SPLIT_SIZES, seed)
+    idx = parts[split]
+    return np.ascontiguousarray(x[idx]), y[idx]
