@@ -12,17 +12,45 @@ import os
 import sys
 from typing import Annotated, Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from eenet_cli._version import __version__
 from eenet_cli.errors import EenetError
 
+_state = {"debug": False}
+
+
+class _Group(TyperGroup):
+    """Turns the library's errors into one stderr line and their exit code (SPEC §4)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EenetError as e:
+            if _state["debug"]:
+                raise
+            click.echo(f"eenet: error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except BrokenPipeError:
+            ctx.exit(1)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        order = ["profile", "dump", "fit", "apply", "evaluate", "plot", "schema"]
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
+
+
 app = typer.Typer(
+    cls=_Group,
     name="eenet",
     help=(
         "Learn and check early-exit policies for multi-exit networks under a latency budget.\n\n"
-        "Example (on the shipped sample data):\n\n"
-        "  eenet evaluate sample_data/digits.parquet --budgets 4 -o results.json"
+        "\b\nExamples (on the shipped sample data):\n"
+        "  eenet evaluate sample_data/digits.parquet -o results.json\n"
+        "  eenet fit sample_data/digits.parquet --budget 60% -o policy.json\n"
+        "  eenet plot results.json -o tradeoff.png"
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -30,8 +58,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-_state = {"debug": False, "quiet": False}
 
 
 def _version(value: bool) -> None:
@@ -47,40 +73,23 @@ def _root(
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
-    _state["debug"] = debug or bool(os.environ.get("EENET_DEBUG"))
-
-
-def _register() -> None:
-    from eenet_cli import commands  # noqa: F401  (imports register the commands on `app`)
+    if debug or os.environ.get("EENET_DEBUG"):
+        _state["debug"] = True
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point with the error boundary of SPEC §4."""
-    _register()
+    """Console entry point."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if "--debug" in args:
+    if "--debug" in args:  # accepted anywhere on the line, not only before the command
+        args = [a for a in args if a != "--debug"]
+        _state["debug"] = True
+    if os.environ.get("EENET_DEBUG"):
         _state["debug"] = True
     try:
-        app(args=args, prog_name="eenet", standalone_mode=False)
-    except EenetError as e:
-        if _state["debug"]:
-            raise
-        sys.stderr.write(f"eenet: error: {e}\n")
-        sys.exit(e.exit_code)
+        app(args=args, prog_name="eenet")
     except KeyboardInterrupt:
         sys.stderr.write("eenet: interrupted\n")
         sys.exit(130)
-    except BrokenPipeError:
-        sys.exit(1)
-    except SystemExit:
-        raise
-    except Exception as e:  # click usage errors arrive here in non-standalone mode
-        import click
 
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.stderr.write("eenet: aborted\n")
-            sys.exit(1)
-        raise
+
+from eenet_cli import commands  # noqa: E402,F401  (registers the subcommands on `app`)
