@@ -216,6 +216,7 @@ def check_policy_fits(policy: dict, preds: Predictions, source: str = "policy") 
 def apply_policy(policy: dict, preds: Predictions, *, source: str = "policy") -> Applied:
     """Run a policy over predictions with numpy alone (Algorithm 2, offline)."""
     from eenet_cli.core.policy import apply_to_features
+    from eenet_cli.core.thresholds import within_budget
 
     check_policy_fits(policy, preds, source)
     feats = preds.features()
@@ -230,7 +231,7 @@ def apply_policy(policy: dict, preds: Predictions, *, source: str = "policy") ->
         "avg_cost": avg,
         "unit": policy["costs"]["unit"],
         "budget": budget,
-        "budget_met": None if budget is None else bool(avg <= budget * (1 + 1e-12)),
+        "budget_met": None if budget is None else within_budget(avg, budget),
         "exit_fractions": a.exit_fractions(feats.num_exits),
     }
     return Applied(exits=a.exits, exit_scores=a.exit_score(), preds=a.preds, correct=a.correct, summary=summary)

@@ -10,6 +10,7 @@ from eenet_cli.core.measures import ExitFeatures
 from eenet_cli.core.methods import FitCache, fit_method
 from eenet_cli.core.oracle import oracle
 from eenet_cli.core.policy import apply_to_features
+from eenet_cli.core.thresholds import within_budget
 
 
 def _record(method: str, budget: float, unit: str, test: dict, val: dict, extra: dict | None = None) -> dict:
@@ -19,12 +20,12 @@ def _record(method: str, budget: float, unit: str, test: dict, val: dict, extra:
         "unit": unit,
         "accuracy": test["accuracy"],
         "avg_cost": test["avg_cost"],
-        "budget_met": bool(test["avg_cost"] <= budget * (1 + 1e-12)),
+        "budget_met": within_budget(test["avg_cost"], budget),
         "exit_fractions": test["exit_fractions"],
         "n": test["n"],
         "val_accuracy": val["accuracy"],
         "val_avg_cost": val["avg_cost"],
-        "val_budget_met": bool(val["avg_cost"] <= budget * (1 + 1e-12)),
+        "val_budget_met": within_budget(val["avg_cost"], budget),
         "val_exit_fractions": val["exit_fractions"],
         "val_n": val["n"],
     }

@@ -23,7 +23,7 @@ import numpy as np
 
 from eenet_cli.core.measures import ExitFeatures
 from eenet_cli.core.policy import SCORER_DESCRIPTIONS, SIMPLE_SCORERS
-from eenet_cli.core.thresholds import Ranking, apply_thresholds, fit_geometric, realised_cost
+from eenet_cli.core.thresholds import Ranking, apply_thresholds, fit_geometric, realised_cost, within_budget
 
 BASELINES = ["maxprob", "entropy", "vote", "patience"]
 EENET_METHODS = ["eenet", "eenet-maxprob", "eenet-geometric", "eenet-search"]
@@ -99,7 +99,7 @@ def _fit_patience(cache: FitCache, costs, budget, unit) -> dict:
     for t in range(1, k + 1):
         thr = [float(t)] * (k - 1) + [None]
         val = validation_figures(cache.features, ranking.scores, thr, costs)
-        if val["avg_cost"] <= budget and (best is None or val["accuracy"] > best[1]["accuracy"]):
+        if within_budget(val["avg_cost"], budget) and (best is None or val["accuracy"] > best[1]["accuracy"]):
             best = (thr, val, t)
     assert best is not None  # t = 1 stops everything at exit 1, which any feasible budget allows
     thr, val, t = best

@@ -90,6 +90,14 @@ class Ranking:
         return out
 
 
+BUDGET_RTOL = 1e-9  # averages of many equal costs are not exact in floating point
+
+
+def within_budget(cost: float, budget: float) -> bool:
+    """``cost <= budget``, forgiving the last bits of a floating-point average."""
+    return cost <= budget * (1 + BUDGET_RTOL)
+
+
 def realised_cost(exits: np.ndarray, costs: np.ndarray) -> float:
     """Average per-sample cost, summed in float64."""
     return float(np.asarray(costs, dtype=np.float64)[exits].mean(dtype=np.float64))
@@ -154,7 +162,7 @@ def fit_geometric(ranking: Ranking, costs: np.ndarray, budget: float, iters: int
     k = ranking.shape[1]
     costs = np.asarray(costs, dtype=np.float64)
     top = _fit(ranking, costs, geometric(np.inf, k), "floor")
-    if top.avg_cost <= budget:
+    if within_budget(top.avg_cost, budget):
         top.info = {"q": None}
         return top
     best = _fit(ranking, costs, geometric(0.0, k), "floor")
@@ -163,7 +171,7 @@ def fit_geometric(ranking: Ranking, costs: np.ndarray, budget: float, iters: int
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
         cand = _fit(ranking, costs, geometric(float(np.exp(mid)), k), "floor")
-        if cand.avg_cost <= budget:
+        if within_budget(cand.avg_cost, budget):
             lo = mid
             if cand.avg_cost >= best.avg_cost:
                 cand.info = {"q": float(np.exp(mid))}
@@ -182,7 +190,7 @@ def fit_distribution(
     costs = np.asarray(costs, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
     fit = _fit(ranking, costs, p, rounding)
-    if fit.avg_cost <= budget:
+    if within_budget(fit.avg_cost, budget):
         fit.info = {"shift_to_first_exit": 0.0}
         return fit
     first = np.zeros_like(p)
@@ -193,7 +201,7 @@ def fit_distribution(
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
         cand = _fit(ranking, costs, (1 - mid) * p + mid * first, rounding)
-        if cand.avg_cost <= budget:
+        if within_budget(cand.avg_cost, budget):
             hi = mid
             cand.info = {"shift_to_first_exit": mid}
             best = cand
@@ -234,7 +242,7 @@ def search_thresholds(
                 trial = list(best)
                 trial[j] = None if t is None else float(t)
                 acc, cost = score(trial)
-                if cost <= budget and (acc > best_acc + 1e-12 or (acc >= best_acc - 1e-12 and cost < best_cost - 1e-12)):
+                if within_budget(cost, budget) and (acc > best_acc + 1e-12 or (acc >= best_acc - 1e-12 and cost < best_cost - 1e-12)):
                     best, best_acc, best_cost, improved = trial, acc, cost, True
         if not improved:
             break

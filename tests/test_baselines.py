@@ -1,0 +1,125 @@
+"""Baseline thresholds: budget guarantee, tie handling, geometric distribution, patience."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eenet_cli.core.measures import exit_features
+from eenet_cli.core.methods import BASELINES, FitCache, fit_method
+from eenet_cli.core.oracle import oracle
+from eenet_cli.core.policy import apply_to_features
+from eenet_cli.core.thresholds import ACCEPT_ALL, within_budget, Ranking, apply_thresholds, fit_distribution, fit_geometric, geometric, quota_thresholds
+from eenet_cli.synthetic import make_predictions
+
+
+def features(n=800, k=4, c=10, seed=0, **kw):
+    d = make_predictions(n, k, c, seed=seed, **kw)
+    return exit_features(d.logits, "logits", d.labels)
+
+
+def test_quota_thresholds_follow_quotas_exactly():
+    s = np.array([[0.9, 0.1, 0], [0.8, 0.7, 0], [0.3, 0.6, 0], [0.2, 0.5, 0], [0.1, 0.4, 0]], dtype=float)
+    thr = quota_thresholds(s, [2, 2, 1])
+    assert thr == [0.8, 0.5, None]
+    assert apply_thresholds(s, thr).tolist() == [0, 0, 1, 1, 2]
+
+
+def test_ties_never_push_more_samples_through_an_exit():
+    s = np.array([[0.9, 0], [0.5, 0], [0.5, 0], [0.5, 0], [0.1, 0]], dtype=float)
+    thr = quota_thresholds(s, [2, 3])  # boundary inside the tied 0.5 group
+    exits = apply_thresholds(s, thr)
+    assert (exits == 0).sum() == 1  # only the sample strictly above the tie
+    thr = quota_thresholds(np.full((4, 2), 0.5), [2, 2])  # everyone tied: nobody exits early
+    assert thr[0] is None
+
+
+def test_full_quota_accepts_everything_even_unseen_lower_scores():
+    s = np.array([[0.5, 0], [0.6, 0]])
+    thr = quota_thresholds(s, [2, 0])
+    assert thr[0] == ACCEPT_ALL
+    assert apply_thresholds(np.array([[0.01, 0.0]]), thr).tolist() == [0]
+
+
+def test_geometric_distribution():
+    p = geometric(0.5, 4)
+    np.testing.assert_allclose(p, np.array([1, 0.5, 0.25, 0.125]) / 1.875)
+    assert geometric(np.inf, 3).tolist() == [0, 0, 1]
+    assert geometric(0.0, 3).tolist() == [1, 0, 0]
+
+
+@pytest.mark.parametrize("method", BASELINES)
+def test_every_baseline_respects_the_budget_over_the_whole_range(method):
+    f = features(seed=1)
+    costs = np.array([1.0, 1.7, 3.1, 4.0])
+    cache = FitCache(f)
+    for budget in np.linspace(costs[0], costs[-1], 13):
+        pol = fit_method(method, cache, costs, budget, "ms")
+        applied = apply_to_features(pol, f)
+        realised = costs[applied.exits].mean()
+        assert within_budget(realised, budget), (method, budget, realised)
+        assert pol["validation"]["avg_cost"] == pytest.approx(realised, abs=1e-12)
+        assert pol["validation"]["accuracy"] == pytest.approx(applied.correct.mean())
+        assert pol["thresholds"][-1] is None
+
+
+def test_geometric_spends_close_to_the_budget():
+    f = features(n=2000, seed=2)
+    costs = np.array([1.0, 2.0, 3.0, 4.0])
+    r = Ranking(f.max_prob)
+    for budget in (1.3, 2.0, 2.9, 3.7):
+        fit = fit_geometric(r, costs, budget)
+        assert budget - 0.01 <= fit.avg_cost <= budget
+
+
+def test_budget_at_first_exit_puts_everyone_there():
+    f = features()
+    pol = fit_method("entropy", FitCache(f), np.array([1.0, 2.0, 3.0, 4.0]), 1.0, "ms")
+    assert pol["validation"]["exit_fractions"][0] == 1.0
+
+
+def test_vote_is_not_degenerate_at_the_first_exit():
+    # every sample has vote 1 at exit 1; without a tie-break no quota could be met there
+    f = features(n=1000, seed=3)
+    pol = fit_method("vote", FitCache(f), np.array([1.0, 2.0, 3.0, 4.0]), 2.0, "ms")
+    assert 0.1 < pol["validation"]["exit_fractions"][0] < 0.9
+
+
+def test_patience_picks_most_accurate_feasible_t():
+    f = features(n=1000, seed=4)
+    costs = np.array([1.0, 1.1, 1.2, 1.3])  # cheap later exits: every t fits at the top budget
+    pol = fit_method("patience", FitCache(f), costs, 1.3, "ms")
+    accs = []
+    for t in range(1, 5):
+        thr = [float(t)] * 3 + [None]
+        ex = apply_to_features({**pol, "thresholds": thr}, f)
+        accs.append(ex.correct.mean())
+    assert pol["validation"]["accuracy"] == pytest.approx(max(accs))
+
+
+def test_distribution_fit_shifts_to_first_exit_when_over_budget():
+    f = features(seed=5)
+    costs = np.array([1.0, 2.0, 3.0, 4.0])
+    fit = fit_distribution(Ranking(f.max_prob), costs, 1.5, np.array([0.0, 0.0, 0.0, 1.0]))
+    assert fit.avg_cost <= 1.5
+    assert fit.info["shift_to_first_exit"] > 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    k=st.integers(2, 5),
+    c=st.sampled_from([2, 3, 10, 50]),
+    steps=st.lists(st.floats(0.05, 5.0), min_size=5, max_size=5),
+    frac=st.floats(0.0, 1.2),
+    method=st.sampled_from(BASELINES),
+)
+def test_property_realised_cost_within_budget_and_oracle_is_ceiling(seed, k, c, steps, frac, method):
+    d = make_predictions(150, k, c, seed=seed, miscalibration=(seed % 3) / 2)
+    f = exit_features(d.logits, "logits", d.labels)
+    costs = np.cumsum(np.array(steps[:k]))
+    budget = costs[0] + frac * (costs[-1] - costs[0])
+    pol = fit_method(method, FitCache(f), costs, budget, "ms")
+    applied = apply_to_features(pol, f)
+    assert within_budget(costs[applied.exits].mean(), budget)
+    assert oracle(f.correct, costs, budget).accuracy >= applied.correct.mean() - 1e-12
