@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from eenet_cli._version import __version__
-from eenet_cli.errors import InputError, VersionError
+from eenet_cli.errors import BudgetError, InputError, VersionError
 
 CREATED_BY = f"eenet {__version__}"
 MAX_METADATA_BYTES = 16 * 1024 * 1024  # one metadata value; larger is refused
@@ -203,7 +203,7 @@ def convert(value: float, from_unit: str, to_unit: str, source: str = "budget") 
     d2, f2 = unit_scale(to_unit)
     if d1 != d2:
         what = {"time": "a time", "work": "a FLOP count"}
-        raise InputError(
+        raise BudgetError(
             f"{value:g}{from_unit} is {what[d1]} but the costs are {what[d2]} in {to_unit}; "
             f"give the budget in {to_unit} (or as a percentage)",
             source=source,

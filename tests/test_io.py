@@ -1,0 +1,158 @@
+"""Artifacts: predictions round trip, folders of parts, float16, costs precedence, results formats."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from eenet_cli import api
+from eenet_cli.budgets import default_budgets, parse_budget, parse_budgets
+from eenet_cli.errors import BudgetError, InputError, VersionError
+from eenet_cli.io import Costs, load_costs, read_predictions, read_results, write_predictions, write_results
+from eenet_cli.synthetic import make_predictions
+
+
+def test_round_trip_many_row_groups(tmp_path):
+    d = make_predictions(5000, 3, 7, seed=1)
+    path = tmp_path / "p.parquet"
+    write_predictions(path, d.logits, d.labels, split=d.split, row_group_size=777)
+    p = read_predictions(path)
+    assert pq.ParquetFile(path).num_row_groups > 5
+    assert p.scores.dtype == np.float32 and p.scores.shape == (5000, 3, 7)
+    np.testing.assert_array_equal(p.scores, d.logits)
+    np.testing.assert_array_equal(p.labels, d.labels)
+    assert (p.split == d.split).all()
+    assert p.meta["format"] == "predictions" and p.meta["num_exits"] == 3
+
+
+def test_float16_is_accepted(tmp_path):
+    d = make_predictions(100, 2, 4)
+    path = tmp_path / "p16.parquet"
+    write_predictions(path, d.logits, d.labels, fp16=True)
+    assert pa.types.is_float16(pq.read_schema(path).field("exit_0").type.value_type)
+    p = read_predictions(path)
+    assert p.scores.dtype == np.float32
+    np.testing.assert_allclose(p.scores, d.logits, rtol=1e-3, atol=1e-2)
+
+
+def test_folder_of_parts_reads_as_one(tmp_path):
+    d = make_predictions(300, 3, 5)
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    write_predictions(folder / "part-00000.parquet", d.logits[:100], d.labels[:100], sample_id=np.arange(100))
+    write_predictions(folder / "part-00001.parquet", d.logits[100:], d.labels[100:], sample_id=np.arange(100, 300))
+    p = read_predictions(folder)
+    np.testing.assert_array_equal(p.scores, d.logits)
+    assert p.sample_id.tolist() == list(range(300))
+
+
+def test_probs_file_is_not_softmaxed_again(tmp_path):
+    d = make_predictions(200, 2, 3)
+    probs = np.exp(d.logits) / np.exp(d.logits).sum(-1, keepdims=True)
+    path = tmp_path / "probs.parquet"
+    write_predictions(path, probs.astype(np.float32), d.labels, scores_kind="probs")
+    f = read_predictions(path).features()
+    np.testing.assert_allclose(f.max_prob, probs.max(-1), atol=1e-6)
+
+
+def test_newer_major_version_is_refused(tmp_path):
+    d = make_predictions(10, 2, 3)
+    path = tmp_path / "p.parquet"
+    write_predictions(path, d.logits, d.labels)
+    t = pq.read_table(path)
+    meta = dict(t.schema.metadata)
+    meta[b"eenet.version"] = b"2"
+    pq.write_table(t.replace_schema_metadata(meta), path)
+    with pytest.raises(VersionError, match="version 2 is newer than this eenet understands \\(version 1\\)"):
+        read_predictions(path)
+
+
+def test_costs_precedence(tmp_path):
+    meta = {"costs": {"format": "costs", "version": 1, "unit": "ms", "costs": [1, 2]}}
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"format": "costs", "version": 1, "unit": "us", "costs": [5, 9]}))
+    assert load_costs(str(f), meta).values.tolist() == [5, 9]
+    assert load_costs("1.5,2.5ms", meta).values.tolist() == [1.5, 2.5]
+    c = load_costs(None, meta, "preds.parquet")
+    assert c.values.tolist() == [1, 2] and "metadata" in c.source
+    assert load_costs(None, {}) is None
+
+
+@pytest.mark.parametrize(
+    "obj, msg",
+    [
+        ({"format": "costs", "version": 1, "unit": "ms", "costs": [2, 1]}, "strictly increasing"),
+        ({"format": "costs", "version": 1, "unit": "ms", "costs": [0, 1]}, "positive"),
+        ({"format": "costs", "version": 1, "unit": "parsecs", "costs": [1, 2]}, "unknown unit"),
+        ({"format": "costs", "version": 9, "unit": "ms", "costs": [1, 2]}, "newer"),
+        ({"format": "policy", "version": 1}, "expected format 'costs'"),
+    ],
+)
+def test_bad_costs(tmp_path, obj, msg):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps(obj))
+    with pytest.raises(InputError, match=msg):
+        load_costs(str(f))
+
+
+def test_nan_literal_in_json_is_refused(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text('{"format": "costs", "version": 1, "unit": "ms", "costs": [1, NaN]}')
+    with pytest.raises(InputError, match="not valid JSON"):
+        load_costs(str(f))
+
+
+def test_budgets():
+    c = Costs(np.array([2.0, 4.0, 8.0]), "ms", "t")
+    assert parse_budget("6ms", c) == 6.0
+    assert parse_budget("0.006s", c) == pytest.approx(6.0)
+    assert parse_budget("6", c) == 6.0
+    assert parse_budget("100%", c) == 8.0
+    assert parse_budget("20ms", c) == 20.0  # above c_K is allowed
+    assert parse_budgets("2ms,3ms", c) == [2.0, 3.0]
+    assert parse_budgets("2:3:0.5", c) == [2.0, 2.5, 3.0]
+    assert default_budgets(c, 3) == [2.0, 5.0, 8.0]
+    with pytest.raises(BudgetError, match=r"below the cost of the first exit \(2ms\)"):
+        parse_budget("1ms", c)
+    with pytest.raises(BudgetError, match="FLOP"):
+        parse_budget("2GFLOPs", c)
+    with pytest.raises(BudgetError, match="cannot read"):
+        parse_budget("fast", c)
+    with pytest.raises(BudgetError, match="positive"):
+        parse_budget("-3ms", c)
+
+
+def test_flops_budget_against_flop_costs():
+    c = Costs(np.array([1e9, 2e9]), "flops", "t")
+    assert parse_budget("1.5GFLOPs", c) == pytest.approx(1.5e9)
+    with pytest.raises(BudgetError, match="time"):
+        parse_budget("3ms", c)
+
+
+@pytest.mark.parametrize("ext", ["json", "parquet", "csv"])
+def test_results_round_trip(tmp_path, synth, ext):
+    doc = api.evaluate(api.load_predictions(str(synth)), budgets=["2ms", "3ms"], methods=["maxprob", "oracle"])
+    path = tmp_path / f"r.{ext}"
+    write_results(path, doc)
+    back = read_results(path)
+    assert len(back["results"]) == 4
+    for a, b in zip(doc["results"], back["results"]):
+        assert a["method"] == b["method"] and a["budget"] == b["budget"]
+        assert a["accuracy"] == pytest.approx(b["accuracy"])
+        assert a["exit_fractions"] == pytest.approx(b["exit_fractions"])
+        assert a["budget_met"] == b["budget_met"]
+
+
+def test_atomic_write_keeps_existing_file_on_failure(tmp_path):
+    from eenet_cli.io import atomic_path
+
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
