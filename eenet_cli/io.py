@@ -441,6 +441,20 @@ def _check_schema(schema, source: str) -> tuple[list[str], int, bool]:
     return expected, int(num_classes), fp16
 
 
+_NUMPY_FLOAT = {"halffloat": np.float16, "float": np.float32, "double": np.float64}
+
+
+def _fixed_list_view(chunk, num_classes: int, source: str, name: str) -> np.ndarray:
+    """``[rows, C]`` numpy view of a fixed_size_list<float> chunk's buffer (no copy)."""
+    child = chunk.values  # the whole child array; the chunk's rows start at chunk.offset
+    if child.null_count:
+        raise InputError("scores contain nulls", source=source, field=name)
+    dtype = np.dtype(_NUMPY_FLOAT[str(child.type)])
+    start = (chunk.offset * num_classes + child.offset) * dtype.itemsize
+    flat = np.frombuffer(child.buffers()[1], dtype=dtype, count=len(chunk) * num_classes, offset=start)
+    return flat.reshape(len(chunk), num_classes)
+
+
 def read_predictions(path: str | os.PathLike, *, validate: bool = True) -> Predictions:
     """Read a predictions file or folder of part files into ``[N, K, C]`` float32.
 
@@ -505,10 +519,7 @@ def read_predictions(path: str | os.PathLike, *, validate: bool = True) -> Predi
                 at = row
                 for chunk in col.chunks:
                     cm = len(chunk)
-                    flat = chunk.flatten().to_numpy(zero_copy_only=False)
-                    if flat.size != cm * num_classes:
-                        raise InputError("scores contain nulls", source=src, field=name)
-                    scores[at : at + cm, j, :] = flat.reshape(cm, num_classes)
+                    scores[at : at + cm, j, :] = _fixed_list_view(chunk, num_classes, src, name)
                     at += cm
             if labels is not None:
                 lab = tbl.column("label")
@@ -567,13 +578,15 @@ def validate_predictions(p: Predictions) -> None:
             i = int(np.argmax(bad))
             raise InputError(f"label {p.labels[i]} at row {i} is outside [0, {c})", source=src, field="label")
     if p.sample_id is not None:
-        import pandas as pd
-
-        keys = pd.DataFrame({"split": p.split if p.split is not None else np.zeros(p.num_samples), "id": p.sample_id})
-        dup = keys.duplicated()
-        if dup.any():
-            i = int(np.argmax(dup.to_numpy()))
-            raise InputError(f"sample_id {p.sample_id[i]!r} appears more than once within a split", source=src, field="sample_id")
+        splits = p.split if p.split is not None else np.zeros(p.num_samples, dtype=object)
+        for value in np.unique(splits):  # a handful of splits, not samples
+            rows = np.flatnonzero(splits == value)
+            ids = p.sample_id[rows]
+            order = np.argsort(ids, kind="stable")
+            same = ids[order][1:] == ids[order][:-1]
+            if same.any():
+                i = int(rows[order][1:][np.argmax(same)])
+                raise InputError(f"sample_id {p.sample_id[i]!r} appears more than once within a split", source=src, field="sample_id")
 
 
 def predictions_schema(num_exits: int, num_classes: int, *, fp16: bool = False, sample_id_type=None, with_split: bool = True, with_label: bool = True):
