@@ -455,6 +455,35 @@ def _fixed_list_view(chunk, num_classes: int, source: str, name: str) -> np.ndar
     return flat.reshape(len(chunk), num_classes)
 
 
+def _signed_ids():
+    import pyarrow as pa
+
+    return {pa.int8().id, pa.int16().id, pa.int32().id, pa.int64().id}
+
+
+def _ints(col) -> np.ndarray:
+    """An integer column as int64 straight from its buffers (nulls are checked by the caller)."""
+    parts = [_array_ints(chunk) for chunk in col.chunks]
+    return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
+
+
+def _array_ints(arr) -> np.ndarray:
+    dtype = np.dtype(f"int{arr.type.bit_width}" if arr.type.id in _signed_ids() else f"uint{arr.type.bit_width}")
+    return np.frombuffer(arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize)
+
+
+def _strings(col) -> np.ndarray:
+    """A string column as an object array, via its dictionary (few distinct values)."""
+    import pyarrow as pa
+
+    enc = col.combine_chunks()
+    if not pa.types.is_dictionary(enc.type):
+        enc = enc.dictionary_encode()
+    values = np.array(enc.dictionary.to_pylist() + [None], dtype=object)
+    idx = _array_ints(enc.indices).astype(np.int64)
+    return values[idx]
+
+
 def read_predictions(path: str | os.PathLike, *, validate: bool = True) -> Predictions:
     """Read a predictions file or folder of part files into ``[N, K, C]`` float32.
 
@@ -525,14 +554,15 @@ def read_predictions(path: str | os.PathLike, *, validate: bool = True) -> Predi
                 lab = tbl.column("label")
                 if lab.null_count:
                     raise InputError(f"{lab.null_count} rows have no label", source=src, field="label")
-                labels[row : row + m] = lab.to_numpy()
+                labels[row : row + m] = _ints(lab)
             if "split" in names:
                 sp = tbl.column("split")
                 if sp.null_count:
                     raise InputError(f"{sp.null_count} rows have no split", source=src, field="split")
-                split_parts.append(np.asarray(sp.to_numpy(zero_copy_only=False), dtype=object))
+                split_parts.append(_strings(sp))
             if "sample_id" in names:
-                id_parts.append(tbl.column("sample_id").to_numpy(zero_copy_only=False))
+                sid = tbl.column("sample_id")
+                id_parts.append(_ints(sid) if pa.types.is_integer(sid.type) else _strings(sid))
             row += m
     preds = Predictions(
         scores=scores,

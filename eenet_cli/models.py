@@ -41,30 +41,40 @@ class StagedModel(nn.Module):
 class DigitsCNN(StagedModel):
     """A small 4-exit CNN for 8×8 grey digits (input ``[B, 1, 8, 8]``, values in [0, 1]).
 
-    The early stages are shallow and the early heads deliberately small (global average
-    pooling of a few channels), so the early exits are clearly weaker than the last one:
-    that is what makes an exit policy worth learning on the shipped sample data.
+    Stages are 3×3 conv + batch-norm + ReLU blocks (8, 16, 32, then two of 64 channels).
+    Every early head squeezes its stage to ``head_channels`` channels with a 1×1 conv and
+    pools to 2×2 before a linear layer, so early exits are deliberately weak (about
+    0.55 / 0.85 / 0.95 accuracy against 0.99 for the last exit on the sample data): that
+    is what makes an exit policy worth learning.
     """
 
-    def __init__(self, num_classes: int = 10, width: int = 8):
+    def __init__(self, num_classes: int = 10, width: int = 8, head_channels: int = 2):
         super().__init__()
-        w = int(width)
+        w, r = int(width), int(head_channels)
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
         self.stages = nn.ModuleList(
             [
-                nn.Sequential(nn.Conv2d(1, w, 3, padding=1), nn.ReLU()),  # 8x8
-                nn.Sequential(nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),  # 4x4
-                nn.Sequential(nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU()),  # 4x4
-                nn.Sequential(
-                    nn.Conv2d(4 * w, 8 * w, 3, padding=1), nn.ReLU(), nn.Conv2d(8 * w, 8 * w, 3, padding=1), nn.ReLU()
-                ),
+                nn.Sequential(*block(1, w)),  # 8x8
+                nn.Sequential(*block(w, 2 * w), nn.MaxPool2d(2)),  # 4x4
+                nn.Sequential(*block(2 * w, 4 * w)),  # 4x4
+                nn.Sequential(*block(4 * w, 8 * w), *block(8 * w, 8 * w)),  # 4x4
             ]
         )
+
+        def small_head(cin: int) -> nn.Module:
+            return nn.Sequential(
+                nn.Conv2d(cin, r, 1), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * r, num_classes)
+            )
+
         self.heads = nn.ModuleList(
             [
-                nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(w, num_classes)),
-                nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * w, num_classes)),
-                nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16 * w, num_classes)),
-                nn.Sequential(nn.Flatten(), nn.Linear(8 * w * 16, 64), nn.ReLU(), nn.Linear(64, num_classes)),
+                small_head(w),
+                small_head(2 * w),
+                small_head(4 * w),
+                nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32 * w, num_classes)),
             ]
         )
 
