@@ -42,15 +42,22 @@ class DigitsCNN(StagedModel):
     """A small 4-exit CNN for 8×8 grey digits (input ``[B, 1, 8, 8]``, values in [0, 1]).
 
     Stages are 3×3 conv + batch-norm + ReLU blocks (8, 16, 32, then two of 64 channels).
-    Every early head squeezes its stage to ``head_channels`` channels with a 1×1 conv and
+    Early head k squeezes its stage to ``head_channels[k]`` channels with a 1×1 conv and
     pools to 2×2 before a linear layer, so early exits are deliberately weak (about
     0.55 / 0.85 / 0.95 accuracy against 0.99 for the last exit on the sample data): that
     is what makes an exit policy worth learning.
     """
 
-    def __init__(self, num_classes: int = 10, width: int = 8, head_channels: int = 2):
+    def __init__(self, num_classes: int = 10, width: int = 8, head_channels: str | tuple = (3, 2, 1)):
         super().__init__()
-        w, r = int(width), int(head_channels)
+        w = int(width)
+        if isinstance(head_channels, (int, str)):
+            head_channels = tuple(int(v) for v in str(head_channels).split(","))
+        r = [int(v) for v in head_channels]
+        if len(r) == 1:
+            r = r * 3
+        if len(r) != 3:
+            raise ValueError("head_channels takes 1 or 3 numbers (one per early exit)")
 
         def block(cin: int, cout: int) -> list[nn.Module]:
             return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
@@ -64,16 +71,16 @@ class DigitsCNN(StagedModel):
             ]
         )
 
-        def small_head(cin: int) -> nn.Module:
+        def small_head(cin: int, r: int) -> nn.Module:
             return nn.Sequential(
                 nn.Conv2d(cin, r, 1), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * r, num_classes)
             )
 
         self.heads = nn.ModuleList(
             [
-                small_head(w),
-                small_head(2 * w),
-                small_head(4 * w),
+                small_head(w, r[0]),
+                small_head(2 * w, r[1]),
+                small_head(4 * w, r[2]),
                 nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32 * w, num_classes)),
             ]
         )
