@@ -580,15 +580,17 @@ def read_predictions(path: str | os.PathLike, *, validate: bool = True) -> Predi
 
 def validate_predictions(p: Predictions) -> None:
     src = p.source
-    finite = np.isfinite(p.scores)
-    if not finite.all():
-        bad = np.argwhere(~finite)[0]
-        count = int((~finite).sum())
-        raise InputError(
-            f"{count} non-finite score(s) (NaN or infinite), first at row {bad[0]}, class {bad[2]}",
-            source=src,
-            field=f"exit_{bad[1]}",
-        )
+    step = 8192  # rows per check, to keep the temporary boolean mask small
+    for start in range(0, p.num_samples, step):
+        block = p.scores[start : start + step]
+        finite = np.isfinite(block)
+        if not finite.all():
+            bad = np.argwhere(~finite)[0]
+            raise InputError(
+                f"non-finite score (NaN or infinite) at row {start + bad[0]}, class {bad[2]}",
+                source=src,
+                field=f"exit_{bad[1]}",
+            )
     if p.score_kind == "probs":
         if (p.scores < 0).any():
             raise InputError("eenet.scores is 'probs' but some scores are negative", source=src, field="eenet.scores")

@@ -74,7 +74,7 @@ def train(out: Path, epochs: int = EPOCHS, seed: int = SEED) -> None:
     accs = [float((o.argmax(1).numpy() == y_val).mean()) for o in outs]
     print(f"trained {epochs} epochs in {time.perf_counter() - t0:.1f}s; val exit accuracies {[round(a, 3) for a in accs]}")
     state = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
-    save_file(state, str(out), metadata={"model": "digits-cnn", "created_by": "scripts/make_sample_data.py"})
+    save_file(state, str(out), metadata={"model": "digits-cnn (scripts/make_sample_data.py)"})
 
 
 def eenet(*args: str) -> None:

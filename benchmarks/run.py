@@ -1,0 +1,218 @@
+"""eenet benchmark suite: one command, one table.
+
+    python benchmarks/run.py            # full suite, ImageNet-sized workload included
+    python benchmarks/run.py --quick    # small sizes, for a smoke run
+
+Prints a table (median of repeats, peak memory) and, unless --no-write, writes it to
+benchmarks/README.md with the machine it ran on. Every workload comes from the package's
+seeded synthetic generator; files are cached under $EENET_BENCH_DIR (default
+/tmp/eenet-bench). Peak memory is each measurement's own process's max RSS minus the RSS
+after imports, measured in a fresh subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BENCH_DIR = Path(os.environ.get("EENET_BENCH_DIR", "/tmp/eenet-bench"))
+
+
+def dataset(name: str, n: int, k: int, c: int, seed: int = 0, miscalibration: float = 0.5) -> Path:
+    """A cached synthetic predictions file (half val, half test) with costs 1..k ms."""
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    path = BENCH_DIR / f"{name}-{n}x{k}x{c}-s{seed}.parquet"
+    if not path.exists():
+        code = textwrap.dedent(f"""
+            from eenet_cli.synthetic import make_predictions
+            from eenet_cli.io import write_predictions
+            d = make_predictions({n}, {k}, {c}, seed={seed}, miscalibration={miscalibration})
+            write_predictions({str(path)!r}, d.logits, d.labels, split=d.split,
+                              costs={{"format": "costs", "version": 1, "unit": "ms", "costs": d.costs}})
+        """)
+        subprocess.run([sys.executable, "-c", code], check=True)
+    return path
+
+
+# Each probe runs in a fresh interpreter: it imports what it needs, records the RSS, runs the
+# work `repeats` times and prints JSON {"times": [...], "peak_mb": ..., "extra": {...}}.
+PROBE = textwrap.dedent("""
+    import json, resource, sys, time, gc
+    def rss_mb():
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    def peak_mb():
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    def reset_peak():
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    SETUP
+    gc.collect(); reset_peak(); base = rss_mb()
+    times = []; extra = {}
+    for _ in range(REPEATS):
+        t = time.perf_counter()
+        WORK
+        times.append(time.perf_counter() - t)
+    print(json.dumps({"times": times, "peak_mb": peak_mb() - base, "extra": extra}))
+""")
+
+
+def probe(setup: str, work: str, repeats: int = 3) -> dict:
+    code = PROBE.replace("SETUP", textwrap.dedent(setup).replace("\n", "\n    ").strip() if False else "")
+    body = PROBE.replace("    SETUP", textwrap.indent(textwrap.dedent(setup).strip(), "    "))
+    body = body.replace("        WORK", textwrap.indent(textwrap.dedent(work).strip(), "        "))
+    body = body.replace("REPEATS", str(repeats))
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(body)], capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cli_time(args: list[str], repeats: int = 3) -> tuple[float, float]:
+    """Median wall seconds and peak RSS (MB) of a real `eenet` subprocess."""
+    times, peaks = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        p = subprocess.run(
+            [sys.executable, "-c", "import resource, runpy, sys; sys.argv=['eenet']+sys.argv[1:]\n"
+             "try:\n  runpy.run_module('eenet_cli', run_name='__main__')\n"
+             "finally:\n  print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)", *args],
+            capture_output=True, text=True, cwd=ROOT,
+        )
+        times.append(time.perf_counter() - t)
+        if p.returncode != 0:
+            raise RuntimeError(p.stderr[-2000:])
+        peaks.append(int(p.stderr.strip().splitlines()[-1].split()[1]) / 1024)
+    return statistics.median(times), max(peaks)
+
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, str, str]] = []
+
+    def add(self, what: str, measured: str, target: str, ok: bool | None, note: str = "") -> None:
+        mark = "" if ok is None else ("yes" if ok else "NO")
+        self.rows.append((what, measured, target, mark, note))
+        print(f"  {what:<58} {measured:>18}   target {target:<14} {mark:<3} {note}", flush=True)
+
+    def markdown(self) -> str:
+        lines = ["| workload | measured | target | met | note |", "| --- | ---: | --- | :---: | --- |"]
+        lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in self.rows]
+        return "\n".join(lines)
+
+
+def machine() -> str:
+    import numpy
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}, "
+            f"numpy {numpy.__version__}, torch {torch.__version__}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    ap.add_argument("--no-write", action="store_true", help="do not update benchmarks/README.md")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    r = args.repeats
+    big_n, big_c = (4000, 100) if args.quick else (50_000, 1000)
+    t = Table()
+    print(f"eenet benchmarks on {machine()}\n")
+
+    # 1. reading predictions ---------------------------------------------------------
+    big = dataset("imagenet", big_n, 5, big_c)
+    logits_mb = big_n * 5 * big_c * 4 / 2**20
+    arrow = probe("import pyarrow.parquet as pq", f"tbl = pq.read_table({str(big)!r}); del tbl", r)
+    ours = probe("from eenet_cli.io import read_predictions", f"p = read_predictions({str(big)!r}); del p", r)
+    a, o = statistics.median(arrow["times"]), statistics.median(ours["times"])
+    t.add(f"read {big_n}x5x{big_c} predictions (pyarrow read_table)", f"{a:.2f} s", "reference", None, f"peak {arrow['peak_mb']:.0f} MB")
+    t.add(f"read {big_n}x5x{big_c} predictions (eenet, validated)", f"{o:.2f} s ({o / a:.2f}x)", "<= 1.5x pyarrow", o <= 1.5 * a)
+    t.add("  peak memory of the eenet read / logits size", f"{ours['peak_mb']:.0f} MB ({ours['peak_mb'] / logits_mb:.2f}x)", "< 1.5x", ours["peak_mb"] < 1.5 * logits_mb, f"logits {logits_mb:.0f} MB")
+    naive = probe("import pandas as pd, numpy as np", f"df = pd.read_parquet({str(big)!r}); x = np.stack([np.stack(df[f'exit_{{j}}'].to_list()) for j in range(5)], 1); del df, x", 1)
+    nv = statistics.median(naive["times"])
+    t.add("  naive read (pandas rows of Python lists, np.stack)", f"{nv:.2f} s", "ratio", None, f"eenet is {nv / o:.1f}x faster, peak {naive['peak_mb']:.0f} MB")
+
+    # 2. evaluate ----------------------------------------------------------------------
+    sec, peak = cli_time(["evaluate", str(big), "--methods", "maxprob,entropy,vote,patience,oracle", "--budgets", "1:5:0.2105263", "-q", "-o", str(BENCH_DIR / "r.json")], 1 if not args.quick else r)
+    t.add(f"evaluate 4 baselines + oracle, 20 budgets, {big_n}x5x{big_c}", f"{sec:.1f} s", "< 15 s", sec < 15, f"peak {peak:.0f} MB")
+    mid = dataset("mid", 4000, 4, 100)
+    sec, peak = cli_time(["evaluate", str(mid), "--methods", "maxprob,entropy,vote,patience,oracle", "-q", "-o", str(BENCH_DIR / "r2.json")], r)
+    t.add("evaluate 4 baselines + oracle, 10 budgets, 4000x4x100 (CLI)", f"{sec:.2f} s", "< 3 s", sec < 3, f"peak {peak:.0f} MB")
+
+    # 3./4. fit ---------------------------------------------------------------------------
+    small = dataset("fit", 10_000, 4, 100)  # 5,000 validation rows
+    sec, peak = cli_time(["fit", str(small), "--budget", "50%", "-q", "-o", str(BENCH_DIR / "p.json")], r)
+    t.add("fit eenet, 5000 val rows x 4 exits x 100 classes (CLI)", f"{sec:.1f} s", "< 10 s", sec < 10, f"peak {peak:.0f} MB")
+    sec, peak = cli_time(["fit", str(big), "--budget", "50%", "-q", "-o", str(BENCH_DIR / "pbig.json")], 1)
+    t.add(f"fit eenet, {big_n // 2} val rows x 5 x {big_c} (CLI)", f"{sec:.1f} s", "< 120 s", sec < 120, f"peak {peak:.0f} MB (target < 4096)")
+
+    # 5. applying a policy at batch size 1 -------------------------------------------------
+    pol = BENCH_DIR / "p.json"
+    one = probe(
+        f"""
+        import numpy as np
+        from eenet_cli.io import read_policy, read_predictions
+        from eenet_cli.core.online import OnlinePolicy
+        policy = read_policy({str(pol)!r}); preds = read_predictions({str(small)!r})
+        x = preds.scores[:500]
+        sp = OnlinePolicy(policy)
+        """,
+        "for i in range(500):\n    sp.run(x[i])",
+        r,
+    )
+    us = statistics.median(one["times"]) / 500 * 1e6
+    t.add("apply eenet policy, batch size 1, C=100 (numpy, per sample)", f"{us:.0f} us", "< 100 us", us < 100)
+
+    # 6. start-up ---------------------------------------------------------------------------
+    times = []
+    for _ in range(5):
+        s = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "eenet_cli", "--help"], capture_output=True, check=True, cwd=ROOT)
+        times.append(time.perf_counter() - s)
+    heavy = subprocess.run([sys.executable, "-c", "import sys, eenet_cli.cli as c\ntry:\n c.main(['--help'])\nexcept SystemExit: pass\nprint([m for m in ('torch','pandas','matplotlib') if m in sys.modules])"],
+                           capture_output=True, text=True, cwd=ROOT).stdout.strip().splitlines()[-1]
+    st = statistics.median(times)
+    t.add("eenet --help start-up", f"{st:.2f} s", "< 0.5 s", st < 0.5, f"heavy imports: {heavy}")
+
+    if not args.no_write and not args.quick:
+        text = (HERE / "README.md").read_text() if (HERE / "README.md").exists() else ""
+        marker = "<!-- table -->"
+        table = f"{marker}\nMeasured {time.strftime('%Y-%m-%d')} on {machine()}.\n\n{t.markdown()}\n{marker}"
+        if marker in text:
+            pre, _, rest = text.partition(marker)
+            _, _, post = rest.partition(marker)
+            text = pre + table + post
+        else:
+            text = text + "\n" + table + "\n"
+        (HERE / "README.md").write_text(text)
+        print("\nwrote benchmarks/README.md")
+
+
+if __name__ == "__main__":
+    main()
