@@ -123,8 +123,12 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarr
 
 def split_for_evaluation(
     preds: Predictions, test_preds: Predictions | None = None, val_fraction: float | None = None, seed: int = 0
-) -> tuple[Predictions, Predictions, str]:
-    """(val, test, how) following SPEC §2.1."""
+) -> tuple[ExitFeatures, ExitFeatures, str]:
+    """(validation features, test features, how the split was made), following SPEC §2.1.
+
+    Features are computed once over the whole file and then split by row, so the logits
+    are never copied per split.
+    """
     _require_labels(preds, "evaluate")
     if test_preds is not None:
         _require_labels(test_preds, "evaluate")
@@ -134,24 +138,28 @@ def split_for_evaluation(
                 f"{preds.num_exits} × {preds.num_classes}",
                 source=test_preds.source,
             )
-        return preds, test_preds, f"validation from {preds.source}, test from {test_preds.source}"
+        return preds.features(), test_preds.features(), f"validation from {preds.source}, test from {test_preds.source}"
     if val_fraction is not None:
-        mask = stratified_split(preds.labels, val_fraction, seed)
-        return preds.rows(mask), preds.rows(~mask), f"seeded stratified split: {val_fraction:g} validation (seed {seed})"
-    if preds.split is None:
-        raise InputError(
-            "has no split column: pass --val A --test B, or --val-fraction F for a seeded split",
-            source=preds.source,
-            field="split",
-        )
-    _check_splits(preds)
-    val = preds.split == "val"
-    test = preds.split == "test"
-    if not val.any():
-        raise InputError("no rows with split 'val'", source=preds.source, field="split")
-    if not test.any():
-        raise InputError("no rows with split 'test'", source=preds.source, field="split")
-    return preds.rows(val), preds.rows(test), "split column (val / test)"
+        val = stratified_split(preds.labels, val_fraction, seed)
+        how = f"seeded stratified split: {val_fraction:g} validation (seed {seed})"
+        test = ~val
+    else:
+        if preds.split is None:
+            raise InputError(
+                "has no split column: pass --val A --test B, or --val-fraction F for a seeded split",
+                source=preds.source,
+                field="split",
+            )
+        _check_splits(preds)
+        val = preds.split == "val"
+        test = preds.split == "test"
+        if not val.any():
+            raise InputError("no rows with split 'val'", source=preds.source, field="split")
+        if not test.any():
+            raise InputError("no rows with split 'test'", source=preds.source, field="split")
+        how = "split column (val / test)"
+    feats = preds.features()
+    return feats.subset(val), feats.subset(test), how
 
 
 def _budget_value(budget: str | float, costs: Costs) -> float:
@@ -265,7 +273,7 @@ def evaluate(
         check_method(m, ALL_METHODS)
     val, tst, how = split_for_evaluation(preds, test, val_fraction, seed)
     records, _ = evaluate_features(
-        val.features(), tst.features(), cost.values, cost.unit, values, methods, seed=seed, hyper=hyper, on_step=on_step
+        val, tst, cost.values, cost.unit, values, methods, seed=seed, hyper=hyper, on_step=on_step
     )
     return {
         "format": "results",

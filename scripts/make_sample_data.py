@@ -84,60 +84,12 @@ def eenet(*args: str) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT, env=env)
 
 
-def direct(weights: Path, costs_path: Path, preds: Path, repeats: int) -> None:
-    """Temporary stand-in for profile/dump (bootstrap only)."""
-    import numpy as np
-    import torch
-    from safetensors.torch import load_file
-
-    from eenet_cli.io import CREATED_BY, PredictionsWriter, write_json
-    from eenet_cli.models import DigitsCNN, load_digits_split
-
-    torch.set_num_threads(1)
-    m = DigitsCNN()
-    m.load_state_dict(load_file(str(weights)))
-    m.eval()
-    x1 = torch.zeros(1, 1, 8, 8)
-    k = len(m.heads)
-    times = [[] for _ in range(k)]
-    with torch.inference_mode():
-        def run(j):
-            h = x1
-            for i in range(j + 1):
-                h = m.stages[i](h)
-                torch.softmax(m.heads[i](h), -1).max()
-        for _ in range(50):
-            for j in range(k):
-                run(j)
-        for _ in range(repeats):
-            for j in range(k):
-                t = time.perf_counter()
-                run(j)
-                times[j].append((time.perf_counter() - t) * 1e3)
-    med = [float(np.median(t)) for t in times]
-    cj = {"format": "costs", "version": 1, "unit": "ms", "costs": [round(v, 5) for v in med],
-          "stats": {"median": med, "p10": [float(np.percentile(t, 10)) for t in times],
-                    "p90": [float(np.percentile(t, 90)) for t in times], "mean": [float(np.mean(t)) for t in times],
-                    "repeats": repeats},
-          "device": "cpu", "batch_size": 1, "threads": 1, "torch": torch.__version__, "created_by": CREATED_BY}
-    write_json(costs_path, cj)
-    with PredictionsWriter(preds, num_exits=k, num_classes=10, costs=cj, model="digits-cnn") as w:
-        for split in ("val", "test"):
-            x, y = load_digits_split(split)
-            with torch.inference_mode():
-                outs = m(torch.from_numpy(x))
-            w.write(torch.stack(outs, 1).numpy(), y, split=split, sample_id=np.arange(len(y)))
-            print(split, [round(float((o.argmax(1).numpy() == y).mean()), 3) for o in outs])
-    print(cj["costs"])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "sample_data"), help="output folder (default: sample_data/)")
     ap.add_argument("--epochs", type=int, default=EPOCHS)
     ap.add_argument("--repeats", type=int, default=300, help="profile repeats per exit")
     ap.add_argument("--skip-train", action="store_true", help="reuse the existing weights")
-    ap.add_argument("--direct", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -146,15 +98,18 @@ def main() -> None:
     preds = out / "digits.parquet"
     if not a.skip_train:
         train(weights, a.epochs)
-    if a.direct:
-        direct(weights, costs, preds, a.repeats)
-        return
-    common = ["digits-cnn", "--weights", str(weights)]
+    def rel(p: Path) -> str:
+        try:
+            return str(p.resolve().relative_to(ROOT))
+        except ValueError:
+            return str(p.resolve())
+
+    weights_s, costs_s, preds_s = rel(weights), rel(costs), rel(preds)
+    common = ["digits-cnn", "--weights", weights_s]
     eenet("profile", *common, "--input-shape", "1,8,8", "--batch-size", "1", "--threads", "1",
-          "--repeats", str(a.repeats), "--warmup", "50", "-o", str(costs))
-    eenet("dump", *common, "--data", "digits:val", "--split", "val", "--costs", str(costs), "-o", str(preds), "--quiet")
-    eenet("dump", *common, "--data", "digits:test", "--split", "test", "--costs", str(costs), "-o", str(preds),
-          "--append", "--quiet")
+          "--repeats", str(a.repeats), "--warmup", "50", "-o", costs_s)
+    eenet("dump", *common, "--data", "digits:val", "--split", "val", "--costs", costs_s, "-o", preds_s)
+    eenet("dump", *common, "--data", "digits:test", "--split", "test", "--costs", costs_s, "-o", preds_s, "--append")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ class EENetHyper:
     min_batch: int = 256
     detach_previous: bool = True
     init: str = "prior"
-    num_threads: int | None = None
+    num_threads: int | None = 1
     progress_every: int = 10
 
     def hidden_sizes(self, num_classes: int, num_exits: int) -> list[int]:
@@ -208,7 +208,7 @@ def train_eenet(
                 pb, cb, qb, rb = probs[idx], conf[idx], q[idx], r[idx]
             u, a = forward(pb, cb)
             total, l_g, l_b, l_ce, exp_cost = loss_terms(u, a, qb, rb)
-            val = float(total)
+            val = float(total.detach())
             if not math.isfinite(val):
                 raise FloatingPointError(f"EENet loss is not finite at step {step}")
             if first_loss is None:

@@ -15,11 +15,25 @@ and returns new arrays; nothing loops over samples in Python.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 _CHUNK = 4096  # rows per chunk when converting logits, to bound temporaries
+
+
+def _softmax_block(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Softmax of a block of logits (last axis), in float32.
+
+    Returns ``(probs, shifted, total)`` where ``shifted = z - max(z)`` and ``total`` is the
+    float32 sum of ``exp(shifted)``. The single place this arithmetic is written: the
+    offline features, lazily computed probabilities and the online path all call it, so they
+    agree bit for bit.
+    """
+    z = block.astype(np.float32, copy=True)
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    total = e.sum(axis=-1, keepdims=True, dtype=np.float32)
+    e /= total
+    return e, z, total
 
 
 def softmax(scores: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -28,11 +42,7 @@ def softmax(scores: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     if out is None:
         out = np.empty(scores.shape, dtype=np.float32)
     for start in range(0, scores.shape[0], _CHUNK):
-        block = scores[start : start + _CHUNK].astype(np.float32, copy=True)
-        block -= block.max(axis=-1, keepdims=True)
-        np.exp(block, out=block)
-        block /= block.sum(axis=-1, keepdims=True, dtype=np.float64).astype(np.float32)
-        out[start : start + _CHUNK] = block
+        out[start : start + _CHUNK] = _softmax_block(scores[start : start + _CHUNK])[0]
     return out
 
 
@@ -43,6 +53,26 @@ def to_probs(scores: np.ndarray, kind: str = "logits") -> np.ndarray:
     if kind != "logits":
         raise ValueError(f"unknown score kind {kind!r}; expected 'logits' or 'probs'")
     return softmax(scores)
+
+
+def block_measures(block: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(probs, predictions, max-prob, entropy confidence) of a block ``[..., C]``.
+
+    For logits the entropy comes from the softmax pass itself:
+    ``sum p log p = sum p·(z - max z) - log sum exp(z - max z)``, which avoids a logarithm
+    per class (and 0·log 0 never arises).
+    """
+    c = block.shape[-1]
+    if kind == "probs":
+        p = np.asarray(block, dtype=np.float32)
+        ent = entropy_confidence(p)
+    else:
+        p, z, total = _softmax_block(block)
+        plogp = (p * z).sum(axis=-1, dtype=np.float64) - np.log(total[..., 0].astype(np.float64))
+        ent = np.clip(1.0 + plogp / np.log(c), 0.0, 1.0)
+    pred = p.argmax(axis=-1)
+    maxp = np.take_along_axis(p, pred[..., None], axis=-1)[..., 0].astype(np.float64)
+    return p, pred.astype(np.int64), maxp, ent
 
 
 def max_prob(probs: np.ndarray) -> np.ndarray:
@@ -86,31 +116,43 @@ def run_length(preds: np.ndarray) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
 class ExitFeatures:
     """Everything the policies need from one set of predictions, computed once.
 
-    ``probs`` is ``[N, K, C]`` float32; the rest are ``[N, K]``.
+    ``preds``, ``max_prob``, ``entropy`` and ``vote`` are ``[N, K]``; ``probs`` (``[N, K, C]``
+    float32) is computed from the stored scores only when first asked for (only EENet's
+    scorer needs it), so the baselines never hold a second copy of the logits.
     """
 
-    probs: np.ndarray
-    preds: np.ndarray
-    max_prob: np.ndarray
-    entropy: np.ndarray
-    vote: np.ndarray
-    labels: np.ndarray | None = None
+    def __init__(self, scores, kind, preds, max_prob, entropy, vote, labels=None, rows=None):
+        self._scores = scores
+        self._kind = kind
+        self._rows = rows
+        self._probs: np.ndarray | None = None
+        self.preds = preds
+        self.max_prob = max_prob
+        self.entropy = entropy
+        self.vote = vote
+        self.labels = labels
+
+    @property
+    def probs(self) -> np.ndarray:
+        if self._probs is None:
+            scores = self._scores if self._rows is None else self._scores[self._rows]
+            self._probs = to_probs(scores, self._kind)
+        return self._probs
 
     @property
     def num_samples(self) -> int:
-        return self.probs.shape[0]
+        return int(self.preds.shape[0])
 
     @property
     def num_exits(self) -> int:
-        return self.probs.shape[1]
+        return int(self.preds.shape[1])
 
     @property
     def num_classes(self) -> int:
-        return self.probs.shape[2]
+        return int(self._scores.shape[2])
 
     @property
     def correct(self) -> np.ndarray:
@@ -120,25 +162,31 @@ class ExitFeatures:
         return self.preds == self.labels[:, None]
 
     def subset(self, rows: np.ndarray) -> "ExitFeatures":
-        return ExitFeatures(
-            probs=self.probs[rows],
-            preds=self.preds[rows],
-            max_prob=self.max_prob[rows],
-            entropy=self.entropy[rows],
-            vote=self.vote[rows],
-            labels=None if self.labels is None else self.labels[rows],
+        """The features of some rows (a boolean mask or indices); probs stay lazy."""
+        rows = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows)
+        base = rows if self._rows is None else self._rows[rows]
+        out = ExitFeatures(
+            self._scores, self._kind, self.preds[rows], self.max_prob[rows], self.entropy[rows], self.vote[rows],
+            None if self.labels is None else self.labels[rows], base,
         )
+        if self._probs is not None:
+            out._probs = self._probs[rows]
+        return out
 
 
 def exit_features(scores: np.ndarray, kind: str = "logits", labels: np.ndarray | None = None) -> ExitFeatures:
-    """Compute probabilities, predictions and the three confidence measures once."""
-    probs = to_probs(scores, kind)
-    preds = probs.argmax(axis=-1).astype(np.int64)
+    """Predictions and the three confidence measures, in one chunked pass over the scores."""
+    if kind not in ("logits", "probs"):
+        raise ValueError(f"unknown score kind {kind!r}; expected 'logits' or 'probs'")
+    scores = np.asarray(scores)
+    n, k, _ = scores.shape
+    preds = np.empty((n, k), dtype=np.int64)
+    maxp = np.empty((n, k), dtype=np.float64)
+    ent = np.empty((n, k), dtype=np.float64)
+    step = max(1, _CHUNK // max(k, 1))
+    for start in range(0, n, step):
+        sl = slice(start, start + step)
+        _, preds[sl], maxp[sl], ent[sl] = block_measures(scores[sl], kind)
     return ExitFeatures(
-        probs=probs,
-        preds=preds,
-        max_prob=max_prob(probs),
-        entropy=entropy_confidence(probs),
-        vote=vote(preds),
-        labels=None if labels is None else np.asarray(labels, dtype=np.int64),
+        scores, kind, preds, maxp, ent, vote(preds), None if labels is None else np.asarray(labels, dtype=np.int64)
     )

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from eenet_cli.core.measures import entropy_confidence, softmax
+from eenet_cli.core.measures import block_measures, entropy_confidence
 from eenet_cli.core.policy import _vote_with_tiebreak  # noqa: F401  (documented rule, reused below)
 
 
@@ -71,23 +71,19 @@ class OnlinePolicy:
         Returns ``(stop [b] bool, prediction [b], score [b])``.
         """
         rows = np.arange(logits.shape[0]) if rows is None else rows
-        p = np.asarray(logits, dtype=np.float32)[:, None, :] if probs else softmax(np.asarray(logits)[:, None, :])
-        p = p[:, 0, :]
-        pred = p.argmax(axis=-1).astype(np.int64)
-        maxp = p.max(axis=-1).astype(np.float64)
+        p, pred, maxp, ent = block_measures(np.asarray(logits), "probs" if probs else "logits")
         state.preds[rows, j] = pred
         state.maxp[rows, j] = maxp
         hist = state.preds[rows, : j + 1]
         if self.kind == "maxprob":
             score = maxp
         elif self.kind == "entropy":
-            score = entropy_confidence(p[:, None, :])[:, 0]
+            score = ent
         elif self.kind in ("vote", "eenet"):
             votes = (hist[:, :, None] == hist[:, None, :]).sum(axis=2).max(axis=1) / (j + 1)
             if self.kind == "vote":
                 score = votes + maxp / (self.k + 1)
             else:
-                ent = entropy_confidence(p[:, None, :])[:, 0]
                 w, b, wu, bu = self.layers[j]
                 x = np.concatenate([p.astype(np.float64), maxp[:, None], ent[:, None], votes[:, None], state.qhat[rows, :j]], axis=1)
                 h = x @ w.T + b
@@ -114,12 +110,16 @@ class OnlinePolicy:
         qhat: list[float] = []
         log_c = np.log(exit_logits.shape[-1])
         for j in range(self.k):
-            z = np.asarray(exit_logits[j], dtype=np.float32)
+            z = np.array(exit_logits[j], dtype=np.float32)
             if probs:
                 p = z
-            else:
-                e = np.exp(z - z.max())
-                p = e / e.sum(dtype=np.float64).astype(np.float32)
+                ent = None
+            else:  # the arithmetic of measures.block_measures, for one row
+                z -= z.max()
+                e = np.exp(z)
+                total = e.sum(dtype=np.float32)
+                p = e / total
+                ent = None
             c = int(p.argmax())
             preds.append(c)
             if j == self.k - 1:
@@ -139,8 +139,11 @@ class OnlinePolicy:
                     score = votes + maxp / (self.k + 1)
                 else:
                     p64 = p.astype(np.float64)
-                    nz = p64[p64 > 0]
-                    ent = min(max(1.0 + float((nz * np.log(nz)).sum()) / log_c, 0.0), 1.0)
+                    if probs:
+                        ent = float(entropy_confidence(p[None, :])[0])
+                    else:
+                        plogp = float((p * z).sum(dtype=np.float64)) - float(np.log(np.float64(total)))
+                        ent = min(max(1.0 + plogp / log_c, 0.0), 1.0)
                     if kind == "entropy":
                         score = ent
                     else:

@@ -1,0 +1,384 @@
+"""``eenet profile`` and ``eenet dump``: the commands that run a model (and import torch).
+
+torch and every torch-backed module are imported inside the command functions, so
+``eenet --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from eenet_cli.cli import app
+from eenet_cli.commands.common import CostsOpt, JsonOpt, OutputOpt, QuietOpt, log, progress_bar, stderr_console, stdout_console, stdout_is_terminal
+
+MODEL_HELP = (
+    "A built-in model (digits-cnn, resnet56, mlp), an import string package.module:factory "
+    "(called with the --model-arg pairs, returns a torch.nn.Module), or a torch.export .pt2 file."
+)
+ModelArg = Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP, show_default=False)]
+WeightsOpt = Annotated[
+    Optional[str],
+    typer.Option("--weights", "-w", help="Weights: .safetensors, or a state dict read with torch.load(weights_only=True). Never an arbitrary pickle."),
+]
+ModelArgsOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--model-arg", "-a", help="key=value passed to the model factory (int, float, true/false or text); repeat for more."),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")]
+DataOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--data",
+        "-d",
+        help="Data: an import string package.module:name giving (x, y) batches (a DataLoader works; a function is called "
+        "with no arguments), a .npz with arrays x and y, a .pt with tensors x and y, or the built-in digits:train|val|test.",
+    ),
+]
+
+PROFILE_HELP = """Measure the cost of each exit of a staged model and write a costs JSON.
+
+Exit k's cost is that of a sample that stops there: stages 0..k, heads 0..k and the
+exit decision (softmax + max + threshold test) at each of those heads, under
+torch.inference_mode(), after --warmup rounds, --repeats times. The prefixes are timed
+interleaved (each round runs every prefix once, in a shuffled order) so machine drift
+hits all exits alike. The costs are the medians; p10, p90 and mean are kept under
+"stats". If the medians are not strictly increasing the command says so and exits 1
+without writing (costs must increase); a warning is printed when an exit is noisy,
+(p90 - p10) / median > 0.2.
+
+FLOPs per prefix are counted with torch.utils.flop_counter.FlopCounterMode for one
+sample: one multiply-add = 2 FLOPs, and only matmul/convolution-like operators count.
+Parameters are cumulative per prefix. --unit flops|MFLOPs|GFLOPs writes the FLOP counts as
+the costs instead of the latency.
+
+With --policy and --data it instead runs the policy for real (Algorithm 2: each sample
+stops computing at the exit the policy accepts) and reports the measured latency per
+sample and the accuracy beside the policy's budget and the offline estimate
+sum_k fraction_k * c_k.
+
+\b
+Examples:
+  eenet profile digits-cnn --weights sample_data/digits_model.safetensors --repeats 50 -o costs.json
+  eenet profile resnet56 --input-shape 3,32,32 --unit MFLOPs --repeats 5 -o -
+  eenet profile my_pkg.models:build --weights ckpt.pt --input-shape 3,32,32 --threads 1 -o costs.json
+  eenet profile digits-cnn --weights sample_data/digits_model.safetensors --policy policy.json --data digits:test
+"""
+
+DUMP_HELP = """Run a multi-exit model over data and write every exit's scores to a predictions Parquet file.
+
+Works with staged models (stages and heads) and with models whose forward() returns a
+list of K logits tensors. Batches are streamed into Parquet row groups, so memory stays
+flat in the data size; the file appears only when complete. Rows get labels, the
+--split name and sample ids (0, 1, ...; with --append they continue after the largest
+existing id). --append writes a new file holding the old rows and then the new ones and
+renames it over the old (never modifies in place); the new rows follow the old file's
+float16/float32 choice and keep its costs unless --costs is given.
+
+Under torchrun (WORLD_SIZE > 1) each rank runs every WORLD_SIZE-th batch and writes
+OUTPUT/part-RRRRR.parquet; the folder is one predictions input for fit and evaluate.
+
+--scores probs stores softmax(outputs) instead of the raw outputs.
+
+\b
+Examples:
+  eenet dump digits-cnn --weights sample_data/digits_model.safetensors --data digits:val --split val -o preds.parquet
+  eenet dump digits-cnn --weights sample_data/digits_model.safetensors --data digits:test --split test -o preds.parquet --append
+  eenet dump my_pkg.models:build --weights ckpt.pt --data my_pkg.data:val_loader --split val --costs costs.json -o preds.parquet
+"""
+
+
+def _load(model: str, weights: Optional[str], model_args: Optional[list[str]], device: str):
+    from eenet_cli.modelspec import load_model, parse_model_args
+
+    return load_model(model, parse_model_args(model_args), weights, device)
+
+
+# --------------------------------------------------------------------------- profile
+
+
+def _profile_table(doc: dict, title: str):
+    from rich.table import Table
+
+    stats = doc.get("stats") or doc.get("latency_ms")
+    unit = doc["unit"] if "stats" in doc else "ms"
+    t = Table(title=title, title_style="bold")
+    for col in ("exit", f"median {unit}", "p10", "p90", "mean", "MFLOPs", "params"):
+        t.add_column(col, justify="right", no_wrap=True)
+    for k in range(len(doc["costs"])):
+        t.add_row(
+            str(k),
+            f"{stats['median'][k]:.4g}",
+            f"{stats['p10'][k]:.4g}",
+            f"{stats['p90'][k]:.4g}",
+            f"{stats['mean'][k]:.4g}",
+            f"{doc['flops'][k] / 1e6:.4g}",
+            f"{doc['params'][k]:,}",
+        )
+    return t
+
+
+@app.command("profile", help=PROFILE_HELP)
+def profile_command(
+    model: ModelArg,
+    input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="One sample's shape without the batch axis, e.g. 3,32,32 (built-in models have a default).")] = None,
+    weights: WeightsOpt = None,
+    model_arg: ModelArgsOpt = None,
+    device: DeviceOpt = "cpu",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per timed call; costs are per call.")] = 1,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads (default: torch's choice).")] = None,
+    repeats: Annotated[int, typer.Option("--repeats", help="Timed rounds (each runs every exit's prefix once).")] = 200,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed rounds first.")] = 20,
+    unit: Annotated[str, typer.Option("--unit", help="Costs unit: ms, us, s (latency) or flops, MFLOPs, GFLOPs (FLOP counts).")] = "ms",
+    output: OutputOpt = None,
+    policy: Annotated[Optional[str], typer.Option("--policy", help="Policy JSON: run it for real over --data and report latency and accuracy.")] = None,
+    data: DataOpt = None,
+    costs: CostsOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    from eenet_cli.errors import InputError
+    from eenet_cli.io import check_output_path, normalise_unit
+
+    check_output_path(output)
+    unit = normalise_unit(unit, "--unit")
+    if threads is not None and threads < 1:
+        raise InputError(f"must be at least 1, got {threads}", field="--threads")
+    if policy is not None:
+        if data is None:
+            raise InputError("--policy needs --data to run the policy on", field="--data")
+        _profile_policy(model, weights, model_arg, device, policy, data, costs, batch_size, threads, warmup, output, json_out, quiet)
+        return
+    if data is not None:
+        raise InputError("--data is used only with --policy (profiling times random inputs of --input-shape)", field="--data")
+
+    import torch
+
+    from eenet_cli.io import dumps, write_text
+    from eenet_cli.modelspec import parse_shape
+    from eenet_cli.profiling import costs_document, profile_model
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    loaded = _load(model, weights, model_arg, device)
+    if input_shape is not None:
+        shape = parse_shape(input_shape)
+    elif loaded.input_shape is not None:
+        shape = loaded.input_shape
+    else:
+        raise InputError("needed for this model (the shape of one sample without the batch axis, e.g. 3,32,32)", field="--input-shape")
+    with progress_bar(f"profiling {model}", repeats, quiet) as update:
+        res = profile_model(loaded, shape, batch_size=batch_size, repeats=repeats, warmup=warmup, threads=threads, progress=update)
+    doc = costs_document(res, unit=unit, model=model)
+    for k in res.noisy_exits():
+        med, p10, p90 = res.stat("median")[k], res.stat("p10")[k], res.stat("p90")[k]
+        sys.stderr.write(
+            f"eenet: warning: exit {k} timing is noisy: p10 {p10:.4g} ms, median {med:.4g} ms, p90 {p90:.4g} ms "
+            f"((p90-p10)/median = {(p90 - p10) / med:.2f} > 0.2); consider --threads 1, more --repeats or a quieter machine\n"
+        )
+    to_stdout = output == "-" or json_out or (output is None and not stdout_is_terminal())
+    if output is not None:
+        write_text(output, dumps(doc))
+        if output != "-":
+            log(f"wrote {output} ({doc['unit']}: {', '.join(f'{v:g}' for v in doc['costs'])})", quiet)
+    if to_stdout and output != "-":
+        typer.echo(dumps(doc), nl=False)
+    title = f"{model}: cumulative cost per exit (batch {res.batch_size}, {res.threads} thread(s), {res.device})"
+    if to_stdout:
+        if not quiet:
+            stderr_console().print(_profile_table(doc, title))
+    elif stdout_is_terminal() or not quiet:
+        stdout_console().print(_profile_table(doc, title))
+
+
+def _profile_policy(model, weights, model_arg, device, policy_path, data_spec, costs_spec, batch_size, threads, warmup, output, json_out, quiet) -> None:
+    import torch
+
+    from eenet_cli.errors import InputError
+    from eenet_cli.io import CREATED_BY, dumps, load_costs, parse_costs_json, read_json, write_text
+    from eenet_cli.modelspec import load_data
+    from eenet_cli.profiling import run_policy
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    pol = read_json(policy_path)
+    if not isinstance(pol, dict):
+        raise InputError("expected a policy JSON object", source=policy_path)
+    cost = load_costs(costs_spec) if costs_spec else None
+    if cost is None and isinstance(pol.get("costs"), dict):
+        cost = parse_costs_json(pol["costs"], f"{policy_path} (costs)")
+    loaded = _load(model, weights, model_arg, device)
+    from eenet_cli.runtime import check_policy
+
+    if not loaded.staged:
+        raise InputError("running a policy needs a staged model (stages and heads)", source=model)
+    check_policy(pol, loaded.num_exits or 0, policy_path)
+    if cost is not None and cost.num_exits != loaded.num_exits:
+        raise InputError(f"has {cost.num_exits} costs but the model has {loaded.num_exits} exits", source=cost.source)
+    src = load_data(data_spec, batch_size)
+    with progress_bar("running policy", src.num_samples, quiet) as update:
+        run = run_policy(loaded, pol, src, warmup=warmup, progress=lambda n: update(n))
+    fr = run.exit_fractions
+    doc: dict = {
+        "policy": str(policy_path),
+        "model": model,
+        "data": data_spec,
+        "n": run.n,
+        "batch_size": run.batch_size,
+        "threads": torch.get_num_threads(),
+        "device": loaded.device,
+        "accuracy": run.accuracy,
+        "exit_fractions": fr,
+        "measured_ms_per_sample": run.ms_per_sample,
+    }
+    budget = pol.get("budget")
+    if isinstance(budget, dict):
+        doc["budget"] = budget
+    if cost is not None:
+        est = float(sum(f * c for f, c in zip(fr, cost.values)))
+        doc["costs"] = cost.brief()
+        doc["offline_estimate"] = {"value": est, "unit": cost.unit}
+    doc["created_by"] = CREATED_BY
+    to_stdout = output == "-" or json_out or (output is None and not stdout_is_terminal())
+    if output is not None:
+        write_text(output, dumps(doc))
+    if to_stdout and output != "-":
+        typer.echo(dumps(doc), nl=False)
+    from rich.table import Table
+
+    t = Table(title=f"policy {policy_path} on {data_spec} (batch {run.batch_size})", title_style="bold")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_row("samples", str(run.n))
+    t.add_row("accuracy", f"{100 * run.accuracy:.2f}%")
+    t.add_row("exit fractions", "/".join(f"{f:.3f}" for f in fr))
+    t.add_row("measured latency", f"{run.ms_per_sample:.4g} ms/sample")
+    if "offline_estimate" in doc:
+        t.add_row("offline estimate sum f_k c_k", f"{doc['offline_estimate']['value']:.4g} {cost.unit}")
+    if isinstance(budget, dict) and "value" in budget:
+        t.add_row("budget", f"{budget['value']:.4g} {budget.get('unit', '')}")
+    if to_stdout:
+        if not quiet:
+            stderr_console().print(t)
+    else:
+        stdout_console().print(t)
+
+
+# --------------------------------------------------------------------------- dump
+
+
+@app.command("dump", help=DUMP_HELP)
+def dump_command(
+    model: ModelArg,
+    data: DataOpt = None,
+    split: Annotated[Optional[str], typer.Option("--split", "-s", help="Split name stored with every row (val, test, ...). Without it the file has no split column.")] = None,
+    output: OutputOpt = None,
+    append: Annotated[bool, typer.Option("--append", help="Add the rows to an existing file (writes a new file = old rows + new rows).")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Store scores as float16 (half the size).")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size for .npz/.pt/built-in data (a loader keeps its own).")] = 256,
+    costs: CostsOpt = None,
+    weights: WeightsOpt = None,
+    model_arg: ModelArgsOpt = None,
+    scores: Annotated[str, typer.Option("--scores", help="logits (raw outputs) or probs (softmax of the outputs).")] = "logits",
+    device: DeviceOpt = "cpu",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    from eenet_cli.errors import InputError
+    from eenet_cli.io import check_output_path, load_costs
+
+    if data is None:
+        raise InputError("missing --data (an import string, .npz, .pt or digits:val); see eenet dump --help", field="--data")
+    if output is None or output == "-":
+        raise InputError("give an output file with -o (Parquet is not written to stdout)", field="--output")
+    if scores not in ("logits", "probs"):
+        raise InputError(f"expected logits or probs, got {scores!r}", field="--scores")
+    if split is not None and not split.strip():
+        raise InputError("must not be empty", field="--split")
+    from eenet_cli.dumping import shard_from_env
+
+    shard = shard_from_env()
+    if not shard.active:
+        check_output_path(output)
+    cost = load_costs(costs) if costs else None
+    if device == "cuda" and shard.active and os.environ.get("LOCAL_RANK"):
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    loaded = _load(model, weights, model_arg, device)
+    if cost is not None and loaded.num_exits is not None and cost.num_exits != loaded.num_exits:
+        raise InputError(f"has {cost.num_exits} costs but the model has {loaded.num_exits} exits", source=cost.source, field="--costs")
+
+    from eenet_cli.dumping import dump_predictions
+    from eenet_cli.modelspec import load_data
+
+    src = load_data(data, batch_size, split_hint=split)
+    _check_split_column(output, shard, split, append)
+    label = f"dump {split or ''}".strip() + (f" [rank {shard.rank}/{shard.world}]" if shard.active else "")
+    total = src.num_samples
+    if total is not None and shard.active:
+        total = None
+    with progress_bar(label, total, quiet) as update:
+        res = dump_predictions(
+            loaded,
+            src,
+            output,
+            split=split,
+            append=append,
+            fp16=fp16,
+            scores=scores,
+            costs=cost.to_json() if cost is not None else None,
+            shard=shard,
+            progress=lambda n, rate: update(n, description=f"{label} {rate:,.0f} samples/s"),
+            log=lambda m: log(m, quiet),
+        )
+    acc = ", ".join(f"{a:.3f}" for a in res.exit_accuracy)
+    log(
+        f"wrote {res.path}: {res.rows} new rows ({res.total_rows} in all), {res.num_exits} exits x {res.num_classes} classes, "
+        f"{res.samples_per_second:,.0f} samples/s; exit accuracies {acc}",
+        quiet,
+    )
+    if json_out:
+        from eenet_cli.io import dumps
+
+        typer.echo(
+            dumps(
+                {
+                    "output": str(res.path),
+                    "rows": res.rows,
+                    "total_rows": res.total_rows,
+                    "num_exits": res.num_exits,
+                    "num_classes": res.num_classes,
+                    "split": split,
+                    "exit_accuracy": res.exit_accuracy,
+                    "seconds": res.seconds,
+                }
+            ),
+            nl=False,
+        )
+
+
+def _check_split_column(output: str, shard, split: Optional[str], append: bool) -> None:
+    """--append must keep the file's shape: a split column in both or neither."""
+    if not append:
+        return
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from eenet_cli.dumping import output_file
+    from eenet_cli.errors import InputError
+
+    path = Path(output) / f"part-{shard.rank:05d}.parquet" if shard.active else Path(output)
+    if not path.is_file():
+        output_file(output, shard)  # the right error for a folder/file mix-up
+        raise InputError("--append: no such file to append to (drop --append to create it)", source=str(path), field="--output")
+    try:
+        has_split = "split" in pq.read_schema(path).names
+    except Exception:  # noqa: BLE001 - the reader reports it properly later
+        return
+    if has_split and split is None:
+        raise InputError("--append: the file has a split column; give --split for the new rows", source=str(path), field="--split")
+    if not has_split and split is not None:
+        raise InputError("--append: the file has no split column; drop --split or write a new file", source=str(path), field="--split")

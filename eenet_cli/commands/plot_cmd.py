@@ -1,0 +1,343 @@
+"""``eenet plot``: pictures of results files and of policies applied to predictions."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from eenet_cli.cli import app
+from eenet_cli.commands.common import QuietOpt, log
+
+KINDS = ("tradeoff", "exits", "scores", "separation")
+RESULT_KINDS = ("tradeoff", "exits")
+POLICY_KINDS = ("scores", "separation")
+IMAGE_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
+
+PLOT_HELP = """Draw a figure from a results file, or from a policy and predictions.
+
+What is drawn follows from the inputs (or --kind):
+
+\b
+  tradeoff    results file (from `eenet evaluate`): accuracy vs realised average
+              cost, a line per method, the oracle as a dashed ceiling, the full
+              model as a reference line, hollow red X where a budget was overrun.
+  exits       results file: stacked bars of the share of samples leaving at each
+              exit, per method, at one budget (--budget picks the nearest one;
+              default the median budget).
+  scores      policy JSON + predictions: one panel per exit, each sample's exit
+              score against its class, right/wrong at that exit, samples that
+              already left in grey, the threshold as a line (paper Figures 6-9).
+  separation  policy JSON + predictions: max-prob vs the policy's score at exit 1
+              for the --classes most frequent classes (paper Figure 3).
+
+The image format follows the extension of -o: .png, .svg or .pdf ('-' writes PNG to
+stdout). The same inputs give the same bytes. --split picks the rows of the
+predictions (default: test when there is a split column, else every row), or the
+figures of a results file (default test; val uses the validation columns).
+
+\b
+Examples:
+  eenet evaluate sample_data/digits.parquet --methods maxprob,entropy,oracle -o results.json
+  eenet plot results.json -o tradeoff.png
+  eenet plot results.json --kind exits --budget 0.8ms -o exits.svg
+  eenet fit sample_data/digits.parquet --budget 60% --method maxprob -o policy.json
+  eenet plot policy.json sample_data/digits.parquet -o scores.png
+  eenet plot policy.json sample_data/digits.parquet --kind separation --classes 6 -o separation.pdf
+"""
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def sniff(path: str) -> str:
+    """What kind of eenet file ``path`` is: results, policy or predictions (else InputError)."""
+    from eenet_cli.errors import InputError
+    from eenet_cli.io import read_json
+
+    p = Path(path)
+    if path == "-":
+        raise InputError("plot reads files by name; stdin is not supported", source="<stdin>")
+    if not p.exists():
+        raise InputError("no such file", source=path)
+    suffix = p.suffix.lower()
+    if p.is_dir():
+        if any(q.suffix == ".parquet" for q in p.iterdir()):
+            return "predictions"
+        raise InputError("is a directory without .parquet part files", source=path)
+    if suffix == ".csv":
+        return "results"
+    if suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            schema = pq.read_schema(p)
+        except (pa.ArrowException, OSError) as e:
+            raise InputError(f"not a readable Parquet file ({str(e).splitlines()[0] if str(e) else type(e).__name__})", source=path) from None
+        meta = {k.decode("utf-8", "replace"): v for k, v in (schema.metadata or {}).items()}
+        fmt = meta.get("eenet.format", b"").decode("utf-8", "replace").strip('"')
+        if fmt == "results" or (not fmt and "accuracy" in schema.names and "method" in schema.names):
+            return "results"
+        if fmt in ("", "predictions") and any(n.startswith("exit_") for n in schema.names):
+            return "predictions"
+        raise InputError(
+            f"is neither predictions nor results (eenet.format {fmt or 'missing'!s}, columns {schema.names[:6]})",
+            source=path,
+        )
+    doc = read_json(path)  # every other file must be JSON; a non-JSON file fails here with one line
+    fmt = doc.get("format") if isinstance(doc, dict) else None
+    if fmt in ("results", "policy"):
+        return fmt
+    if fmt == "costs":
+        raise InputError(
+            "is a costs file; plot takes a results file (from `eenet evaluate`), or a policy (from `eenet fit`) "
+            "and predictions",
+            source=path,
+            field="format",
+        )
+    raise InputError(
+        f"expected an eenet results or policy file, got format {fmt!r}" if isinstance(doc, dict) else
+        f"expected an eenet results or policy JSON object, got {type(doc).__name__}",
+        source=path,
+        field="format",
+    )
+
+
+def classify(inputs: list[str]) -> dict[str, str]:
+    """Map each input to its role ({'results': path} or {'policy': p, 'predictions': q})."""
+    from eenet_cli.errors import InputError
+
+    if not inputs:
+        raise InputError("give a results file, or a policy and predictions; see eenet plot --help", field="INPUT")
+    if len(inputs) > 2:
+        raise InputError(f"expected one results file, or a policy and a predictions file; got {len(inputs)} inputs", field="INPUT")
+    roles: dict[str, str] = {}
+    for path in inputs:
+        role = sniff(path)
+        if role in roles:
+            raise InputError(f"two {role} files given ({roles[role]} and {path}); plot takes one", source=path)
+        roles[role] = path
+    if "results" in roles and len(roles) > 1:
+        other = next(p for r, p in roles.items() if r != "results")
+        raise InputError("a results file is plotted on its own; give it without other inputs", source=other)
+    return roles
+
+
+def _choose_kind(kind: str | None, roles: dict[str, str]) -> str:
+    from eenet_cli.errors import InputError
+
+    if kind is not None and kind not in KINDS:
+        raise InputError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}", field="--kind")
+    if "results" in roles:
+        kind = kind or "tradeoff"
+        if kind not in RESULT_KINDS:
+            raise InputError(
+                f"--kind {kind} needs a policy JSON and predictions; a results file gives {' or '.join(RESULT_KINDS)}",
+                source=roles["results"],
+            )
+        return kind
+    if "policy" in roles and "predictions" in roles:
+        kind = kind or "scores"
+        if kind not in POLICY_KINDS:
+            raise InputError(
+                f"--kind {kind} needs a results file (from `eenet evaluate`); a policy and predictions give "
+                f"{' or '.join(POLICY_KINDS)}",
+                source=roles["policy"],
+            )
+        return kind
+    if "policy" in roles:
+        raise InputError(
+            "a policy alone cannot be plotted: add the predictions to apply it to (scores, separation), "
+            "or plot a results file (tradeoff, exits)",
+            source=roles["policy"],
+        )
+    raise InputError(
+        "predictions alone cannot be plotted: add a policy JSON from `eenet fit` (scores, separation), "
+        "or plot a results file from `eenet evaluate` (tradeoff, exits)",
+        source=roles["predictions"],
+    )
+
+
+def _output_format(output: str) -> str:
+    from eenet_cli.errors import InputError
+
+    if output == "-":
+        return "png"
+    fmt = IMAGE_FORMATS.get(Path(output).suffix.lower())
+    if fmt is None:
+        raise InputError("unknown image format; use a .png, .svg or .pdf file name", source=output, field="--output")
+    return fmt
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _results_costs(doc: dict) -> tuple[list[float] | None, str]:
+    """(cumulative costs or None, unit) from a results header (CSV files carry none)."""
+    import math
+
+    unit = ""
+    costs = None
+    c = doc.get("costs")
+    if isinstance(c, dict):
+        values = c.get("costs")
+        if isinstance(values, list) and values and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            costs = [float(v) for v in values]
+        if isinstance(c.get("unit"), str):
+            unit = c["unit"]
+    if not unit:
+        units = {r.get("unit") for r in doc["results"] if isinstance(r.get("unit"), str)}
+        unit = units.pop() if len(units) == 1 else ""
+    return costs, unit
+
+
+def _parse_plot_budget(text: str, costs: list[float] | None, unit: str, source: str) -> float:
+    import numpy as np
+
+    from eenet_cli.budgets import parse_budget
+    from eenet_cli.errors import InputError
+    from eenet_cli.io import Costs, normalise_unit
+
+    if text.strip().endswith("%") and not costs:
+        raise InputError("has no costs in its header, so a budget in % cannot be read; give it with a unit, e.g. 2ms", source=source, field="--budget")
+    if not unit:
+        raise InputError("records name no single cost unit", source=source, field="unit")
+    values = np.asarray(costs if costs else [1e-300], dtype=np.float64)
+    return parse_budget(text, Costs(values, normalise_unit(unit, source), source), "--budget")
+
+
+def _check_result_split(doc: dict, split: str, source: str) -> None:
+    from eenet_cli.errors import InputError
+
+    if split == "val" and not all("val_accuracy" in r and "val_avg_cost" in r for r in doc["results"]):
+        raise InputError("records have no validation figures (val_accuracy, val_avg_cost) for --split val", source=source, field="val_accuracy")
+
+
+def _results_figure(kind: str, path: str, *, title, budget_text, split, quiet):
+    from eenet_cli import plotting
+    from eenet_cli.io import read_results
+
+    doc = read_results(path)
+    split = split or "test"
+    _check_result_split(doc, split, path)
+    costs, unit = _results_costs(doc)
+    target = _parse_plot_budget(budget_text, costs, unit, path) if budget_text else None
+    if kind == "tradeoff":
+        return plotting.tradeoff_figure(doc["results"], unit=unit, costs=costs, split=split, title=title, budget=target)
+    chosen = plotting.nearest_budget(doc["results"], target)
+    how = "median budget" if target is None else f"nearest to {target:g}{unit}"
+    log(f"exit distribution at budget {chosen:g}{unit} ({how})", quiet)
+    return plotting.exits_figure(doc["results"], chosen, unit=unit, split=split, title=title)
+
+
+def _select_rows(preds, split: str | None):
+    from eenet_cli.errors import InputError
+
+    if preds.labels is None:
+        raise InputError("has no label column; right and wrong predictions cannot be told apart", source=preds.source, field="label")
+    if preds.split is None:
+        if split is not None:
+            raise InputError(f"has no split column, so --split {split} cannot select rows", source=preds.source, field="split")
+        return preds, "all rows"
+    if split is None:
+        split = "test" if (preds.split == "test").any() else None
+        if split is None:
+            return preds, "all rows"
+    mask = preds.split == split
+    if not mask.any():
+        raise InputError(f"no rows with split {split!r}", source=preds.source, field="split")
+    return preds.rows(mask), f"split {split}"
+
+
+def _policy_figure(kind: str, policy_path: str, preds_path: str, *, title, split, classes, quiet):
+    import numpy as np
+
+    from eenet_cli import api, plotting
+    from eenet_cli.core.policy import compute_scores
+    from eenet_cli.core.thresholds import apply_thresholds
+    from eenet_cli.io import read_policy
+
+    policy = read_policy(policy_path)
+    preds = api.load_predictions(preds_path)
+    api.check_policy_fits(policy, preds, source=policy_path)
+    preds, which = _select_rows(preds, split)
+    feats = preds.features()
+    scores = np.asarray(compute_scores(policy["scorer"], feats), dtype=np.float64)
+    thresholds = policy["thresholds"]
+    exits = apply_thresholds(scores, thresholds)
+    correct = feats.correct
+    names = preds.meta.get("class_names")
+    names = [str(x) for x in names] if isinstance(names, list) and len(names) == preds.num_classes else None
+    scorer_type = str(policy["scorer"]["type"])
+    budget = policy.get("budget") or {}
+    where = f"{policy.get('method', scorer_type)} policy"
+    if isinstance(budget, dict) and isinstance(budget.get("value"), (int, float)):
+        where += f" at {budget['value']:.4g} {budget.get('unit', '')}".rstrip()
+    n = preds.num_samples
+    log(f"{kind}: {where}, {n} samples ({which}) of {preds.source}", quiet)
+    if kind == "scores":
+        head = title if title is not None else f"Exit scores per class: {where} ({which}, n={n})"
+        return plotting.scores_figure(
+            scores, preds.labels, correct, exits, thresholds, scorer_type=scorer_type, class_names=names, title=head
+        )
+    counts = np.bincount(preds.labels, minlength=preds.num_classes)
+    top = np.lexsort((np.arange(preds.num_classes), -counts))[: min(classes, preds.num_classes)]
+    top = top[counts[top] > 0]
+    hits = np.bincount(preds.labels, weights=correct[:, -1].astype(np.float64), minlength=preds.num_classes)
+    class_acc = hits / np.maximum(counts, 1)
+    shown = sorted(top.tolist(), key=lambda c: (class_acc[c], c))
+    head = title if title is not None else f"Right vs wrong at exit 1: max-prob vs {where} ({which})"
+    return plotting.separation_figure(
+        feats.max_prob[:, 0], scores[:, 0], preds.labels, correct[:, 0], shown, class_acc=class_acc,
+        scorer_type=scorer_type, threshold=thresholds[0] if preds.num_exits > 1 else None, class_names=names, title=head,
+    )
+
+
+@app.command("plot", help=PLOT_HELP)
+def plot_command(
+    inputs: Annotated[Optional[list[str]], typer.Argument(metavar="INPUT", help="A results file, or a policy JSON and a predictions file.", show_default=False)] = None,
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Image file: .png, .svg or .pdf ('-' for PNG on stdout).", show_default=False)] = None,
+    kind: Annotated[Optional[str], typer.Option("--kind", "-k", help="tradeoff or exits (results); scores or separation (policy + predictions).", show_default=False)] = None,
+    title: Annotated[Optional[str], typer.Option("--title", help="Figure title (default: says what is shown).", show_default=False)] = None,
+    dpi: Annotated[int, typer.Option("--dpi", help="Resolution of PNG output (and of dense point clouds in SVG/PDF).")] = 150,
+    budget: Annotated[Optional[str], typer.Option("--budget", "-b", help="exits: show the budget nearest this (e.g. 2ms, 60%); tradeoff: draw it as a vertical line.", show_default=False)] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="val or test: predictions rows to use, or which figures of a results file.", show_default=False)] = None,
+    classes: Annotated[int, typer.Option("--classes", help="separation: how many classes (the most frequent).")] = 8,
+    quiet: QuietOpt = False,
+) -> None:
+    from eenet_cli.errors import InputError
+    from eenet_cli.io import atomic_path, check_output_path
+
+    if output is None:
+        raise InputError("missing -o FILE (.png, .svg or .pdf); see eenet plot --help", field="--output")
+    fmt = _output_format(output)
+    check_output_path(output)
+    if not 20 <= dpi <= 1200:
+        raise InputError(f"must be between 20 and 1200, got {dpi}", field="--dpi")
+    if classes < 1:
+        raise InputError(f"must be at least 1, got {classes}", field="--classes")
+    if split is not None and split not in ("val", "test"):
+        raise InputError(f"expected val or test, got {split!r}", field="--split")
+    roles = classify(list(inputs or []))
+    chosen = _choose_kind(kind, roles)
+    if chosen in RESULT_KINDS:
+        fig = _results_figure(chosen, roles["results"], title=title, budget_text=budget, split=split, quiet=quiet)
+    else:
+        fig = _policy_figure(chosen, roles["policy"], roles["predictions"], title=title, split=split, classes=classes, quiet=quiet)
+
+    from eenet_cli.plotting import save_figure
+
+    if output == "-":
+        import io
+
+        buf = io.BytesIO()
+        save_figure(fig, buf, fmt, dpi)
+        sys.stdout.buffer.write(buf.getvalue())
+        sys.stdout.buffer.flush()
+        return
+    with atomic_path(output) as tmp:
+        save_figure(fig, str(tmp), fmt, dpi)
+    log(f"wrote {output} ({chosen})", quiet)

@@ -1,0 +1,306 @@
+"""Running a multi-exit model over data and streaming its exit scores to Parquet (``eenet dump``).
+
+Batches are run one at a time and buffered only up to one row group (``row_group_rows``
+samples), which is then written and dropped: memory stays flat however much data there
+is. The output appears only once complete (:class:`~eenet_cli.io.PredictionsWriter` is
+atomic). ``append`` writes a *new* file holding the old rows and then the new ones, and
+renames it over the old one: nothing is modified in place.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) each rank runs every ``WORLD_SIZE``-th batch
+(batch ``i`` goes to rank ``i % WORLD_SIZE``) and writes ``OUTPUT/part-{rank:05d}.parquet``;
+the folder is one predictions input. Every rank still iterates the whole loader (it skips
+the other ranks' batches without running the model) so sample ids are global positions in
+the data and never collide. Only ``--append`` needs the ranks to agree on where ids
+continue: then a ``gloo`` process group is started (from torchrun's ``MASTER_ADDR`` /
+``MASTER_PORT``) for one barrier.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eenet_cli.errors import InputError
+from eenet_cli.modelspec import DataSource, LoadedModel, run_checked, run_exits
+
+
+@dataclass
+class Shard:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def shard_from_env(env: dict | None = None) -> Shard:
+    """``RANK`` / ``WORLD_SIZE`` as set by torchrun (one process when absent)."""
+    env = os.environ if env is None else env
+    try:
+        world = int(env.get("WORLD_SIZE", "1") or 1)
+        rank = int(env.get("RANK", "0") or 0)
+    except ValueError:
+        raise InputError("RANK and WORLD_SIZE must be integers", source="environment") from None
+    if world < 1 or not 0 <= rank < world:
+        raise InputError(f"RANK={rank} is outside [0, WORLD_SIZE={world})", source="environment")
+    return Shard(rank, world)
+
+
+def output_file(output: str, shard: Shard) -> Path:
+    """Where this process writes: the file itself, or its part file in the output folder."""
+    out = Path(output)
+    if not shard.active:
+        if out.is_dir():
+            raise InputError("is a folder (of part files from a sharded dump); give a file name", source=output, field="--output")
+        return out
+    if out.exists() and not out.is_dir():
+        raise InputError("is a file; a sharded dump (WORLD_SIZE > 1) writes a folder of part files", source=output, field="--output")
+    out.mkdir(parents=True, exist_ok=True)
+    return out / f"part-{shard.rank:05d}.parquet"
+
+
+@dataclass
+class DumpResult:
+    path: Path
+    rows: int  # rows written by this process (new ones)
+    total_rows: int  # rows in the file, with appended-to rows
+    seconds: float
+    num_exits: int = 0
+    num_classes: int = 0
+    exit_correct: list[int] = field(default_factory=list)
+
+    @property
+    def exit_accuracy(self) -> list[float]:
+        return [c / max(self.rows, 1) for c in self.exit_correct]
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass
+class _Existing:
+    meta: dict
+    next_id: int
+    string_ids: bool
+    fp16: bool
+    rows: int
+
+
+def _existing(path: Path) -> _Existing:
+    """What --append needs from the file it appends to (metadata and the last sample id)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from eenet_cli.io import _decode_meta
+
+    src = str(path)
+    if not path.is_file():
+        raise InputError("--append: no such file to append to (drop --append to create it)", source=src, field="--output")
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"--append: not a readable Parquet file ({str(e).splitlines()[0]})", source=src) from None
+    meta = _decode_meta(pf.schema_arrow.metadata, src)
+    if meta.get("format", "predictions") != "predictions":
+        raise InputError(f"--append: expected a predictions file, got format {meta.get('format')!r}", source=src)
+    names = pf.schema_arrow.names
+    next_id, string_ids = pf.metadata.num_rows, False
+    if "sample_id" in names:
+        t = pf.schema_arrow.field("sample_id").type
+        if pa.types.is_integer(t):
+            ids = pq.read_table(path, columns=["sample_id"]).column("sample_id")
+            if len(ids):
+                import pyarrow.compute as pc
+
+                next_id = int(pc.max(ids).as_py()) + 1
+        else:
+            string_ids = True
+    fp16 = "exit_0" in names and pa.types.is_float16(pf.schema_arrow.field("exit_0").type.value_type)
+    return _Existing(meta, next_id, string_ids, fp16, pf.metadata.num_rows)
+
+
+def _shared_next_id(folder: Path, shard: Shard) -> int:
+    """Sharded --append: every rank reads the ids of every existing part, then waits for all."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    nxt = 0
+    for p in sorted(folder.glob("part-*.parquet")):
+        pf = pq.ParquetFile(p)
+        if "sample_id" in pf.schema_arrow.names:
+            ids = pq.read_table(p, columns=["sample_id"]).column("sample_id")
+            if len(ids) and pa.types.is_integer(pf.schema_arrow.field("sample_id").type):
+                nxt = max(nxt, int(pc.max(ids).as_py()) + 1)
+        else:
+            nxt += pf.metadata.num_rows
+    _barrier(shard)
+    return nxt
+
+
+def _barrier(shard: Shard) -> None:
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise InputError("a sharded --append needs torch.distributed, which this torch build lacks")
+    if not dist.is_initialized():
+        if not os.environ.get("MASTER_ADDR") or not os.environ.get("MASTER_PORT"):
+            raise InputError(
+                "a sharded --append needs MASTER_ADDR and MASTER_PORT (torchrun sets them) to synchronise ranks",
+                source="environment",
+            )
+        dist.init_process_group("gloo", rank=shard.rank, world_size=shard.world)
+    dist.barrier()
+
+
+def dump_predictions(
+    model: LoadedModel,
+    data: DataSource,
+    output: str,
+    *,
+    split: str | None,
+    append: bool = False,
+    fp16: bool = False,
+    scores: str = "logits",
+    costs: dict | None = None,
+    shard: Shard | None = None,
+    row_group_rows: int = 8192,
+    progress=None,
+    log=None,
+) -> DumpResult:
+    """Run ``model`` over ``data`` and write its exit scores (see the module docstring)."""
+    from eenet_cli.io import PredictionsWriter
+
+    shard = shard or Shard()
+    if scores not in ("logits", "probs"):
+        raise InputError(f"expected logits or probs, got {scores!r}", field="--scores")
+    path = output_file(output, shard)
+    old: _Existing | None = None
+    if append:
+        old = _existing(path)
+        old_kind = old.meta.get("scores", "logits")
+        if old_kind != scores:
+            raise InputError(f"--append: the file stores {old_kind}, this dump would add {scores} (use --scores {old_kind})", source=str(path), field="--scores")
+        if old.fp16 != fp16 and log:
+            log(f"note: {path} stores {'float16' if old.fp16 else 'float32'} scores; the new rows follow it")
+        fp16 = old.fp16
+        if costs is None:
+            costs = old.meta.get("costs")
+        if shard.active:
+            old.next_id = _shared_next_id(path.parent, shard)
+    device = torch.device(model.device)
+    writer: PredictionsWriter | None = None
+    buf_scores: list[np.ndarray] = []
+    buf_labels: list[np.ndarray] = []
+    buf_ids: list[np.ndarray] = []
+    buffered = 0
+    rows = 0
+    offset = 0  # global position in the data (all ranks' batches)
+    first_id = old.next_id if old else 0
+    correct: np.ndarray | None = None
+    k = c = 0
+    elapsed = 0.0
+    t_start = time.perf_counter()
+
+    def flush() -> None:
+        nonlocal buffered
+        if not buffered or writer is None:
+            return
+        ids = np.concatenate(buf_ids)
+        writer.write(
+            np.concatenate(buf_scores),
+            np.concatenate(buf_labels),
+            split=split,
+            sample_id=ids.astype(str).astype(object) if old and old.string_ids else ids,
+        )
+        buf_scores.clear(), buf_labels.clear(), buf_ids.clear()
+        buffered = 0
+
+    try:
+        with torch.inference_mode():
+            for i, (x, y) in enumerate(data):
+                n = int(y.shape[0])
+                if writer is None:
+                    if n == 0:
+                        continue
+                    x = x.to(device)
+                    outs = run_checked(model, x[:1], data.spec)
+                    k, c = len(outs), int(outs[0].shape[1])
+                    if old is not None:
+                        ok, oc = old.meta.get("num_exits"), old.meta.get("num_classes")
+                        if (ok, oc) != (k, c):
+                            raise InputError(
+                                f"--append: the file has {ok} exits x {oc} classes, the model gives {k} x {c}",
+                                source=str(path),
+                            )
+                    if costs is not None and len(costs.get("costs", [])) != k:
+                        raise InputError(f"the costs have {len(costs.get('costs', []))} exits but the model gives {k}", field="--costs")
+                    writer = PredictionsWriter(
+                        path,
+                        num_exits=k,
+                        num_classes=c,
+                        scores=scores,
+                        fp16=fp16,
+                        costs=costs,
+                        model=model.spec if old is None else old.meta.get("model", model.spec),
+                        sample_id_type=_id_type(old),
+                        with_split=split is not None,
+                    )
+                    if old is not None:
+                        writer.append_from(path)
+                    correct = np.zeros(k, dtype=np.int64)
+                mine = not shard.active or i % shard.world == shard.rank
+                if mine and n:
+                    t0 = time.perf_counter()
+                    outs = run_exits(model, x.to(device))
+                    if len(outs) != k:
+                        raise InputError(f"batch {i}: the model gave {len(outs)} exits, earlier batches {k}", source=model.spec)
+                    s = torch.stack([o.float() for o in outs], dim=1)
+                    if s.shape != (n, k, c):
+                        raise InputError(f"batch {i}: exit scores have shape {list(s.shape)}, expected [{n}, {k}, {c}]", source=model.spec)
+                    if scores == "probs":
+                        s = torch.softmax(s, dim=-1)
+                    arr = s.cpu().numpy()
+                    elapsed += time.perf_counter() - t0
+                    lab = y.cpu().numpy().astype(np.int64)
+                    bad = (lab < 0) | (lab >= c)
+                    if bad.any():
+                        j = int(np.argmax(bad))
+                        raise InputError(f"batch {i}: label {lab[j]} is outside [0, {c}) for a model with {c} classes", source=data.spec, field="y")
+                    if not np.isfinite(arr).all():
+                        raise InputError(f"batch {i}: the model gave non-finite scores (NaN or inf)", source=model.spec)
+                    correct += (arr.argmax(axis=-1) == lab[:, None]).sum(axis=0)
+                    buf_scores.append(arr)
+                    buf_labels.append(lab)
+                    buf_ids.append(np.arange(first_id + offset, first_id + offset + n, dtype=np.int64))
+                    buffered += n
+                    rows += n
+                    if buffered >= row_group_rows:
+                        flush()
+                    if progress is not None:
+                        rate = rows / max(time.perf_counter() - t_start, 1e-9)
+                        progress(n, rate=rate)
+                offset += n
+        if writer is None:
+            raise InputError("holds no samples", source=data.spec, field="--data")
+        flush()
+        writer.close()
+    except BaseException as e:
+        if writer is not None:
+            writer.abort(e)
+        raise
+    total = rows + (old.rows if old else 0)
+    return DumpResult(path, rows, total, elapsed, k, c, correct.tolist() if correct is not None else [])
+
+
+def _id_type(old: _Existing | None):
+    import pyarrow as pa
+
+    return pa.string() if old is not None and old.string_ids else pa.int64()

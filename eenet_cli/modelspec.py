@@ -1,0 +1,557 @@
+"""Naming models, weights and data on the command line (SPEC §5), and loading them safely.
+
+A *model spec* is one of
+
+* the name of a built-in model (``digits-cnn``, ``resnet56``, ``mlp``; see
+  :data:`eenet_cli.models.BUILTIN_MODELS`),
+* an import string ``package.module:factory``; the factory is called with the
+  ``--model-arg key=value`` pairs and must return a ``torch.nn.Module``,
+* a ``torch.export`` file (``.pt2``).
+
+Weights (``--weights``) come from ``.safetensors`` or from a state dict read with
+``torch.load(weights_only=True)``: never an arbitrary pickle.
+
+A *data spec* is an import string returning an iterable of ``(x, y)`` batches (a
+``DataLoader`` works; a callable is called with no arguments), a ``.npz`` file with arrays
+``x`` and ``y`` (``allow_pickle=False``), a ``.pt`` file with tensors ``x`` and ``y``
+(``weights_only=True``), or a built-in dataset (``digits:train|val|test``).
+
+Every problem with a spec raises :class:`~eenet_cli.errors.InputError` with one line that
+names the spec and what is wrong. This module imports torch; import it lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from eenet_cli.errors import InputError
+
+BUILTIN_DATASETS = {"digits": ("train", "val", "test")}
+
+
+# --------------------------------------------------------------------------- model args
+
+
+def parse_value(text: str) -> Any:
+    """``--model-arg`` values: int, then float, then bool (true/false), else the string."""
+    t = text.strip()
+    low = t.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return int(t)
+    except ValueError:
+        pass
+    try:
+        return float(t)
+    except ValueError:
+        return t
+
+
+def parse_model_args(pairs: list[str] | None) -> dict[str, Any]:
+    """``["depth=3", "act=relu"]`` -> ``{"depth": 3, "act": "relu"}``."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise InputError(f"expected key=value with a Python identifier as key, got {pair!r}", field="--model-arg")
+        if key in out:
+            raise InputError(f"{key!r} is given twice", field="--model-arg")
+        out[key] = parse_value(value)
+    return out
+
+
+# --------------------------------------------------------------------------- import strings
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def resolve_import(spec: str, what: str, option: str) -> Any:
+    """The object named by ``package.module:attr`` (``attr`` may be dotted)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise InputError(f"expected an import string package.module:name, got {spec!r}", source=spec, field=option)
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)  # like `python -m`: modules in the working folder are importable
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise InputError(f"no module named {e.name!r} (is it installed, or on PYTHONPATH?)", source=spec, field=option) from None
+        raise InputError(f"importing {module_name!r} failed: {_first_line(e)}", source=spec, field=option) from None
+    except Exception as e:  # noqa: BLE001 - user code; report it in one line
+        raise InputError(f"importing {module_name!r} failed: {_first_line(e)}", source=spec, field=option) from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise InputError(f"module {module_name!r} has no attribute {attr!r}", source=spec, field=option)
+        obj = getattr(obj, part)
+    return obj
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run, with what the commands need to know about it."""
+
+    module: nn.Module
+    spec: str
+    kind: str  # "staged" or "all-exits"
+    num_exits: int | None  # known up front for staged models
+    input_shape: tuple[int, ...] | None = None  # a natural default (built-ins)
+    device: str = "cpu"
+    args: dict = field(default_factory=dict)
+
+    @property
+    def staged(self) -> bool:
+        return self.kind == "staged"
+
+    @property
+    def stages(self) -> list[nn.Module]:
+        return list(self.module.stages)  # type: ignore[attr-defined]
+
+    @property
+    def heads(self) -> list[nn.Module]:
+        return list(self.module.heads)  # type: ignore[attr-defined]
+
+
+def staged_parts(module: nn.Module, spec: str) -> int | None:
+    """K if ``module`` is staged (``stages`` and ``heads`` of K modules each), else None."""
+    stages = getattr(module, "stages", None)
+    heads = getattr(module, "heads", None)
+    if stages is None and heads is None:
+        return None
+    if stages is None or heads is None:
+        have, missing = ("stages", "heads") if heads is None else ("heads", "stages")
+        raise InputError(f"the model has {have!r} but no {missing!r}; a staged model needs both", source=spec)
+    for name, seq in (("stages", stages), ("heads", heads)):
+        if not isinstance(seq, (nn.ModuleList, nn.Sequential, list, tuple)) or not all(isinstance(m, nn.Module) for m in seq):
+            raise InputError(f"model.{name} must be a sequence of nn.Module (an nn.ModuleList)", source=spec)
+    if len(stages) != len(heads) or len(stages) == 0:
+        raise InputError(f"model has {len(stages)} stages and {len(heads)} heads; a staged model needs K of each (K >= 1)", source=spec)
+    return len(stages)
+
+
+def load_model(spec: str, model_args: dict | None = None, weights: str | None = None, device: str = "cpu") -> LoadedModel:
+    """Build (or load) the model named by ``spec``, load ``weights``, move it to ``device``, eval mode."""
+    from eenet_cli import models
+
+    model_args = dict(model_args or {})
+    input_shape = None
+    if not spec:
+        raise InputError("no model given", field="MODEL")
+    if spec.endswith(".pt2"):
+        if model_args:
+            raise InputError("--model-arg does not apply to a torch.export file", source=spec)
+        module = _load_exported(spec)
+        if weights:
+            raise InputError("a .pt2 file carries its own weights; drop --weights", source=spec, field="--weights")
+        weights = None
+    elif spec in models.BUILTIN_MODELS:
+        factory = models.BUILTIN_MODELS[spec][0]
+        module = _call_factory(factory, model_args, spec)
+        input_shape = models.default_input_shape(spec, model_args)
+    elif ":" in spec:
+        factory = resolve_import(spec, "model", "MODEL")
+        if isinstance(factory, nn.Module):
+            if model_args:
+                raise InputError("names a module instance, which takes no --model-arg", source=spec)
+            module = factory
+        elif not callable(factory):
+            raise InputError(f"is not callable (it is of type {type(factory).__name__}); expected a factory returning a torch.nn.Module", source=spec)
+        else:
+            module = _call_factory(factory, model_args, spec)
+    else:
+        names = ", ".join(models.BUILTIN_MODELS)
+        what = "not a .pt2 file" if Path(spec).exists() else "unknown model"
+        raise InputError(f"{what}; expected a built-in name ({names}), an import string package.module:factory, or a torch.export .pt2 file", source=spec)
+    if not isinstance(module, nn.Module):
+        raise InputError(f"the factory returned an object of type {type(module).__name__}, expected a torch.nn.Module", source=spec)
+    k = staged_parts(module, spec)
+    if weights:
+        load_weights(module, weights, spec)
+    dev = check_device(device)
+    module = module.to(dev).eval()
+    return LoadedModel(module, spec, "staged" if k else "all-exits", k, input_shape, str(dev), model_args)
+
+
+def _call_factory(factory, model_args: dict, spec: str) -> Any:
+    try:
+        return factory(**model_args)
+    except TypeError as e:
+        raise InputError(f"calling the factory with {model_args or 'no arguments'} failed ({_first_line(e)}); check --model-arg", source=spec) from None
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"the factory failed: {_first_line(e)}", source=spec) from None
+
+
+def _load_exported(spec: str) -> nn.Module:
+    p = Path(spec)
+    if not p.is_file():
+        raise InputError("no such file", source=spec)
+    try:
+        prog = torch.export.load(str(p))
+        return prog.module()
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"not a readable torch.export file ({_first_line(e)})", source=spec) from None
+
+
+def check_device(device: str) -> torch.device:
+    d = (device or "cpu").strip()
+    if d not in ("cpu", "cuda", "mps") and not d.startswith("cuda:"):
+        raise InputError(f"unknown device {device!r}; expected cpu, cuda or cuda:N", field="--device")
+    if d.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("CUDA is not available on this machine (this torch build or no GPU); use --device cpu", field="--device")
+    if d == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError("MPS is not available on this machine; use --device cpu", field="--device")
+    return torch.device(d)
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or ``torch.load(weights_only=True)``; never a pickled object."""
+    p = Path(path)
+    src = str(path)
+    if not p.exists():
+        raise InputError("no such file", source=src, field="--weights")
+    if p.is_dir():
+        raise InputError("is a directory, expected a weights file", source=src, field="--weights")
+    if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(p), device="cpu")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise InputError(f"not a readable safetensors file ({_first_line(e)})", source=src, field="--weights") from None
+        return dict(state)
+    import pickle
+    import zipfile
+
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "weights_only" in msg or "Unsupported global" in msg or "WeightsUnpickler" in msg:
+            raise InputError(
+                "holds pickled Python objects, not just tensors; eenet loads only state dicts "
+                "(torch.load weights_only=True). Save model.state_dict() or use .safetensors",
+                source=src,
+                field="--weights",
+            ) from None
+        raise InputError(f"not a readable torch file ({_first_line(e)})", source=src, field="--weights") from None
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        raise InputError(f"not a readable torch file ({_first_line(e)})", source=src, field="--weights") from None
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):  # common checkpoint layouts
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise InputError(
+            f"expected a state dict (names -> tensors), got a {type(obj).__name__}; save model.state_dict()",
+            source=src,
+            field="--weights",
+        )
+    return obj
+
+
+def load_weights(module: nn.Module, path: str, spec: str) -> None:
+    """Load a state dict strictly, with one clear line if it belongs to another model."""
+    state = read_state_dict(path)
+    own = module.state_dict()
+    if set(state) != set(own) and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}  # saved from DataParallel/DDP
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+
+    def few(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {few(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {few(unexpected)}")
+    if shapes:
+        k = shapes[0]
+        problems.append(
+            f"{len(shapes)} shape mismatch(es), first {k}: file {list(state[k].shape)} vs model {list(own[k].shape)}"
+        )
+    if problems:
+        raise InputError(f"weights do not fit model {spec}: " + "; ".join(problems), source=path, field="--weights")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise InputError(f"weights do not fit model {spec}: {_first_line(e)}", source=path, field="--weights") from None
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class DataSource:
+    """Batches of ``(x, y)`` tensors, and how many samples there are when known."""
+
+    spec: str
+    batches: Iterable
+    num_samples: int | None = None
+    num_batches: int | None = None
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for i, batch in enumerate(self.batches):
+            yield check_batch(batch, i, self.spec)
+
+
+class ArrayBatches:
+    """Re-iterable batches over in-memory arrays ``x`` and ``y``."""
+
+    def __init__(self, x: Any, y: Any, batch_size: int):
+        self.x, self.y, self.batch_size = x, y, int(batch_size)
+
+    def __len__(self) -> int:
+        return (len(self.y) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        for s in range(0, len(self.y), self.batch_size):
+            yield self.x[s : s + self.batch_size], self.y[s : s + self.batch_size]
+
+
+def _as_tensor(a: Any, what: str, spec: str, index: int) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a
+    if isinstance(a, np.ndarray):
+        if a.dtype == object:
+            raise InputError(f"batch {index}: {what} is an object array, expected numbers", source=spec, field=what)
+        return torch.from_numpy(np.ascontiguousarray(a))
+    if isinstance(a, (list, tuple)) and what == "y":
+        try:
+            return torch.as_tensor(a)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    raise InputError(f"batch {index}: {what} is a {type(a).__name__}, expected a tensor or numpy array", source=spec, field=what)
+
+
+def check_batch(batch: Any, index: int, spec: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, dict) and "x" in batch and "y" in batch:
+        batch = (batch["x"], batch["y"])
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        got = f"a {type(batch).__name__}" + (f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else "")
+        raise InputError(f"batch {index}: expected an (x, y) pair, got {got}", source=spec)
+    x = _as_tensor(batch[0], "x", spec, index)
+    y = _as_tensor(batch[1], "y", spec, index)
+    if y.ndim != 1:
+        raise InputError(f"batch {index}: labels y must be 1-D class indices, got shape {list(y.shape)}", source=spec, field="y")
+    if y.dtype.is_floating_point or y.dtype == torch.bool or y.dtype.is_complex:
+        if y.dtype.is_floating_point and bool(torch.all(y == torch.round(y))):
+            y = y.long()
+        else:
+            raise InputError(f"batch {index}: labels y must be integers, got {y.dtype}", source=spec, field="y")
+    if x.ndim == 0 or x.shape[0] != y.shape[0]:
+        raise InputError(f"batch {index}: x has {x.shape[0] if x.ndim else 0} samples but y has {y.shape[0]}", source=spec)
+    if x.dtype in (torch.float64, torch.float16, torch.bfloat16) or not x.dtype.is_floating_point:
+        x = x.float()
+    return x, y.long()
+
+
+def load_data(spec: str, batch_size: int = 256, split_hint: str | None = None) -> DataSource:
+    """Resolve a data spec (see the module docstring) into batches."""
+    from eenet_cli import models
+
+    if not spec:
+        raise InputError("no data given", field="--data")
+    if batch_size < 1:
+        raise InputError(f"must be at least 1, got {batch_size}", field="--batch-size")
+    name, _, part = spec.partition(":")
+    if name in BUILTIN_DATASETS and "." not in name and "/" not in spec:
+        splits = BUILTIN_DATASETS[name]
+        part = part or (split_hint if split_hint in splits else "")
+        if part not in splits:
+            raise InputError(f"built-in dataset {name!r} needs a split: {', '.join(f'{name}:{s}' for s in splits)}", source=spec, field="--data")
+        try:
+            x, y = models.load_digits_split(part)
+        except ImportError as e:
+            raise InputError(str(e), source=spec, field="--data") from None
+        return DataSource(spec, ArrayBatches(torch.from_numpy(x), torch.from_numpy(y), batch_size), len(y), None)
+    path = Path(spec)
+    if spec.endswith(".npz"):
+        x, y = _read_npz(path, spec)
+        return DataSource(spec, ArrayBatches(x, y, batch_size), len(y))
+    if spec.endswith(".pt") or spec.endswith(".pth"):
+        x, y = _read_pt(path, spec)
+        return DataSource(spec, ArrayBatches(x, y, batch_size), len(y))
+    if ":" in spec and not path.exists():
+        obj = resolve_import(spec, "data", "--data")
+        if callable(obj) and not _is_iterable(obj):
+            try:
+                obj = obj()
+            except Exception as e:  # noqa: BLE001
+                raise InputError(f"calling it failed: {_first_line(e)}", source=spec, field="--data") from None
+        if not _is_iterable(obj):
+            raise InputError(f"gave a {type(obj).__name__}, expected an iterable of (x, y) batches (a DataLoader works)", source=spec, field="--data")
+        n = None
+        ds = getattr(obj, "dataset", None)
+        if ds is not None and hasattr(ds, "__len__") and getattr(obj, "sampler", None) is not None:
+            try:
+                n = len(ds)
+            except TypeError:
+                n = None
+        nb = None
+        try:
+            nb = len(obj)  # type: ignore[arg-type]
+        except TypeError:
+            pass
+        return DataSource(spec, obj, n, nb)
+    if path.exists():
+        raise InputError("unknown data file type; expected .npz (arrays x and y) or .pt (tensors x and y)", source=spec, field="--data")
+    names = ", ".join(f"{n}:{s[0]}" for n, s in BUILTIN_DATASETS.items())
+    raise InputError(f"no such file, and not an import string package.module:name or a built-in dataset ({names}, ...)", source=spec, field="--data")
+
+
+def _is_iterable(obj: Any) -> bool:
+    return hasattr(obj, "__iter__") and not isinstance(obj, (str, bytes, dict))
+
+
+def _check_xy(x: Any, y: Any, spec: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+    y = torch.from_numpy(np.ascontiguousarray(y)) if isinstance(y, np.ndarray) else y
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise InputError("x and y must be arrays/tensors", source=spec)
+    if y.ndim != 1:
+        raise InputError(f"y must be 1-D class indices, got shape {list(y.shape)}", source=spec, field="y")
+    if x.ndim == 0 or x.shape[0] != y.shape[0]:
+        raise InputError(f"x has {x.shape[0] if x.ndim else 0} samples but y has {y.shape[0]}", source=spec, field="x")
+    if y.numel() == 0:
+        raise InputError("holds no samples", source=spec)
+    return x, y
+
+
+def _read_npz(path: Path, spec: str) -> tuple[torch.Tensor, torch.Tensor]:
+    import zipfile
+
+    if not path.is_file():
+        raise InputError("no such file", source=spec, field="--data")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = set(z.files)
+            if not {"x", "y"} <= keys:
+                raise InputError(f"expected arrays 'x' and 'y', found {sorted(keys)}", source=spec, field="--data")
+            x, y = z["x"], z["y"]
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "Object arrays" in str(e):
+            raise InputError("holds pickled object arrays; eenet reads only numeric arrays (allow_pickle=False)", source=spec, field="--data") from None
+        raise InputError(f"not a readable .npz file ({_first_line(e)})", source=spec, field="--data") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise InputError(f"not a readable .npz file ({_first_line(e)})", source=spec, field="--data") from None
+    return _check_xy(x, y, spec)
+
+
+def _read_pt(path: Path, spec: str) -> tuple[torch.Tensor, torch.Tensor]:
+    import pickle
+    import zipfile
+
+    if not path.is_file():
+        raise InputError("no such file", source=spec, field="--data")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise InputError(
+            "holds pickled Python objects, not just tensors; eenet reads .pt data with torch.load(weights_only=True): "
+            "save {'x': tensor, 'y': tensor}",
+            source=spec,
+            field="--data",
+        ) from None
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        raise InputError(f"not a readable torch file ({_first_line(e)})", source=spec, field="--data") from None
+    if isinstance(obj, (tuple, list)) and len(obj) == 2:
+        obj = {"x": obj[0], "y": obj[1]}
+    if not isinstance(obj, dict) or not {"x", "y"} <= set(obj):
+        found = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        raise InputError(f"expected a dict with tensors 'x' and 'y', found {found}", source=spec, field="--data")
+    return _check_xy(obj["x"], obj["y"], spec)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_exits(model: LoadedModel, x: torch.Tensor) -> list[torch.Tensor]:
+    """All K exit logits for a batch (staged: stage by stage; otherwise ``forward``)."""
+    if model.staged:
+        out = []
+        h = x
+        for stage, head in zip(model.module.stages, model.module.heads):  # type: ignore[attr-defined]
+            h = stage(h)
+            out.append(head(h))
+        return out
+    outs = model.module(x)
+    return list(outs) if isinstance(outs, (list, tuple)) else outs
+
+
+def check_outputs(outs: Any, model: LoadedModel, batch: int) -> list[torch.Tensor]:
+    """The exit outputs must be K tensors ``[batch, C]`` with one C."""
+    if isinstance(outs, torch.Tensor) or not isinstance(outs, (list, tuple)):
+        raise InputError(
+            f"forward() returned a {type(outs).__name__}; a multi-exit model returns a list of K logits tensors "
+            "(or has stages and heads)",
+            source=model.spec,
+        )
+    if not outs:
+        raise InputError("forward() returned no exits", source=model.spec)
+    c = None
+    for k, o in enumerate(outs):
+        if not isinstance(o, torch.Tensor) or o.ndim != 2 or o.shape[0] != batch:
+            shape = list(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__
+            raise InputError(f"exit {k} gave {shape}, expected logits [batch={batch}, classes]", source=model.spec)
+        if c is None:
+            c = o.shape[1]
+        elif o.shape[1] != c:
+            raise InputError(f"exit {k} has {o.shape[1]} classes but exit 0 has {c}", source=model.spec)
+    if c is None or c < 2:
+        raise InputError(f"exits give {c} class score(s); at least 2 are needed", source=model.spec)
+    return list(outs)
+
+
+def run_checked(model: LoadedModel, x: torch.Tensor, data_spec: str) -> list[torch.Tensor]:
+    """``run_exits`` that turns a failure on the input into one clear line."""
+    try:
+        outs = run_exits(model, x)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise InputError(
+            f"model {model.spec} cannot run on input of shape {list(x.shape)} ({_first_line(e)}); "
+            "check the input shape",
+            source=data_spec,
+        ) from None
+    return check_outputs(outs, model, x.shape[0])
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``3,32,32`` -> ``(3, 32, 32)`` (no batch axis)."""
+    try:
+        dims = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
+    except ValueError:
+        raise InputError(f"expected positive integers like 3,32,32, got {text!r}", field="--input-shape") from None
+    if not dims or any(d < 1 for d in dims):
+        raise InputError(f"expected positive integers like 3,32,32, got {text!r}", field="--input-shape")
+    return dims

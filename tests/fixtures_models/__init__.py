@@ -1,0 +1,1 @@
+"""Tiny importable models and data for the model-command tests (import strings)."""
