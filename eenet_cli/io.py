@@ -954,12 +954,24 @@ def validate_policy(doc: Any, source: str) -> None:
         raise InputError(f"unknown scorer type {scorer['type']!r}; expected one of {', '.join(kinds)}", source=source, field="scorer.type")
     if scorer["type"] == "eenet":
         _validate_eenet_scorer(scorer, k, c, source)
+    budget = doc.get("budget")
+    if budget is not None:
+        value = budget.get("value") if isinstance(budget, dict) else None
+        if not isinstance(budget, dict) or (value is not None and not _positive_number(value)):
+            raise InputError(f"expected an object with a positive number 'value', got {budget!r}", source=source, field="budget")
+
+
+def _positive_number(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v > 0
 
 
 def _validate_eenet_scorer(scorer: dict, k: int, c: int, source: str) -> None:
     exits = scorer.get("exits")
     if not isinstance(exits, list) or len(exits) != k:
         raise InputError(f"expected weights for {k} exits", source=source, field="scorer.exits")
+    slope = scorer.get("negative_slope", 0.01)
+    if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not math.isfinite(slope):
+        raise InputError(f"expected a number, got {slope!r}", source=source, field="scorer.negative_slope")
     for j, e in enumerate(exits):
         fld = f"scorer.exits[{j}]"
         if not isinstance(e, dict):

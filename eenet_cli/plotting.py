@@ -230,7 +230,7 @@ def tradeoff_figure(
             )
         full = full_model_accuracy(records, costs, split)
         if full is not None:
-            ax.axhline(100.0 * full, color=REFERENCE_COLOUR, ls=":", lw=1.2, zorder=1, label=f"full model ({100 * full:.1f}%)")
+            ax.axhline(100.0 * full, color="#555555", ls=":", lw=1.5, zorder=1, label=f"full model ({100 * full:.1f}%)")
         if budget is not None:
             ax.axvline(budget, color=THRESHOLD_COLOUR, ls="-.", lw=1.0, zorder=1, label=f"budget {_fmt_budget(budget, unit)}")
         if costs:
@@ -275,7 +275,7 @@ def exits_figure(
     title: str | None = None,
 ) -> Figure:
     """Stacked bars of the share of samples per exit, one bar per method, at ``budget``."""
-    acc_key, _, met_key, frac_key = _fields(split)
+    acc_key, cost_key, met_key, frac_key = _fields(split)
     rows = [r for r in records if math.isclose(float(r["budget"]), budget, rel_tol=1e-9, abs_tol=1e-12) and r.get(frac_key) is not None]
     methods = ordered_methods([str(r["method"]) for r in rows])
     by_method = {str(r["method"]): r for r in rows}
@@ -301,16 +301,20 @@ def exits_figure(
             bottoms += shares[:, j]
         for i, m in enumerate(methods):
             r = by_method[m]
-            acc = r.get(acc_key)
+            acc, cost = r.get(acc_key), r.get(cost_key)
             over = r.get(met_key) is False
-            text = ("" if acc is None else f"{100 * float(acc):.1f}%") + ("\nover budget" if over else "")
-            ax.text(i, 101.5, text, ha="center", va="bottom", fontsize=7, color=OVERRUN_COLOUR if over else "black")
+            lines = [] if acc is None else [f"{100 * float(acc):.1f}%"]
+            if cost is not None:
+                lines.append(f"{float(cost):#.3g} {unit}".strip() + (" (over)" if over else ""))
+            elif over:
+                lines.append("over budget")
+            ax.text(i, 101.5, "\n".join(lines), ha="center", va="bottom", fontsize=7, color=OVERRUN_COLOUR if over else "black")
         ax.set_xticks(x, labels=methods, rotation=30 if len(methods) > 6 else 0, ha="right" if len(methods) > 6 else "center")
-        ax.set_ylim(0, 114)
+        ax.set_ylim(0, 116)
         ax.set_yticks(np.arange(0, 101, 20))
         which = "validation" if split == "val" else "test"
         ax.set_ylabel(f"share of {which} samples (%)")
-        ax.set_xlabel("method (accuracy above each bar)")
+        ax.set_xlabel("method (accuracy and average cost above each bar; red: over budget)")
         handles, labels = ax.get_legend_handles_labels()
         ax.legend(handles[::-1], labels[::-1], loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, title="leaves at")
         fig.suptitle(title if title is not None else f"Where samples exit at a budget of {_fmt_budget(budget, unit)}")
@@ -511,7 +515,8 @@ def separation_figure(
         axes = fig.subplots(1, 2)
         panels = [
             (max_prob, "max-prob score (largest class probability)", "max-prob"),
-            (policy_scores, SCORER_LABELS.get(scorer_type, "policy exit score"), f"policy's score ({scorer_type or 'policy'})"),
+            (policy_scores, SCORER_LABELS.get(scorer_type, "policy exit score"),
+             f"policy's score ({scorer_type or 'policy'}{', same as left' if scorer_type == 'maxprob' else ''})"),
         ]
         for p, (values, ylabel, name) in enumerate(panels):
             ax = axes[p]

@@ -220,7 +220,7 @@ def test_exits_figure_single_method():
     rec = [{"method": "maxprob", "budget": 2.0, "accuracy": 0.8, "avg_cost": 2.1, "budget_met": False, "exit_fractions": [0.4, 0.6]}]
     fig = plotting.exits_figure(rec, plotting.nearest_budget(rec, None), unit="ms")
     assert len(fig.axes[0].patches) == 2
-    assert any("over budget" in t.get_text() for t in fig.axes[0].texts)
+    assert any("2.10 ms (over)" in t.get_text() for t in fig.axes[0].texts)
 
 
 def _scores_inputs(preds_path, policy):

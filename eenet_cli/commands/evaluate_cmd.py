@@ -135,8 +135,7 @@ def evaluate_command(
     cost = api.resolve_costs(preds, costs)
     from eenet_cli.budgets import default_budgets, parse_budgets
 
-    budget_values = parse_budgets(budgets, cost) if budgets else default_budgets(cost)
-    log(f"costs: {cost.source} ({', '.join(f'{c:g}' for c in cost.values)} {cost.unit})", quiet)
+    budget_values = parse_budgets(budgets, cost) if budgets is not None else default_budgets(cost)
     n_methods = len(method_list) if method_list else 6
     with progress_bar("evaluating", len(budget_values) * n_methods, quiet) as update:
         doc = api.evaluate(
@@ -149,6 +148,8 @@ def evaluate_command(
             seed=seed,
             on_step=lambda m, b: update(1),
         )
+    # logged once the inputs have passed every check, so bad input gets exactly one line
+    log(f"costs: {cost.source} ({', '.join(f'{c:g}' for c in cost.values)} {cost.unit})", quiet)
     log(f"split: {doc['split']}", quiet)
     if output is not None:
         write_results(output, doc)

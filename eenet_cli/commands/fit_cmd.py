@@ -62,7 +62,6 @@ def fit_command(
     preds = api.load_predictions(predictions)
     cost = api.resolve_costs(preds, costs)
     b = parse_budget(budget, cost)
-    log(f"costs: {cost.source} ({', '.join(f'{c:g}' for c in cost.values)} {cost.unit})", quiet)
     start = time.perf_counter()
     with progress_bar(f"fitting {method}", None, quiet, fields="loss {task.fields[loss]}  E[cost] {task.fields[cost]}") as update:
         update(0, loss="-", cost="-")
@@ -75,6 +74,8 @@ def fit_command(
     if record_time:
         policy["training"]["seconds"] = round(seconds, 3)
     write_json(output, policy)
+    # logged once the inputs have passed every check, so bad input gets exactly one line
+    log(f"costs: {cost.source} ({', '.join(f'{c:g}' for c in cost.values)} {cost.unit})", quiet)
     v = policy["validation"]
     log(
         f"{method} @ {b:g}{cost.unit}: validation accuracy {100 * v['accuracy']:.2f}%, average cost "

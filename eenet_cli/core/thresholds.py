@@ -60,14 +60,23 @@ class Ranking:
 
     def thresholds(self, quotas: Sequence[int]) -> list[float | None]:
         """Sequential quota assignment (see module docstring); ties never overfill."""
+        return self.assign(quotas)[0]
+
+    def assign(self, quotas: Sequence[int]) -> tuple[list[float | None], np.ndarray]:
+        """Thresholds and the exit each sample takes under them (identical to
+        ``apply_thresholds(self.scores, thresholds)``, without a second pass)."""
         n, k = self.scores.shape
         running = np.ones(n, dtype=bool)
+        exits = np.full(n, k - 1, dtype=np.int64)
         out: list[float | None] = []
         for j in range(k - 1):
             m = int(quotas[j])
+            if m <= 0:
+                out.append(None)
+                continue
             order = self.order[:, j]
             cand = order[running[order]]  # running samples, best first
-            if m <= 0 or cand.size == 0:
+            if cand.size == 0:
                 out.append(None)
                 continue
             vals = self.scores[cand, j]
@@ -85,9 +94,10 @@ class Ranking:
                     continue
                 t = float(vals[take - 1])
             running[cand[:take]] = False
+            exits[cand[:take]] = j
             out.append(t)
         out.append(None)
-        return out
+        return out, exits
 
 
 BUDGET_RTOL = 1e-9  # averages of many equal costs are not exact in floating point
@@ -150,12 +160,11 @@ class QuotaFit:
 def _fit(ranking: Ranking, costs: np.ndarray, p: np.ndarray, rounding: str) -> QuotaFit:
     n = ranking.shape[0]
     quotas = quotas_from_distribution(p, n, rounding)
-    thr = ranking.thresholds(quotas)
-    exits = apply_thresholds(ranking.scores, thr)
+    thr, exits = ranking.assign(quotas)
     return QuotaFit(thr, quotas / n, exits, realised_cost(exits, costs), {})
 
 
-def fit_geometric(ranking: Ranking, costs: np.ndarray, budget: float, iters: int = 64) -> QuotaFit:
+def fit_geometric(ranking: Ranking, costs: np.ndarray, budget: float, iters: int = 40) -> QuotaFit:
     """Thresholds for the geometric exit distribution whose realised cost is the largest
     that does not exceed ``budget`` (MSDNet's dynamic evaluation, with the bisection done on
     the realised validation cost so rounding and ties cannot overrun the budget)."""
@@ -168,7 +177,11 @@ def fit_geometric(ranking: Ranking, costs: np.ndarray, budget: float, iters: int
     best = _fit(ranking, costs, geometric(0.0, k), "floor")
     best.info = {"q": 0.0}
     lo, hi = -30.0, 30.0  # bisection on log q
+    n = ranking.shape[0]
     for _ in range(iters):
+        if np.array_equal(quotas_from_distribution(geometric(float(np.exp(lo)), k), n, "floor"),
+                          quotas_from_distribution(geometric(float(np.exp(hi)), k), n, "floor")):
+            break  # no integer quota lies between: nothing left to find
         mid = 0.5 * (lo + hi)
         cand = _fit(ranking, costs, geometric(float(np.exp(mid)), k), "floor")
         if within_budget(cand.avg_cost, budget):

@@ -228,7 +228,7 @@ def _results_and_options_cases() -> list[Case]:
         e("check_is_directory", GOOD, "--check", "in/empty_dir", expect=("in/empty_dir", "directory")),
         e("tolerance_negative", GOOD, "--tolerance", "-1", expect=("--tolerance", "non-negative")),
         e("tolerance_nan", GOOD, "--tolerance", "nan", expect=("--tolerance", "non-negative")),
-        e("tolerance_not_number", GOOD, "--tolerance", "lots", expect=("--tolerance", "lots"), usage=True),
+        e("tolerance_not_number", GOOD, "--tolerance", "lots", expect=("--tolerance", "number"), usage=True),
         e("val_without_test", None, "--val", GOOD, expect=("--val", "--test")),
         e("test_without_val", None, "--test", GOOD, expect=("--val", "--test")),
         e("val_test_and_predictions", GOOD, "--val", GOOD, "--test", GOOD, expect=("PREDICTIONS", "either")),
