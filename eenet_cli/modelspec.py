@@ -162,7 +162,7 @@ def load_model(spec: str, model_args: dict | None = None, weights: str | None = 
     if spec.endswith(".pt2"):
         if model_args:
             raise InputError("--model-arg does not apply to a torch.export file", source=spec)
-        module = _load_exported(spec)
+        module = _load_exported(spec, device)
         if weights:
             raise InputError("a .pt2 file carries its own weights; drop --weights", source=spec, field="--weights")
         weights = None
@@ -190,7 +190,8 @@ def load_model(spec: str, model_args: dict | None = None, weights: str | None = 
     if weights:
         load_weights(module, weights, spec)
     dev = check_device(device)
-    module = module.to(dev).eval()
+    if not spec.endswith(".pt2"):  # an exported module is already on its device and in eval form
+        module = module.to(dev).eval()
     return LoadedModel(module, spec, "staged" if k else "all-exits", k, input_shape, str(dev), model_args)
 
 
@@ -203,15 +204,20 @@ def _call_factory(factory, model_args: dict, spec: str) -> Any:
         raise InputError(f"the factory failed: {_first_line(e)}", source=spec) from None
 
 
-def _load_exported(spec: str) -> nn.Module:
+def _load_exported(spec: str, device: str) -> nn.Module:
     p = Path(spec)
     if not p.is_file():
         raise InputError("no such file", source=spec)
+    dev = check_device(device)
     try:
         prog = torch.export.load(str(p))
-        return prog.module()
     except Exception as e:  # noqa: BLE001
         raise InputError(f"not a readable torch.export file ({_first_line(e)})", source=spec) from None
+    if dev.type != "cpu":
+        from torch.export.passes import move_to_device_pass
+
+        prog = move_to_device_pass(prog, dev)
+    return prog.module()
 
 
 def check_device(device: str) -> torch.device:

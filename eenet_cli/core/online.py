@@ -13,7 +13,7 @@ the offline path, so both stop every sample at the same exit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,8 +32,7 @@ class OnlineState:
     preds: np.ndarray  # [B, K] int64, -1 where not run
     qhat: np.ndarray  # [B, K] float64 sigmoid utilities (EENet only)
     maxp: np.ndarray  # [B, K] float64 max-prob (vote tie-break)
-    k: int = 0
-    extra: dict = field(default_factory=dict)
+    history: np.ndarray | None = None  # [B, K, C] scores seen, for scorers without a fast path
 
 
 class OnlinePolicy:
@@ -58,12 +57,25 @@ class OnlinePolicy:
                     )
                 )
 
+    FAST = ("maxprob", "entropy", "vote", "patience", "eenet")
+
     def begin(self, batch: int) -> OnlineState:
         return OnlineState(
             preds=np.full((batch, self.k), -1, dtype=np.int64),
             qhat=np.zeros((batch, self.k), dtype=np.float64),
             maxp=np.zeros((batch, self.k), dtype=np.float64),
         )
+
+    def _generic_score(self, state: OnlineState, j: int, logits: np.ndarray, rows: np.ndarray, probs: bool) -> np.ndarray:
+        """Any causal scorer: recompute its scores on the exits seen so far."""
+        from eenet_cli.core.measures import exit_features
+        from eenet_cli.core.policy import compute_scores
+
+        if state.history is None:
+            state.history = np.zeros((state.preds.shape[0], self.k, logits.shape[-1]), dtype=np.float32)
+        state.history[rows, j] = logits
+        seen = exit_features(state.history[rows, : j + 1], "probs" if probs else "logits")
+        return compute_scores(self.policy["scorer"], seen)[:, j]
 
     def step(self, state: OnlineState, j: int, logits: np.ndarray, rows: np.ndarray | None = None, probs: bool = False):
         """Exit ``j`` (0-based) for the samples ``rows`` of the batch, given their scores ``[b, C]``.
@@ -96,7 +108,7 @@ class OnlinePolicy:
             run = np.argmin(np.concatenate([same[:, ::-1], np.zeros((len(rows), 1), bool)], axis=1), axis=1)
             score = run.astype(np.float64)
         else:
-            raise ValueError(f"unknown scorer type {self.kind!r}")
+            score = self._generic_score(state, j, np.asarray(logits), rows, probs)
         stop = score >= self.thresholds[j] if j < self.k - 1 else np.ones(len(rows), dtype=bool)
         return stop, pred, score
 
@@ -106,6 +118,12 @@ class OnlinePolicy:
         A lean single-sample path (no batch bookkeeping) with the same arithmetic as the
         offline path; in real use exit k's scores are computed only if exit k-1 did not stop.
         """
+        if self.kind not in self.FAST:
+            state = self.begin(1)
+            for j in range(self.k):
+                stop, pred, _ = self.step(state, j, exit_logits[j : j + 1], probs=probs)
+                if stop[0]:
+                    return j, int(pred[0])
         preds: list[int] = []
         qhat: list[float] = []
         log_c = np.log(exit_logits.shape[-1])
