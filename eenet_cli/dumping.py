@@ -145,7 +145,8 @@ def _shared_next_id(folder: Path, shard: Shard) -> int:
     return nxt
 
 
-def _barrier(shard: Shard) -> None:
+def _barrier(shard: Shard) -> bool:
+    """Wait for every rank; returns True when this call started the process group."""
     import torch.distributed as dist
 
     if not dist.is_available():
@@ -157,7 +158,11 @@ def _barrier(shard: Shard) -> None:
                 source="environment",
             )
         dist.init_process_group("gloo", rank=shard.rank, world_size=shard.world)
+        dist.barrier()
+        dist.destroy_process_group()
+        return True
     dist.barrier()
+    return False
 
 
 def dump_predictions(

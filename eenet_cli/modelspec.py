@@ -208,11 +208,21 @@ def _load_exported(spec: str, device: str) -> nn.Module:
     p = Path(spec)
     if not p.is_file():
         raise InputError("no such file", source=spec)
+    import logging
+    import zipfile
+
     dev = check_device(device)
+    if not zipfile.is_zipfile(p):
+        raise InputError("not a torch.export file (a .pt2 file is a zip archive written by torch.export.save)", source=spec)
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)  # torch logs the traceback of a failed load itself
     try:
         prog = torch.export.load(str(p))
     except Exception as e:  # noqa: BLE001
         raise InputError(f"not a readable torch.export file ({_first_line(e)})", source=spec) from None
+    finally:
+        logger.setLevel(level)
     if dev.type != "cpu":
         from torch.export.passes import move_to_device_pass
 

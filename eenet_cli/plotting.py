@@ -106,11 +106,11 @@ MANY_CLASSES = 30  # above this, classes are sorted by full-model accuracy, not 
 FORMATS = ("png", "svg", "pdf")
 
 SCORER_LABELS = {
-    "maxprob": "max-prob score (largest class probability)",
-    "entropy": "entropy score (1 + Σ p log p / log C)",
-    "vote": "vote score (agreeing share + tie-break)",
-    "patience": "patience score (run of equal predictions)",
-    "eenet": "EENet exit utility (pre-sigmoid)",
+    "maxprob": "max-prob score (eq. 5)",
+    "entropy": "entropy score (eq. 6)",
+    "vote": "vote score (eq. 7)",
+    "patience": "patience (run length)",
+    "eenet": "EENet utility (pre-sigmoid)",
 }
 ACCEPT_ALL_BELOW = -1e299  # a threshold at or below this stops every sample (core.thresholds.ACCEPT_ALL)
 
@@ -389,6 +389,7 @@ def scores_figure(
     thresholds: Sequence[float | None],
     *,
     scorer_type: str = "",
+    num_classes: int | None = None,
     class_names: Sequence[str] | None = None,
     title: str | None = None,
     max_points: int = MAX_POINTS,
@@ -404,7 +405,7 @@ def scores_figure(
     """
     scores = np.asarray(scores, dtype=np.float64)
     n, k = scores.shape
-    num_classes = int(max(labels.max(initial=0) + 1, len(class_names) if class_names else 0))
+    num_classes = int(max(labels.max(initial=0) + 1, len(class_names) if class_names else 0, num_classes or 0))
     many = num_classes > MANY_CLASSES
     order = class_order(labels, correct[:, -1], num_classes) if many else None
     xpos_of_class = np.empty(num_classes, dtype=np.float64)
@@ -420,11 +421,11 @@ def scores_figure(
     size = float(np.clip(1200.0 / max(m, 1), 1.5, 14.0)) * (0.6 if many else 1.0)
     alpha = 0.75 if m < 2000 else 0.5
     shares = np.bincount(exits, minlength=k) / max(n, 1)
-    ncols = min(k, 2) if k <= 4 else min(k, 4)
-    nrows = math.ceil(k / ncols)
+    nrows = math.ceil(k / 2) if k <= 4 else math.ceil(k / 4)
+    ncols = math.ceil(k / nrows)
     width = 7.0 if ncols <= 2 else 9.0
     with style_context():
-        fig = _new_figure((width, 2.45 * nrows + 0.9))
+        fig = _new_figure((width, 2.6 * nrows + 1.0))
         axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False)
         for j in range(k):
             ax = axes[j // ncols][j % ncols]
@@ -439,11 +440,11 @@ def scores_figure(
             t = thresholds[j] if j < len(thresholds) else None
             note = None
             if j == k - 1:
-                note = "last exit: every remaining sample stops"
+                note = "last exit: all remaining stop"
             elif t is None:
-                note = "no threshold: no sample stops here"
+                note = "no threshold: none stop here"
             elif _is_accept_all(t):
-                note = "threshold −∞: every remaining sample stops"
+                note = "threshold −∞: all remaining stop"
             else:
                 ax.axhline(float(t), color=THRESHOLD_COLOUR, lw=1.3, zorder=4, label="threshold", gid=f"threshold-{j}")
                 ax.annotate(f"t = {float(t):.3g}", xy=(1.0, float(t)), xycoords=("axes fraction", "data"), xytext=(-2, 3),
@@ -455,12 +456,12 @@ def scores_figure(
             reach = int((exits >= j).sum())
             stop_here = exits == j
             right_here = int((stop_here & correct[:, j].astype(bool)).sum())
-            acc_txt = f", {100 * right_here / stop_here.sum():.0f}% right" if stop_here.any() else ""
-            ax.set_title(f"exit {j + 1}: {100 * shares[j]:.1f}% exit here{acc_txt}  ({reach} reach it)", fontsize=8.5)
+            acc_txt = f"{100 * right_here / stop_here.sum():.0f}% of them right, " if stop_here.any() else ""
+            ax.set_title(f"exit {j + 1}: {100 * shares[j]:.1f}% exit here\n{acc_txt}{reach:,} reach it", fontsize=8.5, linespacing=1.3)
             _class_ticks(ax, num_classes, class_names, order)
             ax.grid(axis="x", visible=False)
             if j % ncols == 0:
-                ax.set_ylabel(SCORER_LABELS.get(scorer_type, "exit score"), fontsize=7.5 if scorer_type else 8)
+                ax.set_ylabel(SCORER_LABELS.get(scorer_type, "exit score"))
             if j // ncols == nrows - 1 or j + ncols >= k:
                 ax.set_xlabel("class, sorted by full-model accuracy (hardest first)" if many else "true class")
         for j in range(k, nrows * ncols):
@@ -514,7 +515,7 @@ def separation_figure(
         fig = _new_figure()
         axes = fig.subplots(1, 2)
         panels = [
-            (max_prob, "max-prob score (largest class probability)", "max-prob"),
+            (max_prob, SCORER_LABELS["maxprob"], "max-prob"),
             (policy_scores, SCORER_LABELS.get(scorer_type, "policy exit score"),
              f"policy's score ({scorer_type or 'policy'}{', same as left' if scorer_type == 'maxprob' else ''})"),
         ]

@@ -189,8 +189,8 @@ def test_tradeoff_edge_cases_one_method_one_budget_overrun_no_costs():
     # no budget >= c_K, but a record that sent every sample to the last exit still gives the full model
     rec.append({"method": "vote", "budget": 2.9, "unit": "ms", "accuracy": 0.9, "avg_cost": 2.9, "budget_met": True,
                 "exit_fractions": [0.0, 0.0, 1.0]})
-    fig = plotting.tradeoff_figure(rec, unit="ms", costs=[1.0, 2.0, 3.0])
-    assert [ln.get_label() for ln in fig.axes[0].get_lines()] == ["vote", "full model (90.0%)"]
+    fig = plotting.tradeoff_figure(rec, unit="ms", costs=[1.0, 2.0, 3.0], budget=2.5)
+    assert [ln.get_label() for ln in fig.axes[0].get_lines()] == ["vote", "full model (90.0%)", "budget 2.5 ms"]
     assert plotting.full_model_accuracy(rec[:1], [1.0, 2.0, 3.0]) is None
 
 
@@ -269,7 +269,7 @@ def test_scores_figure_null_and_accept_all_thresholds_are_annotated_not_drawn(fi
     fig = plotting.scores_figure(scores, labels, correct, exits, thresholds)
     assert len(_threshold_lines(fig)) == 1
     notes = " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
-    assert "no sample stops here" in notes and "every remaining sample stops" in notes
+    assert "none stop here" in notes and "all remaining stop" in notes
     ylim = fig.axes[0].get_ylim()
     assert ylim[0] > -10  # -1e300 never reaches the axes
 
@@ -325,11 +325,9 @@ def bad_files(files):
     costs.write_text(json.dumps({"format": "costs", "version": 1, "unit": "ms", "costs": [1, 2, 3, 4]}))
     text = d / "notes.txt"
     text.write_text("hello, not JSON\n")
-    pol = json.loads(files["policy"].read_text())
     three = write_synthetic(d / "three.parquet", n=200, k=3, costs=(1.0, 2.0, 3.0))
     five = write_synthetic(d / "five.parquet", n=200, c=5)
-    nolabel_pol = dict(pol)
-    return {"costs": costs, "text": text, "three": three, "five": five, "policy_json": nolabel_pol}
+    return {"costs": costs, "text": text, "three": three, "five": five}
 
 
 @pytest.mark.parametrize("args, needles", [

@@ -281,7 +281,8 @@ def _policy_figure(kind: str, policy_path: str, preds_path: str, *, title, split
     if kind == "scores":
         head = title if title is not None else f"Exit scores per class: {where} ({which}, n={n})"
         return plotting.scores_figure(
-            scores, preds.labels, correct, exits, thresholds, scorer_type=scorer_type, class_names=names, title=head
+            scores, preds.labels, correct, exits, thresholds, scorer_type=scorer_type, num_classes=preds.num_classes,
+            class_names=names, title=head,
         )
     counts = np.bincount(preds.labels, minlength=preds.num_classes)
     top = np.lexsort((np.arange(preds.num_classes), -counts))[: min(classes, preds.num_classes)]

@@ -48,9 +48,15 @@ class EENetHyper:
     max_batch_work: float = 1.5e9
     min_batch: int = 256
     detach_previous: bool = True
-    init: str = "prior"
+    init: str = "spline"
     num_threads: int | None = 1
     progress_every: int = 10
+    warm_noise: float = 0.1
+    holdout: float = 0.2
+    eval_every: int = 5
+    stop_on: str = "total"
+    spline_units: int = 4
+    spline_l2: float = 1e-4
 
     def hidden_sizes(self, num_classes: int, num_exits: int) -> list[int]:
         return [max(self.min_hidden, math.ceil(self.hidden_ratio * (num_classes + 3 + k))) for k in range(num_exits)]
@@ -108,9 +114,8 @@ def train_eenet(
         rng = np.random.default_rng(seed)
 
         probs = torch.from_numpy(np.ascontiguousarray(features.probs, dtype=np.float32))
-        conf = torch.from_numpy(
-            np.stack([features.max_prob, features.entropy, features.vote], axis=2).astype(np.float32)
-        )
+        conf_np = np.stack([features.max_prob, features.entropy, features.vote], axis=2)
+        conf = torch.from_numpy(conf_np.astype(np.float32))
         correct = features.correct
         q = torch.from_numpy(correct.astype(np.float32))
         ncorrect = correct.sum(axis=1, keepdims=True)
@@ -118,9 +123,15 @@ def train_eenet(
         r = torch.from_numpy(r_np.astype(np.float32))
         cost_t = torch.from_numpy(costs.astype(np.float32))
 
+        # split for early stopping
+        n_hold = int(round(hyper.holdout * n)) if hyper.holdout > 0 and n >= 100 else 0
+        order = rng.permutation(n)
+        hold_rows = np.sort(order[:n_hold])
+        fit_rows = np.sort(order[n_hold:])
+        n_fit = fit_rows.size
+
         # parameters
         params = []
-        exit_acc = correct.mean(axis=0)
         for j in range(k):
             d = c + 3 + j
             h = hidden[j]
@@ -132,14 +143,26 @@ def train_eenet(
             wa = (torch.rand(h, generator=gen) * 2 - 1) * hb
             bu = torch.zeros(())
             ba = torch.zeros(())
-            if hyper.init == "prior":
-                acc = float(np.clip(exit_acc[j], 1e-3, 1 - 1e-3))
+            if hyper.init in ("prior", "spline"):
+                acc = float(np.clip(correct[fit_rows, j].mean(), 1e-3, 1 - 1e-3))
                 bu = torch.tensor(math.log(acc / (1 - acc)))
                 wa = torch.zeros(h)
-                wu = wu * 0.1
-            params.append([t.clone().requires_grad_(True) for t in (w, b, wu, bu, wa, ba)])
-        if hyper.init == "prior":
-            logp = _prior_assign_bias(r_np.mean(axis=0), costs, train_budget)
+                wu = wu * hyper.warm_noise
+            if hyper.init == "spline":
+                mp = features.max_prob[fit_rows, j]
+                nb = min(h // 2, hyper.spline_units)
+                knots = np.concatenate([[0.0], np.quantile(mp, np.arange(1, nb) / nb)])
+                basis = mp[:, None] - knots[None, :]
+                basis = np.where(basis > 0, basis, NEGATIVE_SLOPE * basis)
+                coef, icpt = _logistic_fit(basis, correct[fit_rows, j].astype(np.float64), l2=hyper.spline_l2)
+                w[:nb] = 0.0
+                w[:nb, c] = 1.0
+                b[:nb] = torch.from_numpy(-knots.astype(np.float32))
+                wu[:nb] = torch.from_numpy(coef.astype(np.float32))
+                bu = torch.tensor(float(icpt))
+            params.append([t.clone().float().requires_grad_(True) for t in (w, b, wu, bu, wa, ba)])
+        if hyper.init in ("prior", "spline"):
+            logp = _prior_assign_bias(r_np[fit_rows].mean(axis=0), costs, train_budget)
             for j in range(k):
                 with torch.no_grad():
                     params[j][5].fill_(float(logp[j]))
@@ -180,32 +203,44 @@ def train_eenet(
             total = l_g + hyper.alpha * l_b + hyper.beta * l_ce
             return total, l_g, l_b, l_ce, exp_cost
 
+        def rows(idx):
+            t = torch.from_numpy(idx)
+            return probs[t], conf[t], q[t], r[t]
+
+        full_fit = rows(fit_rows) if n_hold else (probs, conf, q, r)
+        hold = rows(hold_rows) if n_hold else None
+
         row_work = sum((c + 3 + j) * hidden[j] for j in range(k))
         if hyper.batch_size:
-            bs = min(n, int(hyper.batch_size))
-        elif n * row_work <= hyper.max_batch_work:
-            bs = n
+            bs = min(n_fit, int(hyper.batch_size))
+        elif n_fit * row_work <= hyper.max_batch_work:
+            bs = n_fit
         else:
-            bs = min(n, max(hyper.min_batch, int(hyper.max_batch_work // row_work)))
+            bs = min(n_fit, max(hyper.min_batch, int(hyper.max_batch_work // row_work)))
+
+        def snapshot():
+            return [[t.detach().clone() for t in p] for p in params]
 
         step = 0
         best = math.inf
+        best_state = None
+        best_step = 0
         since = 0
         ema = None
-        perm = np.arange(n)
-        pos = n
+        perm = np.arange(n_fit)
+        pos = n_fit
         first_loss = None
         total_steps = hyper.max_steps
+        hold_curve = []
         while step < total_steps:
-            if bs == n:
-                pb, cb, qb, rb = probs, conf, q, r
+            if bs == n_fit:
+                pb, cb, qb, rb = full_fit
             else:
-                if pos + bs > n:
-                    perm = rng.permutation(n)
+                if pos + bs > n_fit:
+                    perm = rng.permutation(n_fit)
                     pos = 0
-                idx = torch.from_numpy(np.sort(perm[pos : pos + bs]))
+                pb, cb, qb, rb = rows(fit_rows[np.sort(perm[pos : pos + bs])])
                 pos += bs
-                pb, cb, qb, rb = probs[idx], conf[idx], q[idx], r[idx]
             u, a = forward(pb, cb)
             total, l_g, l_b, l_ce, exp_cost = loss_terms(u, a, qb, rb)
             val = float(total.detach())
@@ -213,20 +248,40 @@ def train_eenet(
                 raise FloatingPointError(f"EENet loss is not finite at step {step}")
             if first_loss is None:
                 first_loss = val
+                if hold is not None:
+                    with torch.no_grad():
+                        hv = _crit(loss_terms(*forward(hold[0], hold[1]), hold[2], hold[3]), hyper)
+                    best, best_state, best_step = hv, snapshot(), 0
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
             step += 1
-            ema = val if ema is None else hyper.ema * ema + (1 - hyper.ema) * val
-            if ema < best - hyper.min_delta:
-                best = ema
-                since = 0
+            if hold is not None:
+                if step % hyper.eval_every == 0 or step == total_steps:
+                    with torch.no_grad():
+                        hv = _crit(loss_terms(*forward(hold[0], hold[1]), hold[2], hold[3]), hyper)
+                    hold_curve.append((step, hv))
+                    if hv < best - hyper.min_delta:
+                        best, best_state, best_step = hv, snapshot(), step
+                        since = 0
+                    else:
+                        since += hyper.eval_every
             else:
-                since += 1
+                ema = val if ema is None else hyper.ema * ema + (1 - hyper.ema) * val
+                if ema < best - hyper.min_delta:
+                    best = ema
+                    since = 0
+                else:
+                    since += 1
             if progress is not None and (step % hyper.progress_every == 0 or step == total_steps):
                 progress(step, total_steps, {"loss": val, "expected_cost": float(exp_cost)})
             if step >= hyper.min_steps and since >= hyper.patience:
                 break
+        if best_state is not None:
+            with torch.no_grad():
+                for p, s in zip(params, best_state):
+                    for t, v in zip(p, s):
+                        t.copy_(v)
 
         with torch.no_grad():
             u, a = forward(probs, conf)
@@ -240,9 +295,9 @@ def train_eenet(
                     "shared_weight": p[0].detach().double().tolist(),
                     "shared_bias": p[1].detach().double().tolist(),
                     "utility_weight": p[2].detach().double().tolist(),
-                    "utility_bias": float(p[3]),
+                    "utility_bias": float(p[3].detach()),
                     "assign_weight": p[4].detach().double().tolist(),
-                    "assign_bias": float(p[5]),
+                    "assign_bias": float(p[5].detach()),
                 }
                 for p in params
             ],
@@ -252,6 +307,7 @@ def train_eenet(
     dist = assignment_distribution(scorer, features)
     history = {
         "steps": step,
+        "best_step": best_step,
         "batch_size": bs,
         "first_loss": first_loss,
         "final_loss": float(total),
@@ -260,11 +316,19 @@ def train_eenet(
         "final_loss_ce": float(l_ce),
         "expected_cost": float(dist @ costs),
         "torch_utilities": u.double().numpy(),
+        "hold_curve": hold_curve,
     }
     hp = asdict(hyper)
     hp["hidden_sizes"] = hidden
     hp["num_threads"] = threads
     return EENetResult(scorer, dist, history, hp, time.perf_counter() - t0, train_budget)
+
+
+def _crit(terms, hyper):
+    total, l_g, l_b, l_ce, _ = terms
+    if hyper.stop_on == "g":
+        return float(l_g)
+    return float(total)
 
 
 def _prior_assign_bias(mean_r: np.ndarray, costs: np.ndarray, budget: float) -> np.ndarray:
@@ -287,3 +351,24 @@ def _prior_assign_bias(mean_r: np.ndarray, costs: np.ndarray, budget: float) -> 
             hi = mid
     p = dist(hi)
     return np.log(np.clip(p, 1e-6, None))
+
+
+def _logistic_fit(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 25):
+    """Newton's method for a small L2-regularised logistic regression (float64)."""
+    n, d = x.shape
+    xa = np.concatenate([x, np.ones((n, 1))], axis=1)
+    beta = np.zeros(d + 1)
+    ybar = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
+    beta[-1] = np.log(ybar / (1 - ybar))
+    reg = np.full(d + 1, l2 * n)
+    reg[-1] = 0.0
+    for _ in range(iters):
+        z = xa @ beta
+        p = 0.5 * (1 + np.tanh(0.5 * z))
+        g = xa.T @ (p - y) + reg * beta
+        h = (xa * (p * (1 - p))[:, None]).T @ xa + np.diag(reg) + 1e-9 * np.eye(d + 1)
+        step = np.linalg.solve(h, g)
+        beta -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return beta[:-1], beta[-1]

@@ -66,9 +66,16 @@ def main() -> None:
     import eenet_cli.api  # noqa: F401
     import eenet_cli.budgets  # noqa: F401
     import eenet_cli.core.methods  # noqa: F401
+    import pyarrow.compute  # noqa: F401
     import pyarrow.parquet  # noqa: F401
     import rich.console  # noqa: F401
     import rich.table  # noqa: F401
+
+    for name in ("typer._adapters", "pydantic", "pydoc", "pkgutil", "asyncio", "csv", "email", "calendar", "concurrent.futures"):
+        try:  # what typer imports when it runs a command (depends on its version)
+            __import__(name)
+        except ImportError:
+            pass
 
     sys.modules.pop("eenet_cli.__main__", None)  # runpy warns when it is already imported
     running: dict[int, tuple[str, float]] = {}
