@@ -59,6 +59,16 @@ def check_version(doc_format: str, version: Any, source: str) -> None:
         raise InputError(f"unknown {doc_format} format version {version!r}", source=source, field="version")
 
 
+def finite_number(v: Any) -> bool:
+    """A JSON number (not a bool) that is finite as a float; ints beyond float range are not."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a valid JSON number")
 
@@ -246,9 +256,9 @@ def validate_costs(values: Any, unit: Any, source: str, field_name: str = "costs
         raise InputError("expected a non-empty list of numbers", source=source, field=field_name)
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
         raise InputError(f"expected numbers, got {values!r}", source=source, field=field_name)
-    arr = np.asarray(values, dtype=np.float64)
-    if not np.all(np.isfinite(arr)):
+    if not all(finite_number(v) for v in values):
         raise InputError("costs must be finite", source=source, field=field_name)
+    arr = np.asarray(values, dtype=np.float64)
     if np.any(arr <= 0):
         raise InputError(f"costs must be positive, got {arr.tolist()}", source=source, field=field_name)
     if np.any(np.diff(arr) <= 0):
@@ -379,7 +389,8 @@ def _decode_meta(raw: dict[bytes, bytes] | None, source: str) -> dict:
         if not key.startswith("eenet."):
             continue
         if len(v) > MAX_METADATA_BYTES:
-            raise InputError(f"metadata value larger than {MAX_METADATA_BYTES // (1024 * 1024)} MiB", source=source, field=key)
+            limit = f"{MAX_METADATA_BYTES / 2**20:g} MiB" if MAX_METADATA_BYTES >= 2**20 else f"{MAX_METADATA_BYTES} bytes"
+            raise InputError(f"metadata value of {len(v)} bytes is larger than the {limit} limit", source=source, field=key)
         out[key[len("eenet.") :]] = loads_strict(v, f"{source}: metadata {key}")
     return out
 
@@ -389,10 +400,12 @@ def _open_parquet(path: Path, source: str):
     import pyarrow.parquet as pq
 
     try:
-        return pq.ParquetFile(path)
+        pf = pq.ParquetFile(path)
+        pf.schema_arrow  # noqa: B018 - decoded lazily; a damaged footer fails here, not later
+        return pf
     except PermissionError:
         raise InputError("permission denied", source=source) from None
-    except (pa.ArrowException, OSError) as e:
+    except (pa.ArrowException, OSError, ValueError) as e:  # ValueError: e.g. a column name that is not UTF-8
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InputError(f"not a readable Parquet file ({msg})", source=source) from None
 
@@ -621,7 +634,8 @@ def validate_predictions(p: Predictions) -> None:
             same = ids[order][1:] == ids[order][:-1]
             if same.any():
                 i = int(rows[order][1:][np.argmax(same)])
-                raise InputError(f"sample_id {p.sample_id[i]!r} appears more than once within a split", source=src, field="sample_id")
+                dup = p.sample_id[i].item() if isinstance(p.sample_id[i], np.generic) else p.sample_id[i]
+                raise InputError(f"sample_id {dup!r} appears more than once within a split", source=src, field="sample_id")
 
 
 def predictions_schema(num_exits: int, num_classes: int, *, fp16: bool = False, sample_id_type=None, with_split: bool = True, with_label: bool = True):
@@ -846,7 +860,7 @@ def _results_from_records(records: list[dict], header: dict, source: str) -> dic
                 raise InputError(f"record {i} has no {key!r}", source=source, field=key)
         for key in ("budget", "accuracy", "avg_cost"):
             v = r[key]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if not finite_number(v):
                 raise InputError(f"record {i}: expected a finite number, got {v!r}", source=source, field=key)
     return {**header, "results": records}
 
@@ -939,7 +953,7 @@ def validate_policy(doc: Any, source: str) -> None:
     if not isinstance(thr, list) or len(thr) != k:
         raise InputError(f"expected a list of {k} thresholds", source=source, field="thresholds")
     for i, t in enumerate(thr):
-        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)):
+        if t is not None and not finite_number(t):
             raise InputError(f"threshold {i} must be a finite number or null, got {t!r}", source=source, field="thresholds")
     if thr[-1] is not None:
         raise InputError("the last exit accepts every sample: its threshold must be null", source=source, field="thresholds")
@@ -965,7 +979,7 @@ def validate_policy(doc: Any, source: str) -> None:
 
 
 def _positive_number(v: Any) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+    return finite_number(v) and v > 0
 
 
 def _validate_eenet_scorer(scorer: dict, k: int, c: int, source: str) -> None:
@@ -973,7 +987,7 @@ def _validate_eenet_scorer(scorer: dict, k: int, c: int, source: str) -> None:
     if not isinstance(exits, list) or len(exits) != k:
         raise InputError(f"expected weights for {k} exits", source=source, field="scorer.exits")
     slope = scorer.get("negative_slope", 0.01)
-    if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not math.isfinite(slope):
+    if not finite_number(slope):
         raise InputError(f"expected a number, got {slope!r}", source=source, field="scorer.negative_slope")
     for j, e in enumerate(exits):
         fld = f"scorer.exits[{j}]"
@@ -985,7 +999,7 @@ def _validate_eenet_scorer(scorer: dict, k: int, c: int, source: str) -> None:
             scalars = [e["utility_bias"], e["assign_bias"]]
         except KeyError as ex:
             raise InputError(f"missing {ex.args[0]!r}", source=source, field=fld) from None
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InputError("weights must be numeric nested lists", source=source, field=fld) from None
         h = w.shape[0] if w.ndim == 2 else -1
         if w.ndim != 2 or w.shape[1] != c + 3 + j:
@@ -994,5 +1008,5 @@ def _validate_eenet_scorer(scorer: dict, k: int, c: int, source: str) -> None:
             raise InputError(f"bias and head weights must have {h} entries", source=source, field=fld)
         if any(isinstance(s, bool) or not isinstance(s, (int, float)) for s in scalars):
             raise InputError("utility_bias and assign_bias must be numbers", source=source, field=fld)
-        if not (np.isfinite(w).all() and all(np.isfinite(a).all() for a in arrays) and all(math.isfinite(s) for s in scalars)):
+        if not (np.isfinite(w).all() and all(np.isfinite(a).all() for a in arrays) and all(finite_number(s) for s in scalars)):
             raise InputError("weights must be finite", source=source, field=fld)

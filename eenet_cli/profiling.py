@@ -1,8 +1,10 @@
 """Measuring what each exit of a staged model costs (``eenet profile``).
 
 Exit k's cost is that of a sample that stops at exit k (SPEC §2.2): stages 0..k, heads
-0..k and the exit decision at each of those heads (softmax, max, comparison with a
-threshold). :func:`profile_model` times exactly that prefix, after warm-up, many times,
+0..k and the exit decision at each of those heads. :func:`profile_model` times exactly
+what the runtime (:class:`~eenet_cli.runtime.EarlyExitModel`) runs for such a sample,
+with a max-prob decision (softmax, max, comparison with a threshold) at each head,
+after warm-up, many times,
 and the prefixes are *interleaved* (every round runs each prefix once, in a shuffled
 order) so slow drift of the machine (clock, thermals, other processes) hits all exits
 alike instead of biasing the last ones measured.
@@ -71,26 +73,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _decide(logits: torch.Tensor, batch_size: int) -> None:
-    """The exit decision at a head: softmax, max, comparison with a threshold, read on the host."""
-    conf = torch.softmax(logits.float(), dim=-1).amax(dim=-1)
-    stop = conf >= 0.5
-    if batch_size == 1:
-        bool(stop)  # a data-dependent branch, as a deployed runtime takes
-    else:
-        stop.any().item()
+def forced_exit_policy(num_exits: int, k: int) -> dict:
+    """A max-prob policy that stops every sample at exit ``k`` (max-prob is always >= 0),
+    still computing the exit decision at each earlier head."""
+    thresholds: list = [None] * num_exits
+    if k < num_exits - 1:
+        thresholds[k] = 0.0
+    return {"num_exits": num_exits, "thresholds": thresholds, "scorer": {"type": "maxprob"}}
 
 
-def make_prefix(stages: list[nn.Module], heads: list[nn.Module], k: int, batch_size: int):
-    """A callable that runs stages 0..k and heads 0..k, deciding at each head."""
+def make_prefix(module: nn.Module, k: int):
+    """A callable that runs exactly what the runtime runs for a sample stopping at exit k:
+    stages 0..k, heads 0..k and a max-prob exit decision at each of those heads
+    (:class:`~eenet_cli.runtime.EarlyExitModel` with a policy that stops at k)."""
+    from eenet_cli.runtime import EarlyExitModel
 
-    def run(x: torch.Tensor) -> None:
-        h = x
-        for j in range(k + 1):
-            h = stages[j](h)
-            _decide(heads[j](h), batch_size)
-
-    return run
+    ee = EarlyExitModel(module, forced_exit_policy(len(module.stages), k))  # type: ignore[arg-type]
+    return ee.run
 
 
 def count_params(stages: list[nn.Module], heads: list[nn.Module]) -> list[int]:
@@ -165,7 +164,7 @@ def profile_model(
         run_checked(model, x[:1], f"--input-shape {','.join(map(str, input_shape))}")
     flops = count_flops(stages, heads, x[:1])
     params = count_params(stages, heads)
-    prefixes = [make_prefix(stages, heads, j, batch_size) for j in range(k)]
+    prefixes = [make_prefix(model.module, j) for j in range(k)]
     times = np.empty((k, repeats), dtype=np.float64)
     rng = np.random.default_rng(seed)
     with torch.inference_mode():

@@ -39,7 +39,6 @@ class EarlyExitResult:
     preds: torch.Tensor  # [B] int64 prediction at the exit taken
     exits: torch.Tensor  # [B] int64 0-based exit taken
     logits: torch.Tensor  # [B, C] scores at the exit taken
-    scores: np.ndarray  # [B] the policy's score at the exit taken
 
 
 def check_policy(policy: dict, num_exits: int, source: str = "policy") -> None:
@@ -69,7 +68,7 @@ class EarlyExitModel(nn.Module):
     """A staged multi-exit model that stops each sample where the policy says.
 
     ``forward(x)`` returns ``(preds, exits)``, both ``[B]`` int64; :meth:`run` also
-    returns the logits and scores at the exit taken. ``scores="probs"`` tells it the heads
+    returns the logits at the exit taken. ``scores="probs"`` tells it the heads
     already output probabilities (never softmaxed twice).
     """
 
@@ -105,7 +104,6 @@ class EarlyExitModel(nn.Module):
         state = self.online.begin(b)
         exits = np.full(b, -1, dtype=np.int64)
         preds = np.zeros(b, dtype=np.int64)
-        scores = np.zeros(b, dtype=np.float64)
         out_logits: torch.Tensor | None = None
         rows = np.arange(b)  # batch rows still running
         h = x
@@ -113,12 +111,12 @@ class EarlyExitModel(nn.Module):
             h = self.stages[k](h)
             logits = self.heads[k](h)
             z = logits.float().cpu().numpy()
-            stop, pred, score = self.online.step(state, k, z, rows, probs=self.probs)
+            stop, pred, _ = self.online.step(state, k, z, rows, probs=self.probs)
             if out_logits is None:
                 out_logits = torch.empty((b, logits.shape[1]), dtype=logits.dtype, device=logits.device)
             if stop.any():
                 done = rows[stop]
-                exits[done], preds[done], scores[done] = k, pred[stop], score[stop]
+                exits[done], preds[done] = k, pred[stop]
                 sel = torch.from_numpy(np.flatnonzero(stop)).to(logits.device)
                 out_logits[torch.from_numpy(done).to(logits.device)] = logits.index_select(0, sel)
             if stop.all():
@@ -128,18 +126,43 @@ class EarlyExitModel(nn.Module):
                 h = h.index_select(0, torch.from_numpy(np.flatnonzero(keep)).to(h.device))
                 rows = rows[keep]
         assert out_logits is not None
-        return EarlyExitResult(torch.from_numpy(preds), torch.from_numpy(exits), out_logits, scores)
+        return EarlyExitResult(torch.from_numpy(preds), torch.from_numpy(exits), out_logits)
 
     def _run_one(self, x: torch.Tensor) -> EarlyExitResult:
-        """Batch size 1: the lean path; computes nothing after the accepted exit."""
-        state = self.online.begin(1)
-        h = x
-        for k in range(self.num_exits):
-            h = self.stages[k](h)
-            logits = self.heads[k](h)
-            stop, pred, score = self.online.step(state, k, logits.float().cpu().numpy(), None, probs=self.probs)
-            if stop[0]:
-                return EarlyExitResult(
-                    torch.tensor([int(pred[0])]), torch.tensor([k]), logits, np.asarray([float(score[0])])
-                )
-        raise AssertionError("the last exit always stops")  # pragma: no cover
+        """Batch size 1: the policy's lean single-sample path, fed exit by exit on demand,
+        so nothing after the accepted exit is computed."""
+        exits = _LazyExits(self, x)
+        k, pred = self.online.run(exits, probs=self.probs)
+        return EarlyExitResult(torch.tensor([pred]), torch.tensor([k]), exits.last)
+
+
+class _LazyExits:
+    """Exit scores of one sample, computed only when the policy first asks for exit k
+    (stage k and head k run then, in order): the policy reads ``exits[k]`` only if exit
+    k-1 did not stop the sample."""
+
+    def __init__(self, ee: EarlyExitModel, x: torch.Tensor):
+        self.ee = ee
+        self.h = x
+        self.rows: list[np.ndarray] = []
+        self.last: torch.Tensor | None = None
+        self._compute(0)
+        self.shape = (ee.num_exits, self.rows[0].shape[-1])
+
+    def _compute(self, k: int) -> None:
+        while len(self.rows) <= k:
+            j = len(self.rows)
+            self.h = self.ee.stages[j](self.h)
+            self.last = self.ee.heads[j](self.h)
+            self.rows.append(self.last.float().cpu().numpy()[0])
+
+    def __len__(self) -> int:
+        return self.ee.num_exits
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            stop = k.stop if k.stop is not None else self.ee.num_exits
+            self._compute(stop - 1)
+            return np.stack(self.rows[k])
+        self._compute(int(k))
+        return self.rows[int(k)]

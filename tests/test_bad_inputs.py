@@ -112,6 +112,7 @@ def check_refused(case: Case, root: Path, out: Outcome) -> None:
     else:
         assert len(lines) == 1 and lines[0].startswith("eenet: error: "), shown
         message = lines[0]
+    assert "np.int64(" not in message and "np.float" not in message, f"a numpy repr in the message{shown}"
     for want in case.expect:
         assert want in message, f"expected {want!r} in the message{shown}"
     assert out.stdout == "", shown  # nothing on stdout for a refused input
@@ -167,3 +168,181 @@ def test_a_valid_eenet_policy_applies(corpus):
     root, _ = corpus
     out = run_eenet(["apply", "in/policy_eenet_good.json", "in/good.parquet", "--json", "-q"], root)
     assert out.returncode == 0, out.stderr
+
+
+# --------------------------------------------------------------------------- security
+
+PACKAGE = ROOT / "eenet_cli"
+_UNPICKLERS = {"pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "shelve", "marshal", "jsonpickle"}
+
+
+def _dotted(node) -> str:
+    import ast
+
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    return ""
+
+
+def unsafe_loads(source: str, filename: str = "<src>") -> list[str]:
+    """Calls that can run code from a file: unpickling, torch.load without weights_only=True,
+    np.load without allow_pickle=False, pandas read_pickle, yaml.load without SafeLoader.
+    Importing ``pickle`` for its exception classes is fine; calling into it is not."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        where = f"{filename}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.Import):
+            found += [f"{where}: import {a.name}" for a in node.names if a.name.split(".")[0] in _UNPICKLERS - {"pickle", "_pickle"}]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            root_mod = node.module.split(".")[0]
+            for a in node.names:
+                if root_mod in _UNPICKLERS and not a.name.endswith(("Error", "Exception", "Warning")):
+                    found.append(f"{where}: from {node.module} import {a.name}")
+                if root_mod == "torch" and a.name == "load":
+                    found.append(f"{where}: from torch import load")
+        elif isinstance(node, ast.Call):
+            name = _dotted(node.func)
+            kw = {k.arg: k.value for k in node.keywords}
+
+            def const(key, value):
+                v = kw.get(key)
+                return isinstance(v, ast.Constant) and v.value is value
+
+            parts = name.split(".")
+            if parts[0] in _UNPICKLERS and len(parts) > 1:
+                found.append(f"{where}: {name}(...)")
+            elif parts[-1] == "read_pickle":
+                found.append(f"{where}: {name}(...)")
+            elif name == "torch.load" and not const("weights_only", True):
+                found.append(f"{where}: torch.load without weights_only=True")
+            elif name in ("np.load", "numpy.load") and not const("allow_pickle", False):
+                found.append(f"{where}: {name} without allow_pickle=False")
+            elif name == "yaml.load" and "SafeLoader" not in ast.unparse(node):
+                found.append(f"{where}: yaml.load without SafeLoader")
+    return found
+
+
+def test_the_unsafe_load_scanner_finds_what_it_should():
+    bad = """
+import pickle, dill
+from pickle import loads
+from torch import load
+pickle.load(open("p", "rb"))
+torch.load("w.pt")
+torch.load("w.pt", weights_only=False)
+np.load("d.npz")
+pd.read_pickle("x")
+yaml.load(text)
+"""
+    assert len(unsafe_loads(bad)) == 9
+    ok = """
+import pickle
+from pickle import UnpicklingError
+try:
+    torch.load("w.pt", map_location="cpu", weights_only=True)
+    np.load("d.npz", allow_pickle=False)
+except pickle.UnpicklingError:
+    pass
+"""
+    assert unsafe_loads(ok) == []
+
+
+def test_no_artifact_is_ever_unpickled():
+    """Policies, predictions and results are plain data; weights load with weights_only=True (SPEC §2.4, §5)."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        found += unsafe_loads(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
+    assert found == [], "unsafe deserialisation in the package:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_json_number_literals_are_refused(tmp_path, literal):
+    import json
+
+    from eenet_cli.errors import InputError
+    from eenet_cli.io import load_costs, read_policy, read_results
+
+    costs = tmp_path / "costs.json"
+    costs.write_text('{"format": "costs", "version": 1, "unit": "ms", "costs": [1.0, %s, 3.0]}' % literal)
+    with pytest.raises(InputError, match=rf"costs.json: not valid JSON \({literal} is not a valid JSON number\)"):
+        load_costs(str(costs))
+
+    from bad_inputs.make import eenet_scorer
+
+    policy = {"format": "policy", "version": 1, "method": "maxprob", "num_exits": 3, "num_classes": 5,
+              "costs": {"unit": "ms", "costs": [1.0, 2.0, 3.0]}, "thresholds": [0.5, 0.7, None],
+              "scorer": {"type": "maxprob"}}
+    scorer = eenet_scorer()
+    scorer["exits"][1]["utility_bias"] = 12345.5
+    for i, doc in enumerate([{**policy, "thresholds": [12345.5, 0.7, None]}, {**policy, "scorer": scorer, "method": "eenet"}]):
+        read_policy(_dump(tmp_path / f"ok{i}.json", doc))
+        text = json.dumps(doc)
+        assert text.count("12345.5") == 1
+        bad = tmp_path / f"policy{i}.json"
+        bad.write_text(text.replace("12345.5", literal))
+        with pytest.raises(InputError, match=f"not valid JSON \\({literal} is not a valid JSON number"):
+            read_policy(bad)
+
+    results = tmp_path / "results.json"
+    results.write_text('{"format": "results", "version": 1, "results": [{"method": "maxprob", "budget": 2.0, '
+                       '"accuracy": %s, "avg_cost": 1.9, "budget_met": true}]}' % literal)
+    with pytest.raises(InputError, match="not a valid JSON number"):
+        read_results(results)
+
+
+def _dump(path: Path, obj) -> Path:
+    import json
+
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def test_nan_literal_in_predictions_metadata_is_refused(tmp_path):
+    import pyarrow.parquet as pq
+
+    from conftest import write_synthetic
+    from eenet_cli.errors import InputError
+    from eenet_cli.io import read_predictions
+
+    path = write_synthetic(tmp_path / "p.parquet", n=50)
+    table = pq.read_table(path)
+    meta = dict(table.schema.metadata)
+    meta[b"eenet.costs"] = b'{"format": "costs", "version": 1, "unit": "ms", "costs": [1, 2, NaN, 4]}'
+    pq.write_table(table.replace_schema_metadata(meta), path)
+    with pytest.raises(InputError, match=r"metadata eenet.costs: not valid JSON \(NaN"):
+        read_predictions(path)
+
+
+def test_oversized_metadata_is_refused(tmp_path, monkeypatch):
+    import eenet_cli.io as eio
+    from conftest import write_synthetic
+    from eenet_cli.errors import InputError
+
+    path = write_synthetic(tmp_path / "p.parquet", n=50, model="m" * 5000)
+    assert eio.read_predictions(path).meta["model"] == "m" * 5000  # fine under the real limit
+    monkeypatch.setattr(eio, "MAX_METADATA_BYTES", 1000)
+    with pytest.raises(InputError) as err:
+        eio.read_predictions(path)
+    assert err.value.field == "eenet.model"
+    assert "5002 bytes is larger than the 1000 bytes limit" in str(err.value) and str(path) in str(err.value)
+
+
+def test_oversized_metadata_in_results_parquet_is_refused(tmp_path, monkeypatch):
+    import eenet_cli.io as eio
+    from eenet_cli import api
+    from conftest import write_synthetic
+    from eenet_cli.errors import InputError
+
+    preds = eio.read_predictions(write_synthetic(tmp_path / "p.parquet", n=300))
+    doc = api.evaluate(preds, budgets=["2ms"], methods=["maxprob"])
+    doc["note"] = "x" * 4000
+    out = tmp_path / "r.parquet"
+    eio.write_results(out, doc)
+    assert eio.read_results(out)["note"] == "x" * 4000
+    monkeypatch.setattr(eio, "MAX_METADATA_BYTES", 1000)
+    with pytest.raises(InputError, match="larger than the 1000 bytes limit"):
+        eio.read_results(out)

@@ -42,7 +42,8 @@ DataOpt = Annotated[
 PROFILE_HELP = """Measure the cost of each exit of a staged model and write a costs JSON.
 
 Exit k's cost is that of a sample that stops there: stages 0..k, heads 0..k and the
-exit decision (softmax + max + threshold test) at each of those heads, under
+exit decision (softmax + max + threshold test) at each of those heads, timed as the
+early-exit runtime runs it (eenet_cli.runtime.EarlyExitModel), under
 torch.inference_mode(), after --warmup rounds, --repeats times. The prefixes are timed
 interleaved (each round runs every prefix once, in a shuffled order) so machine drift
 hits all exits alike. The costs are the medians; p10, p90 and mean are kept under
@@ -241,6 +242,9 @@ def _profile_policy(model, weights, model_arg, device, policy_path, data_spec, c
         est = float(sum(f * c for f, c in zip(fr, cost.values)))
         doc["costs"] = cost.brief()
         doc["offline_estimate"] = {"value": est, "unit": cost.unit}
+        means = (cost.extra.get("stats") or {}).get("mean")
+        if isinstance(means, list) and len(means) == len(fr):
+            doc["offline_estimate"]["value_from_means"] = float(sum(f * m for f, m in zip(fr, means)))
     doc["created_by"] = CREATED_BY
     to_stdout = output == "-" or json_out or (output is None and not stdout_is_terminal())
     if output is not None:
@@ -258,6 +262,8 @@ def _profile_policy(model, weights, model_arg, device, policy_path, data_spec, c
     t.add_row("measured latency", f"{run.ms_per_sample:.4g} ms/sample")
     if "offline_estimate" in doc:
         t.add_row("offline estimate sum f_k c_k", f"{doc['offline_estimate']['value']:.4g} {cost.unit}")
+        if "value_from_means" in doc["offline_estimate"]:
+            t.add_row("  same with mean costs", f"{doc['offline_estimate']['value_from_means']:.4g} {cost.unit}")
     if isinstance(budget, dict) and "value" in budget:
         t.add_row("budget", f"{budget['value']:.4g} {budget.get('unit', '')}")
     if to_stdout:

@@ -54,7 +54,7 @@ class EENetHyper:
     warm_noise: float = 0.1
     holdout: float = 0.2
     eval_every: int = 5
-    stop_on: str = "total"
+    stop_on: str = "g"
     spline_units: int = 4
     spline_l2: float = 1e-4
 

@@ -1,0 +1,641 @@
+"""Lookahead: a cost-aware stopping policy that estimates what later exits would bring.
+
+EENet (and every confidence baseline) ranks samples by how likely the current prediction is
+right and stops the most promising ones. That cannot tell a sample that no exit will get
+right (it should leave early and cheaply) from one that the next exit would fix (it is worth
+the extra cost). Lookahead estimates both from the exits seen so far and stops when
+continuing is not worth its cost.
+
+**Estimators.** At exit k (0-based) a sample is described by summaries of exits 0..k only:
+per exit its logit margin (log p_top1 - log p_top2), log max-prob and entropy confidence;
+for each earlier exit whether it agrees with exit k's prediction and the log-probability it
+gave to that class; the vote measure; and, class-aware, the class exit k predicts (a
+per-class intercept and a per-class slope on exit k's margin: on miscalibrated models the
+right confidence scale depends on the class). For every later-or-equal exit j ≥ k an L2
+logistic regression (Newton, exact; the per-class block is eliminated through its 2x2
+blocks, so C = 1000 costs no more than C = 10) estimates
+
+    P̂[k, j] = P(exit j's prediction is right | exits 0..k).
+
+They are fitted on the validation split with seeded k-fold cross-fitting: the scores used
+to choose λ and the stopping rule come from models that never saw the row they score, so
+the choice is honest. The policy's estimators are then refitted on all validation rows.
+
+**Stopping rule.** With a price λ ≥ 0 per unit of cost, a sample at exit k < K-1 stops iff
+
+    gain_k = max_{j>k} [P̂[k, j] - λ c_j] - (P̂[k, k] - λ c_k) <= 0,
+
+i.e. no later exit is expected to add more accuracy than it costs. The policy's score is
+``-gain_k`` with thresholds 0 (the last exit always stops; its score is 0), so the generic
+rule "stop at the first k with score >= t_k" applies unchanged. λ is found by bisection as
+the smallest price whose realised validation cost fits the budget (the cost falls as λ
+grows: every ``-gain_k`` is increasing in λ).
+
+**Fallback.** When the budget is loose (λ ≈ 0) a quota rule that spends the whole budget
+may be more accurate than stopping where the estimates say nothing more is to be gained.
+So the fit also tries quota thresholds on P̂[k, k] (geometric exit distribution, and the
+lookahead's own exit distribution) and a "fill" variant of the rule with λ < 0, and keeps
+whichever is most accurate on the cross-fitted validation scores (ties go to the lookahead
+rule). A quota policy has ``rule = "quota"``: its score is P̂[k, k] and its thresholds are
+the quota thresholds.
+
+Scorer JSON (``policy["scorer"]``)::
+
+    {"type": "lookahead", "version": 1,
+     "rule": "lookahead" | "quota",
+     "lambda": float,                      # price per cost unit (rule "lookahead")
+     "costs": [c_1, ..., c_K],             # cumulative costs the price applies to
+     "num_classes": C, "margin_clip": 30.0, "log_floor": -30.0,
+     "exits": [                            # exit k = 0..K-1
+        {"inputs": [D_k feature names],
+         "targets": [                      # j = k..K-1
+            {"exit": j, "bias": float, "weight": [D_k],
+             "class_bias": [C], "class_slope": [C]}, ...]}, ...]}
+
+logit P̂[k, j] = bias + x_k · weight + class_bias[y_k] + class_slope[y_k] · margin_k, where
+x_k are the named inputs and y_k exit k's predicted class. Applying it needs numpy only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from eenet_cli.core.measures import ExitFeatures
+from eenet_cli.core.thresholds import (
+    Ranking,
+    apply_thresholds,
+    fit_distribution,
+    fit_geometric,
+    realised_cost,
+    within_budget,
+)
+
+SCORER_TYPE = "lookahead"
+SCORER_VERSION = 1
+MARGIN_CLIP = 30.0
+LOG_FLOOR = -30.0
+RULES = ("lookahead", "quota")
+
+DEFAULT_FOLDS = 5
+DEFAULT_ALPHAS = (1.0, 10.0, 100.0)  # L2 strengths tried per estimator, chosen by cross-fitted log loss
+BIAS_PENALTY = 1e-4
+
+DESCRIPTION = (
+    "lookahead: logistic estimates P[k,j] of exit j being right from exits <= k; "
+    "rule 'lookahead' scores -(max_{j>k}[P[k,j] - lambda c_j] - (P[k,k] - lambda c_k)) with thresholds 0, "
+    "rule 'quota' scores P[k,k]"
+)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def input_names(k: int) -> list[str]:
+    """Names of the dense inputs at exit ``k`` (0-based), in weight order."""
+    names = []
+    for i in range(k + 1):
+        names += [f"margin_{i}", f"log_max_prob_{i}", f"entropy_{i}"]
+    for i in range(k):
+        names += [f"agree_{i}", f"support_{i}"]
+    if k > 0:
+        names.append("vote")
+    return names
+
+
+def _log(p: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.maximum(np.log(p.astype(np.float64)), LOG_FLOOR)
+
+
+class _Inputs:
+    """Per-exit summaries of a set of predictions, computed once (exits 0..K'-1)."""
+
+    def __init__(self, features: ExitFeatures, num_exits: int | None = None):
+        k = features.num_exits if num_exits is None else min(num_exits, features.num_exits)
+        probs = features.probs[:, :k]
+        c = probs.shape[2]
+        self.num_exits = k
+        self.num_classes = c
+        self.n = probs.shape[0]
+        self.preds = features.preds[:, :k]
+        if c >= 2:
+            top2 = np.partition(probs, c - 2, axis=2)[..., c - 2 :]
+            self.margin = np.clip(_log(top2[..., 1]) - _log(top2[..., 0]), 0.0, MARGIN_CLIP)
+        else:
+            self.margin = np.zeros(self.preds.shape)
+        self.log_max = _log(features.max_prob[:, :k])
+        self.entropy = np.asarray(features.entropy[:, :k], dtype=np.float64)
+        self.vote = np.asarray(features.vote[:, :k], dtype=np.float64)
+        self._probs = probs
+
+    def design(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Dense inputs ``[N, D_k]``, predicted class and margin at exit ``k``."""
+        cols = []
+        for i in range(k + 1):
+            cols += [self.margin[:, i], self.log_max[:, i], self.entropy[:, i]]
+        pk = self.preds[:, k]
+        for i in range(k):
+            cols.append((self.preds[:, i] == pk).astype(np.float64))
+            cols.append(_log(np.take_along_axis(self._probs[:, i], pk[:, None], axis=1)[:, 0]))
+        if k > 0:
+            cols.append(self.vote[:, k])
+        x = np.stack(cols, axis=1) if cols else np.zeros((self.n, 0))
+        return np.ascontiguousarray(x, dtype=np.float64), pk, self.margin[:, k]
+
+
+# --------------------------------------------------------------------------- logistic regression
+
+
+def _expit(z: np.ndarray) -> np.ndarray:
+    return np.exp(-np.logaddexp(0.0, -z))
+
+
+_GRAM_ROWS = 1024  # rows per product: small products stay single-threaded in OpenBLAS, which is
+# far faster than its threaded path on a busy 2-core machine (and the sum order is fixed)
+
+
+def _gram(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a.T @ b`` summed over fixed row blocks."""
+    out = np.zeros((a.shape[1], b.shape[1]))
+    for start in range(0, a.shape[0], _GRAM_ROWS):
+        out += a[start : start + _GRAM_ROWS].T @ b[start : start + _GRAM_ROWS]
+    return out
+
+
+def _fit_logistic(x: np.ndarray, cls: np.ndarray, m: np.ndarray, num_classes: int, y: np.ndarray, alpha: float,
+                  max_iter: int = 50, tol: float = 1e-9) -> dict:
+    """L2 logistic regression with a dense part and a per-class (intercept, slope on m) part.
+
+    Minimises ``sum logloss + alpha/2 (|w|^2 + |a|^2 + |s|^2) + BIAS_PENALTY/2 b^2`` on
+    standardised inputs by damped Newton steps; the per-class block is block-diagonal (2x2
+    per class) and is eliminated by a Schur complement. Returns weights on the raw scale.
+    """
+    n, d = x.shape
+    c = num_classes
+    alpha_d, alpha_c = (float(alpha), float(alpha)) if np.isscalar(alpha) else (float(alpha[0]), float(alpha[1]))
+    mu = x.mean(axis=0) if n else np.zeros(d)
+    sd = x.std(axis=0) if n else np.ones(d)
+    sd = np.where(sd > 1e-12, sd, 1.0)
+    xs = (x - mu) / sd
+    m_mu = float(m.mean()) if n else 0.0
+    m_sd = float(m.std()) if n else 1.0
+    m_sd = m_sd if m_sd > 1e-12 else 1.0
+    ms = (m - m_mu) / m_sd
+    y = y.astype(np.float64)
+    ybar = float(np.clip(y.mean() if n else 0.5, 1e-3, 1 - 1e-3))
+    b = math.log(ybar / (1 - ybar))
+    w = np.zeros(d)
+    a = np.zeros(c)
+    s = np.zeros(c)
+
+    def objective(b, w, a, s):
+        z = b + xs @ w + a[cls] + s[cls] * ms
+        val = float(np.sum(np.logaddexp(0.0, z) - y * z))
+        return val + 0.5 * alpha_d * float(w @ w) + 0.5 * alpha_c * float(a @ a + s @ s) + 0.5 * BIAS_PENALTY * b * b, z
+
+    loss, z = objective(b, w, a, s)
+    eye = np.eye(d)
+    for _ in range(max_iter):
+        p = _expit(z)
+        r = p - y
+        v = np.maximum(p * (1 - p), 1e-12)
+        vm = v * ms
+        g_u = np.empty(1 + d)
+        g_u[0] = r.sum() + BIAS_PENALTY * b
+        g_u[1:] = xs.T @ r + alpha_d * w
+        g_a = np.bincount(cls, r, c) + alpha_c * a
+        g_s = np.bincount(cls, r * ms, c) + alpha_c * s
+        xv = xs * v[:, None]
+        h = np.empty((1 + d, 1 + d))
+        h[0, 0] = v.sum() + BIAS_PENALTY
+        h[0, 1:] = h[1:, 0] = xv.sum(axis=0)
+        h[1:, 1:] = _gram(xs, xv) + alpha_d * eye
+        ba = np.empty((1 + d, c))
+        bs = np.empty((1 + d, c))
+        ba[0] = np.bincount(cls, v, c)
+        bs[0] = np.bincount(cls, vm, c)
+        for j in range(d):
+            ba[1 + j] = np.bincount(cls, xv[:, j], c)
+            bs[1 + j] = np.bincount(cls, xv[:, j] * ms, c)
+        haa = ba[0] + alpha_c
+        has = bs[0]
+        hss = np.bincount(cls, vm * ms, c) + alpha_c
+        det = haa * hss - has * has
+        i11, i12, i22 = hss / det, -has / det, haa / det
+        ma = ba * i11 + bs * i12  # B D^-1, a-columns
+        mb = ba * i12 + bs * i22  # B D^-1, s-columns
+        schur = h - ma @ ba.T - mb @ bs.T
+        rhs = g_u - ma @ g_a - mb @ g_s
+        du = np.linalg.solve(schur, rhs)
+        ga2 = g_a - ba.T @ du
+        gs2 = g_s - bs.T @ du
+        da = i11 * ga2 + i12 * gs2
+        ds = i12 * ga2 + i22 * gs2
+        step = 1.0
+        improved = False
+        for _ in range(30):
+            nb, nw, na, ns = b - step * du[0], w - step * du[1:], a - step * da, s - step * ds
+            new_loss, new_z = objective(nb, nw, na, ns)
+            if new_loss <= loss + 1e-12 * abs(loss):
+                improved = True
+                break
+            step *= 0.5
+        if not improved:
+            break
+        delta = step * max(abs(du).max(initial=0.0), abs(da).max(initial=0.0), abs(ds).max(initial=0.0))
+        b, w, a, s = nb, nw, na, ns
+        done = loss - new_loss <= tol * (1.0 + abs(new_loss)) or delta < 1e-8
+        loss, z = new_loss, new_z
+        if done:
+            break
+    # back to raw inputs
+    w_raw = w / sd
+    slope = s / m_sd
+    return {
+        "bias": float(b - w_raw @ mu),
+        "weight": w_raw,
+        "class_bias": a - slope * m_mu,
+        "class_slope": slope,
+    }
+
+
+def _logit(params: dict, x: np.ndarray, cls: np.ndarray, m: np.ndarray) -> np.ndarray:
+    w = np.asarray(params["weight"], dtype=np.float64)
+    cb = np.asarray(params["class_bias"], dtype=np.float64)
+    cs = np.asarray(params["class_slope"], dtype=np.float64)
+    return (x @ w + float(params["bias"])) + (cb[cls] + cs[cls] * m)
+
+
+def _log_loss(z: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+
+# --------------------------------------------------------------------------- the rule
+
+
+def _estimates(exits: Sequence[dict], inputs: _Inputs) -> np.ndarray:
+    """``[N, K', K]`` P̂[k, j] (NaN where j < k) from JSON-style estimators."""
+    k_all = len(exits)
+    out = np.full((inputs.n, inputs.num_exits, k_all), np.nan)
+    for k in range(inputs.num_exits):
+        x, cls, m = inputs.design(k)
+        for t in exits[k]["targets"]:
+            out[:, k, int(t["exit"])] = _expit(_logit(t, x, cls, m))
+    return out
+
+
+def _rule_scores(p: np.ndarray, costs: np.ndarray, lam: float) -> np.ndarray:
+    """``-gain_k`` for every exit seen (``p`` is ``[N, K', K]``); 0 at the last exit."""
+    n, kseen, k_all = p.shape
+    out = np.zeros((n, kseen))
+    for k in range(min(kseen, k_all - 1)):
+        stay = p[:, k, k] - lam * costs[k]
+        go = (p[:, k, k + 1 :] - lam * costs[k + 1 :]).max(axis=1)
+        out[:, k] = stay - go
+    return out
+
+
+def _scores_from_estimates(scorer: dict, p: np.ndarray) -> np.ndarray:
+    if scorer["rule"] == "quota":
+        k_seen = p.shape[1]
+        return np.stack([p[:, k, k] for k in range(k_seen)], axis=1)
+    return _rule_scores(p, np.asarray(scorer["costs"], dtype=np.float64), float(scorer["lambda"]))
+
+
+def lookahead_scores(scorer: dict, features: ExitFeatures) -> np.ndarray:
+    """``[N, K']`` float64 stopping scores (numpy only); thresholds decide as usual.
+
+    Causal: column k uses exits 0..k only, so ``features`` may hold only the first K' <= K
+    exits (the online runtime's case) and the K' columns are the same as with all K.
+    """
+    k_all = len(scorer["exits"])
+    if features.num_exits > k_all:
+        raise ValueError(f"scorer has {k_all} exits, predictions have {features.num_exits}")
+    inputs = _Inputs(features, k_all)
+    return _scores_from_estimates(scorer, _estimates(scorer["exits"], inputs))
+
+
+def lookahead_estimates(scorer: dict, features: ExitFeatures) -> np.ndarray:
+    """``[N, K', K]`` estimated chance that exit j is right, seen from exit k (NaN for j < k)."""
+    return _estimates(scorer["exits"], _Inputs(features, len(scorer["exits"])))
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_lookahead_scorer(scorer, num_exits: int, num_classes: int) -> str | None:
+    """An error message for a malformed lookahead scorer, else None."""
+
+    def finite_list(v, length, what):
+        if not isinstance(v, list) or len(v) != length:
+            return f"{what} must be a list of {length} numbers"
+        try:
+            arr = np.asarray(v, dtype=np.float64)
+        except (TypeError, ValueError):
+            return f"{what} must hold numbers"
+        if arr.shape != (length,) or any(isinstance(e, bool) for e in v):
+            return f"{what} must be a flat list of {length} numbers"
+        if not np.all(np.isfinite(arr)):
+            return f"{what} holds a non-finite number"
+        return None
+
+    def finite_number(v, what):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return f"{what} must be a finite number"
+        return None
+
+    if not isinstance(scorer, dict):
+        return "scorer must be an object"
+    if scorer.get("type") != SCORER_TYPE:
+        return f"scorer type must be {SCORER_TYPE!r}"
+    if scorer.get("version", SCORER_VERSION) != SCORER_VERSION:
+        return f"lookahead scorer version {scorer.get('version')!r} is not supported (expected {SCORER_VERSION})"
+    if scorer.get("rule") not in RULES:
+        return f"scorer.rule must be one of {list(RULES)}"
+    err = finite_number(scorer.get("lambda"), "scorer.lambda")
+    if err:
+        return err
+    err = finite_list(scorer.get("costs"), num_exits, "scorer.costs")
+    if err:
+        return err
+    if np.any(np.diff(np.asarray(scorer["costs"], dtype=np.float64)) <= 0):
+        return "scorer.costs must be strictly increasing"
+    if scorer.get("num_classes", num_classes) != num_classes:
+        return f"scorer.num_classes is {scorer.get('num_classes')!r}, the policy has {num_classes} classes"
+    exits = scorer.get("exits")
+    if not isinstance(exits, list) or len(exits) != num_exits:
+        return f"scorer.exits must be a list of {num_exits} exits"
+    for k, e in enumerate(exits):
+        where = f"scorer.exits[{k}]"
+        if not isinstance(e, dict):
+            return f"{where} must be an object"
+        names = input_names(k)
+        if e.get("inputs", names) != names:
+            return f"{where}.inputs must be {names}"
+        targets = e.get("targets")
+        if not isinstance(targets, list) or len(targets) != num_exits - k:
+            return f"{where}.targets must be a list of {num_exits - k} estimators (exits {k}..{num_exits - 1})"
+        for i, t in enumerate(targets):
+            tw = f"{where}.targets[{i}]"
+            if not isinstance(t, dict):
+                return f"{tw} must be an object"
+            if t.get("exit") != k + i or isinstance(t.get("exit"), bool):
+                return f"{tw}.exit must be {k + i}"
+            err = (finite_number(t.get("bias"), f"{tw}.bias")
+                   or finite_list(t.get("weight"), len(names), f"{tw}.weight")
+                   or finite_list(t.get("class_bias"), num_classes, f"{tw}.class_bias")
+                   or finite_list(t.get("class_slope"), num_classes, f"{tw}.class_slope"))
+            if err:
+                return err
+    return None
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def _fingerprint(features: ExitFeatures) -> str:
+    h = hashlib.sha256()
+    for arr in (features.preds, features.max_prob, features.entropy, features.labels):
+        a = np.ascontiguousarray(arr)
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _folds(n: int, num_folds: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng([int(seed), 9])
+    fold = np.empty(n, dtype=np.int64)
+    fold[rng.permutation(n)] = np.arange(n) % num_folds
+    return fold
+
+
+def _estimator_json(params: dict, k: int, j: int) -> dict:
+    return {
+        "exit": j,
+        "bias": float(params["bias"]),
+        "weight": [float(v) for v in params["weight"]],
+        "class_bias": [float(v) for v in params["class_bias"]],
+        "class_slope": [float(v) for v in params["class_slope"]],
+    }
+
+
+def fit_estimators(features: ExitFeatures, *, seed: int = 0, num_folds: int = DEFAULT_FOLDS,
+                   alphas: Sequence[float] = DEFAULT_ALPHAS) -> dict:
+    """The budget-independent part: cross-fitted and final estimators of P̂[k, j].
+
+    Returns ``{"exits": JSON estimators (refit on all rows), "cv": [N, K, K] cross-fitted
+    P̂, "final": [N, K, K] P̂ of the JSON estimators on these rows, "info": {...}}``.
+    """
+    if features.labels is None:
+        raise ValueError("lookahead needs labels to learn a policy")
+    inputs = _Inputs(features)
+    n, kk, c = inputs.n, inputs.num_exits, inputs.num_classes
+    correct = features.correct
+    num_folds = int(max(2, min(num_folds, n // 2))) if n >= 4 else 1
+    fold = _folds(n, num_folds, seed) if num_folds > 1 else np.zeros(n, dtype=np.int64)
+    cv = np.full((n, kk, kk), np.nan)
+    exits_json = []
+    chosen_alpha: list[list[float]] = []
+    cv_loss: list[list[float]] = []
+    for k in range(kk):
+        x, cls, m = inputs.design(k)
+        targets, alpha_row, loss_row = [], [], []
+        for j in range(k, kk):
+            y = correct[:, j].astype(np.float64)
+            best = None
+            for alpha in alphas:
+                z = np.empty(n)
+                if num_folds > 1:
+                    for f in range(num_folds):
+                        tr = fold != f
+                        te = ~tr
+                        params = _fit_logistic(x[tr], cls[tr], m[tr], c, y[tr], alpha)
+                        z[te] = _logit(params, x[te], cls[te], m[te])
+                else:
+                    z = _logit(_fit_logistic(x, cls, m, c, y, alpha), x, cls, m)
+                loss = _log_loss(z, y)
+                if best is None or loss < best[0] - 1e-12:
+                    best = (loss, alpha, z)
+            loss, alpha, z = best
+            cv[:, k, j] = _expit(z)
+            params = _fit_logistic(x, cls, m, c, y, alpha)
+            targets.append(_estimator_json(params, k, j))
+            alpha_row.append(np.atleast_1d(alpha).astype(float).tolist())
+            loss_row.append(float(loss))
+        exits_json.append({"inputs": input_names(k), "targets": targets})
+        chosen_alpha.append(alpha_row)
+        cv_loss.append(loss_row)
+    final = _estimates(exits_json, inputs)
+    info = {
+        "folds": num_folds,
+        "alphas_tried": [list(np.atleast_1d(a).astype(float).tolist()) for a in alphas],
+        "alpha": chosen_alpha,
+        "cv_log_loss": cv_loss,
+    }
+    return {"exits": exits_json, "cv": cv, "final": final, "info": info}
+
+
+def _exits_and_figures(scores: np.ndarray, thresholds: list, correct: np.ndarray, costs: np.ndarray) -> tuple[np.ndarray, float, float]:
+    ex = apply_thresholds(scores, thresholds)
+    acc = float(correct[np.arange(ex.size), ex].mean()) if ex.size else 0.0
+    return ex, acc, realised_cost(ex, costs)
+
+
+def _bisect_lambda(p: np.ndarray, costs: np.ndarray, budget: float, lo: float, hi: float, iters: int = 60) -> float:
+    """Smallest λ in [lo, hi] whose realised cost fits (``hi`` must fit)."""
+    k = costs.size
+    thr = [0.0] * (k - 1) + [None]
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        ex = apply_thresholds(_rule_scores(p, costs, mid), thr)
+        if within_budget(realised_cost(ex, costs), budget):
+            hi = mid
+        else:
+            lo = mid
+        if hi - lo <= 1e-12 * max(1.0, abs(hi)):
+            break
+    return hi
+
+
+def _fit_lambda(p: np.ndarray, costs: np.ndarray, budget: float, fill: bool) -> float:
+    """λ ≥ 0 for the budget, or with ``fill`` the λ ≤ 0 that spends a loose budget."""
+    k = costs.size
+    thr = [0.0] * (k - 1) + [None]
+    span = 4.0 / float(np.min(np.diff(costs))) if k > 1 else 1.0
+    cost0 = realised_cost(apply_thresholds(_rule_scores(p, costs, 0.0), thr), costs)
+    if not fill:
+        if within_budget(cost0, budget):
+            return 0.0
+        return _bisect_lambda(p, costs, budget, 0.0, span)
+    if not within_budget(cost0, budget):
+        return _bisect_lambda(p, costs, budget, 0.0, span)
+    if within_budget(realised_cost(apply_thresholds(_rule_scores(p, costs, -span), thr), costs), budget):
+        return -span
+    return _bisect_lambda(p, costs, budget, -span, 0.0)
+
+
+def _validation(exits: np.ndarray, correct: np.ndarray, costs: np.ndarray, k: int) -> dict:
+    n = exits.size
+    return {
+        "accuracy": float(correct[np.arange(n), exits].mean()) if n else 0.0,
+        "avg_cost": realised_cost(exits, costs) if n else 0.0,
+        "n": int(n),
+        "exit_fractions": (np.bincount(exits, minlength=k) / max(n, 1)).tolist(),
+    }
+
+
+def fit_lookahead(features: ExitFeatures, costs: np.ndarray, budget: float, *, seed: int = 0,
+                  cache: dict | None = None) -> dict:
+    """Fit the lookahead policy for one budget on validation features.
+
+    Returns ``{"scorer", "thresholds", "exit_distribution", "validation", "training",
+    "threshold_fit"}`` (see the module docstring). ``cache`` (any dict, kept by the caller)
+    holds the estimators, which do not depend on the budget, so further budgets on the same
+    data only redo the cheap λ search. The result is a pure function of the inputs and
+    ``seed`` (no timings inside), with or without the cache.
+    """
+    costs = np.asarray(costs, dtype=np.float64)
+    k = features.num_exits
+    if costs.shape != (k,):
+        raise ValueError(f"expected {k} costs, one per exit, got shape {costs.shape}")
+    if not np.all(np.isfinite(costs)) or np.any(costs <= 0) or np.any(np.diff(costs) <= 0):
+        raise ValueError("costs must be positive and strictly increasing")
+    budget = float(budget)
+    if not math.isfinite(budget) or not within_budget(costs[0], budget):
+        raise ValueError(f"budget {budget:g} is below the cost of the first exit ({costs[0]:g})")
+    if features.labels is None:
+        raise ValueError("lookahead needs labels to learn a policy")
+
+    key = ("lookahead", int(seed), _fingerprint(features))
+    est = None if cache is None else cache.get(key)
+    if est is None:
+        est = fit_estimators(features, seed=seed)
+        if cache is not None:
+            cache[key] = est
+    correct = features.correct
+    cv, final = est["cv"], est["final"]
+    thr0 = [0.0] * (k - 1) + [None]
+
+    # candidates, judged on the cross-fitted estimates
+    candidates = []
+    lam = _fit_lambda(cv, costs, budget, fill=False)
+    _, acc, cost = _exits_and_figures(_rule_scores(cv, costs, lam), thr0, correct, costs)
+    candidates.append({"rule": "lookahead", "lambda": lam, "cv_accuracy": acc, "cv_avg_cost": cost})
+    look_exits = apply_thresholds(_rule_scores(cv, costs, lam), thr0)
+    if lam == 0.0 and k > 1:
+        lam_fill = _fit_lambda(cv, costs, budget, fill=True)
+        if lam_fill != 0.0:
+            _, acc, cost = _exits_and_figures(_rule_scores(cv, costs, lam_fill), thr0, correct, costs)
+            candidates.append({"rule": "lookahead-fill", "lambda": lam_fill, "cv_accuracy": acc, "cv_avg_cost": cost})
+    cv_rank = Ranking(np.stack([cv[:, j, j] for j in range(k)], axis=1))
+    geo = fit_geometric(cv_rank, costs, budget)
+    _, acc, cost = _exits_and_figures(cv_rank.scores, geo.thresholds, correct, costs)
+    candidates.append({"rule": "quota-geometric", "cv_accuracy": acc, "cv_avg_cost": cost, **geo.info})
+    look_dist = np.bincount(look_exits, minlength=k) / max(look_exits.size, 1)
+    dist = fit_distribution(cv_rank, costs, budget, look_dist)
+    _, acc, cost = _exits_and_figures(cv_rank.scores, dist.thresholds, correct, costs)
+    candidates.append({"rule": "quota-lookahead-distribution", "cv_accuracy": acc, "cv_avg_cost": cost,
+                       "distribution": [float(v) for v in look_dist], **dist.info})
+    best = max(range(len(candidates)), key=lambda i: (candidates[i]["cv_accuracy"], -i))
+    choice = candidates[best]
+
+    # the policy itself: final estimators, settings met on all validation rows
+    scorer = {
+        "type": SCORER_TYPE,
+        "version": SCORER_VERSION,
+        "description": DESCRIPTION,
+        "rule": "lookahead",
+        "lambda": 0.0,
+        "costs": [float(v) for v in costs],
+        "num_classes": int(features.num_classes),
+        "margin_clip": MARGIN_CLIP,
+        "log_floor": LOG_FLOOR,
+        "exits": est["exits"],
+    }
+    fit_info: dict = {"rule": choice["rule"], "candidates": candidates}
+    if choice["rule"].startswith("lookahead"):
+        lam = float(choice["lambda"])
+        ex = apply_thresholds(_rule_scores(final, costs, lam), thr0)
+        if not within_budget(realised_cost(ex, costs), budget):
+            # the refitted estimators spend more than the cross-fitted ones: raise the price
+            span = 4.0 / float(np.min(np.diff(costs)))
+            lam = _bisect_lambda(final, costs, budget, lam, max(span, lam))
+        scorer["lambda"] = float(lam)
+        fit_info.update({"lambda": float(lam), "lambda_cv": float(choice["lambda"])})
+        thresholds: list = list(thr0)
+    else:
+        scorer["rule"] = "quota"
+        rank = Ranking(np.stack([final[:, j, j] for j in range(k)], axis=1))
+        if choice["rule"] == "quota-geometric":
+            qf = fit_geometric(rank, costs, budget)
+        else:
+            qf = fit_distribution(rank, costs, budget, np.asarray(choice["distribution"]))
+        thresholds = [None if t is None else float(t) for t in qf.thresholds]
+        fit_info.update(qf.info)
+    scores = lookahead_scores(scorer, features)
+    exits = apply_thresholds(scores, thresholds)
+    validation = _validation(exits, correct, costs, k)
+    training = {
+        "seed": int(seed),
+        "hyperparameters": {
+            "folds": est["info"]["folds"],
+            "alphas_tried": est["info"]["alphas_tried"],
+            "bias_penalty": BIAS_PENALTY,
+            "margin_clip": MARGIN_CLIP,
+            "log_floor": LOG_FLOOR,
+        },
+        "alpha": est["info"]["alpha"],
+        "cv_log_loss": est["info"]["cv_log_loss"],
+    }
+    return {
+        "scorer": scorer,
+        "thresholds": thresholds,
+        "exit_distribution": validation["exit_fractions"],
+        "validation": validation,
+        "training": training,
+        "threshold_fit": fit_info,
+    }
