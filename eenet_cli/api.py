@@ -231,7 +231,7 @@ def apply_policy(policy: dict, preds: Predictions, *, source: str = "policy") ->
     a = apply_to_features(policy, feats)
     costs = np.asarray(policy["costs"]["costs"], dtype=np.float64)
     avg = float(costs[a.exits].mean(dtype=np.float64))
-    budget = policy.get("budget", {}).get("value")
+    budget = (policy.get("budget") or {}).get("value")
     summary = {
         "method": policy.get("method"),
         "n": int(feats.num_samples),

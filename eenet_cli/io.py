@@ -862,6 +862,10 @@ def _results_from_records(records: list[dict], header: dict, source: str) -> dic
             v = r[key]
             if not finite_number(v):
                 raise InputError(f"record {i}: expected a finite number, got {v!r}", source=source, field=key)
+        if not isinstance(r["method"], str):
+            raise InputError(f"record {i}: expected a method name, got {r['method']!r}", source=source, field="method")
+        if not isinstance(r["budget_met"], bool):
+            raise InputError(f"record {i}: expected true or false, got {r['budget_met']!r}", source=source, field="budget_met")
     return {**header, "results": records}
 
 

@@ -261,6 +261,10 @@ class PolicyRun:
     seconds: float  # total wall time of the model + decisions (data loading excluded)
     batch_size: int
     per_batch_ms: list[float]
+    by_exit_ms: list[list[float]] = field(default_factory=list)  # batch size 1: latency of each sample, by exit taken
+
+    def by_exit_median(self) -> list[float | None]:
+        return [float(np.median(t)) if t else None for t in self.by_exit_ms]
 
     @property
     def accuracy(self) -> float:
@@ -291,6 +295,7 @@ def run_policy(model: LoadedModel, policy: dict, data, *, warmup: int = 10, prog
     per_batch: list[float] = []
     first = True
     batch_size = 0
+    by_exit: list[list[float]] = [[] for _ in range(k)]
     for x, y in data:
         x = x.to(device)
         if first:
@@ -311,10 +316,12 @@ def run_policy(model: LoadedModel, policy: dict, data, *, warmup: int = 10, prog
         total += dt
         per_batch.append(dt * 1e3)
         counts += np.bincount(r.exits.numpy(), minlength=k)
+        if x.shape[0] == 1:
+            by_exit[int(r.exits[0])].append(dt * 1e3)
         correct += int((r.preds == y.cpu()).sum())
         n += int(y.shape[0])
         if progress is not None:
             progress(int(y.shape[0]))
     if n == 0:
         raise InputError("holds no samples", source=data.spec, field="--data")
-    return PolicyRun(n, correct, counts, total, batch_size, per_batch)
+    return PolicyRun(n, correct, counts, total, batch_size, per_batch, by_exit if batch_size == 1 else [])

@@ -88,7 +88,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "sample_data"), help="output folder (default: sample_data/)")
     ap.add_argument("--epochs", type=int, default=EPOCHS)
-    ap.add_argument("--repeats", type=int, default=300, help="profile repeats per exit")
+    ap.add_argument("--repeats", type=int, default=1000, help="profile repeats per exit")
     ap.add_argument("--skip-train", action="store_true", help="reuse the existing weights")
     a = ap.parse_args()
     out = Path(a.out)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, SAMPLE, invoke
+from conftest import SAMPLE, invoke
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:

@@ -59,6 +59,10 @@ def test_profile_writes_strictly_increasing_costs(runner, tmp_path):
     from eenet_cli.io import parse_costs_json
 
     parse_costs_json(doc, "costs.json")  # the reader accepts it
+    jsonschema = pytest.importorskip("jsonschema")
+    from importlib.resources import files
+
+    jsonschema.validate(doc, json.loads(files("eenet_cli.schemas").joinpath("costs.json").read_text()))
 
 
 def test_profile_flops_unit_to_stdout(runner):
@@ -212,26 +216,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_rank_shard_dump_reads_back_as_one(tmp_path):
+def test_two_rank_shard_dump_reads_back_as_one(runner, tmp_path, monkeypatch):
     out = tmp_path / "shards"
-
-    def run_ranks(extra: list[str], data: str, split: str) -> None:
-        port = str(_free_port())
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "eenet_cli", "dump", f"{T}:tiny_staged", "--data", data, "--split", split, "-o", str(out), "-q", *extra],
-                env=dict(ENV, RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for r in range(2)
-        ]
-        for p in procs:
-            _, err = p.communicate(timeout=120)
-            assert p.returncode == 0, err
-
-    run_ranks([], f"{T}:tiny_batches", "val")
+    # first round: each rank's shard needs no coordination, so run the two ranks in-process
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        r = invoke(runner, "dump", f"{T}:tiny_staged", "--data", f"{T}:tiny_batches", "--split", "val", "-o", out, "-q")
+        assert r.exit_code == 0, r.output
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
     assert sorted(p.name for p in out.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
     p = read_predictions(out)
     assert p.num_samples == 40
@@ -239,12 +233,28 @@ def test_two_rank_shard_dump_reads_back_as_one(tmp_path):
     want, labels = expected_scores()
     assert list(p.sample_id[order]) == list(range(40))
     assert np.abs(p.scores[order] - want).max() <= 1e-5 and np.array_equal(p.labels[order], labels)
-    # each rank took every other batch of 7
-    assert read_predictions(out / "part-00000.parquet").num_samples == 7 + 7 + 7
-    run_ranks(["--append"], f"{T}:tiny_loader", "test")
+    assert read_predictions(out / "part-00000.parquet").num_samples == 7 + 7 + 7  # batches 0, 2, 4 of 7
+
+    # second round: --append, two real processes that agree on where ids continue (gloo barrier)
+    port = str(_free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "eenet_cli", "dump", f"{T}:tiny_staged", "--data", f"{T}:tiny_loader", "--split", "test",
+             "-o", str(out), "--append", "-q"],
+            env=dict(ENV, RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
     p = read_predictions(out)
     assert p.num_samples == 80 and sorted(p.sample_id.tolist()) == list(range(80))
     assert (p.split == "test").sum() == 40
+    assert np.abs(p.scores[p.split == "test"][np.argsort(p.sample_id[p.split == "test"])] - want).max() <= 1e-5
 
 
 def test_dump_memory_is_flat_for_50k_samples(tmp_path):

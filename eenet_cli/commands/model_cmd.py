@@ -19,7 +19,7 @@ MODEL_HELP = (
     "A built-in model (digits-cnn, resnet56, mlp), an import string package.module:factory "
     "(called with the --model-arg pairs, returns a torch.nn.Module), or a torch.export .pt2 file."
 )
-ModelArg = Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP, show_default=False)]
+ModelArg = Annotated[str, typer.Argument(help=MODEL_HELP, show_default=False)]
 WeightsOpt = Annotated[
     Optional[str],
     typer.Option("--weights", "-w", help="Weights: .safetensors, or a state dict read with torch.load(weights_only=True). Never an arbitrary pickle."),
@@ -66,7 +66,8 @@ Examples:
   eenet profile digits-cnn --weights sample_data/digits_model.safetensors --repeats 50 -o costs.json
   eenet profile resnet56 --input-shape 3,32,32 --unit MFLOPs --repeats 5 -o -
   eenet profile my_pkg.models:build --weights ckpt.pt --input-shape 3,32,32 --threads 1 -o costs.json
-  eenet profile digits-cnn --weights sample_data/digits_model.safetensors --policy policy.json --data digits:test
+  eenet fit sample_data/digits.parquet --budget 60% -o policy.json
+  eenet profile digits-cnn --weights sample_data/digits_model.safetensors --threads 1 --policy policy.json --data digits:test
 """
 
 DUMP_HELP = """Run a multi-exit model over data and write every exit's scores to a predictions Parquet file.
@@ -86,7 +87,7 @@ OUTPUT/part-RRRRR.parquet; the folder is one predictions input for fit and evalu
 
 \b
 Examples:
-  eenet dump digits-cnn --weights sample_data/digits_model.safetensors --data digits:val --split val -o preds.parquet
+  eenet dump digits-cnn --weights sample_data/digits_model.safetensors --data digits:val --split val --costs sample_data/digits_costs.json -o preds.parquet
   eenet dump digits-cnn --weights sample_data/digits_model.safetensors --data digits:test --split test -o preds.parquet --append
   eenet dump my_pkg.models:build --weights ckpt.pt --data my_pkg.data:val_loader --split val --costs costs.json -o preds.parquet
 """
@@ -129,7 +130,7 @@ def profile_command(
     weights: WeightsOpt = None,
     model_arg: ModelArgsOpt = None,
     device: DeviceOpt = "cpu",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per timed call; costs are per call.")] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per timed call; costs are per call. With --policy: the runtime's batch size.")] = 1,
     threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads (default: torch's choice).")] = None,
     repeats: Annotated[int, typer.Option("--repeats", help="Timed rounds (each runs every exit's prefix once).")] = 200,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed rounds first.")] = 20,
@@ -137,7 +138,7 @@ def profile_command(
     output: OutputOpt = None,
     policy: Annotated[Optional[str], typer.Option("--policy", help="Policy JSON: run it for real over --data and report latency and accuracy.")] = None,
     data: DataOpt = None,
-    costs: CostsOpt = None,
+    costs: Annotated[Optional[str], typer.Option("--costs", help="With --policy: costs JSON or inline 1.2,2.5,3.7ms for the offline estimate (default: the policy's costs).")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -235,6 +236,8 @@ def _profile_policy(model, weights, model_arg, device, policy_path, data_spec, c
         "exit_fractions": fr,
         "measured_ms_per_sample": run.ms_per_sample,
     }
+    if run.by_exit_ms:
+        doc["measured_median_ms_by_exit"] = run.by_exit_median()
     budget = pol.get("budget")
     if isinstance(budget, dict):
         doc["budget"] = budget
@@ -260,6 +263,10 @@ def _profile_policy(model, weights, model_arg, device, policy_path, data_spec, c
     t.add_row("accuracy", f"{100 * run.accuracy:.2f}%")
     t.add_row("exit fractions", "/".join(f"{f:.3f}" for f in fr))
     t.add_row("measured latency", f"{run.ms_per_sample:.4g} ms/sample")
+    if run.by_exit_ms:
+        t.add_row("measured median by exit", "/".join("-" if v is None else f"{v:.3g}" for v in run.by_exit_median()) + " ms")
+    if cost is not None:
+        t.add_row("costs c_k", "/".join(f"{v:.3g}" for v in cost.values) + f" {cost.unit}")
     if "offline_estimate" in doc:
         t.add_row("offline estimate sum f_k c_k", f"{doc['offline_estimate']['value']:.4g} {cost.unit}")
         if "value_from_means" in doc["offline_estimate"]:

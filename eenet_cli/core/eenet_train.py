@@ -1,18 +1,19 @@
 """Learning EENet's exit policy (§3.2, Algorithm 1) with torch, exported to numpy.
 
-DRAFT — docstring rewritten once defaults are measured.
+DRAFT docstring — rewritten once the defaults are measured.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from eenet_cli.core.eenet_scorer import assignment_distribution, eenet_forward
+from eenet_cli.core.eenet_scorer import assignment_distribution, eenet_utilities
 from eenet_cli.core.measures import ExitFeatures
 from eenet_cli.core.thresholds import (
     Ranking,
@@ -32,31 +33,29 @@ Progress = Callable[[int, int, dict], None]
 
 @dataclass
 class EENetHyper:
-    hidden_ratio: float = 0.5
+    """Training settings; every default is a measured choice (see the module docstring)."""
+
+    hidden_ratio: float = 0.5  # D_h = max(min_hidden, ceil(hidden_ratio * D_k))
     min_hidden: int = 8
-    alpha: float = 1.0
-    beta: float = 1.0
+    alpha: float = 1.0  # weight of L_budget
+    beta: float = 1.0  # weight of L_CE
     lr: float = 1e-2
     weight_decay: float = 0.01
-    decoupled_weight_decay: bool = True
+    decoupled_weight_decay: bool = True  # AdamW; False = L2 added to the gradient (torch Adam)
     max_steps: int = 500
-    min_steps: int = 100
-    patience: int = 50
-    min_delta: float = 1e-4
-    ema: float = 0.9
-    batch_size: int | None = None
-    max_batch_work: float = 1.5e9
+    min_steps: int = 50
+    patience: int = 50  # steps without improvement of the held-out utility loss
+    eval_every: int = 5
+    min_delta: float = 1e-5
+    holdout: float = 0.2  # share of the validation rows held out for early stopping
+    batch_size: int | None = None  # None: full batch unless a step would exceed max_batch_work
+    max_batch_work: float = 1.5e9  # multiply-adds of the first layers per step (auto mini-batch)
     min_batch: int = 256
+    init: str = "spline"  # "spline" | "prior" | "torch"
+    spline_units: int = 4
     detach_previous: bool = True
-    init: str = "spline"
     num_threads: int | None = 1
     progress_every: int = 10
-    warm_noise: float = 0.1
-    holdout: float = 0.2
-    eval_every: int = 5
-    stop_on: str = "g"
-    spline_units: int = 4
-    spline_l2: float = 1e-4
 
     def hidden_sizes(self, num_classes: int, num_exits: int) -> list[int]:
         return [max(self.min_hidden, math.ceil(self.hidden_ratio * (num_classes + 3 + k))) for k in range(num_exits)]
@@ -64,311 +63,556 @@ class EENetHyper:
 
 @dataclass
 class EENetResult:
+    """A trained scorer (numpy JSON format), its exit distribution and how training went."""
+
     scorer: dict
     distribution: np.ndarray
     history: dict
     hyperparameters: dict
+    seed: int = 0
+    budget: float = 0.0
     seconds: float = 0.0
-    train_budget: float = 0.0
-    extras: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict, repr=False)
 
 
-def _check_inputs(features: ExitFeatures, costs: np.ndarray, budget: float) -> np.ndarray:
+def _check_inputs(features: ExitFeatures, costs, budget: float) -> np.ndarray:
     if features.labels is None:
-        raise InputError("EENet needs labels to learn a policy")
-    k = features.num_exits
+        raise InputError("EENet needs labels to learn a policy", field="label")
+    n, k, c = features.probs.shape
+    if n < 2:
+        raise InputError(f"EENet needs at least 2 validation samples, got {n}")
     costs = np.asarray(costs, dtype=np.float64)
     if costs.shape != (k,):
-        raise InputError(f"expected {k} costs, one per exit, got {costs.shape}")
+        raise InputError(f"expected {k} costs (one per exit), got {costs.size}", field="costs")
     if not np.all(np.isfinite(costs)) or np.any(costs <= 0) or np.any(np.diff(costs) <= 0):
-        raise InputError("costs must be positive and strictly increasing")
-    if not np.isfinite(budget) or budget < costs[0]:
+        raise InputError("costs must be positive and strictly increasing", field="costs")
+    budget = float(budget)
+    if not math.isfinite(budget) or budget < costs[0]:
         raise BudgetError(f"budget {budget:g} is below the cost of the first exit ({costs[0]:g})")
     return costs
 
 
+def targets(correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 3 and eq. 4: q = correctness per exit; r = uniform over the correct exits, or
+    uniform over all exits when none is correct.
+
+    >>> q, r = targets(np.array([[False, True, True], [False, False, False]]))
+    >>> r.tolist()
+    [[0.0, 0.5, 0.5], [0.3333333333333333, 0.3333333333333333, 0.3333333333333333]]
+    """
+    correct = np.asarray(correct, dtype=bool)
+    k = correct.shape[1]
+    n_ok = correct.sum(axis=1, keepdims=True)
+    r = np.where(n_ok > 0, correct / np.maximum(n_ok, 1), 1.0 / k)
+    return correct.astype(np.float64), r
+
+
+def tilted_distribution(base: np.ndarray, costs: np.ndarray, budget: float) -> np.ndarray:
+    """``p ∝ base · exp(-λ c̃)`` (c̃ = costs scaled to [0, 1]) with ``Σ p c = budget``.
+
+    The distribution closest to ``base`` (in KL) whose expected cost is the budget; used to
+    initialise the assignment heads. Budgets outside ``[c_1, c_K]`` give the end points.
+    """
+    costs = np.asarray(costs, dtype=np.float64)
+    logb = np.log(np.clip(np.asarray(base, dtype=np.float64), 1e-12, None))
+    span = costs[-1] - costs[0]
+    scaled = (costs - costs[0]) / span if span > 0 else np.zeros_like(costs)
+
+    def dist(lam: float) -> np.ndarray:
+        z = logb - lam * scaled
+        z = np.exp(z - z.max())
+        return z / z.sum()
+
+    lo, hi = -500.0, 500.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if dist(mid) @ costs > budget:
+            lo = mid
+        else:
+            hi = mid
+    return dist(hi)
+
+
+def _logistic_fit(x: np.ndarray, y: np.ndarray, l2: float = 1e-4, iters: int = 50) -> tuple[np.ndarray, float]:
+    """Newton's method for a small ridge-penalised logistic regression, in float64."""
+    n, d = x.shape
+    xa = np.concatenate([x, np.ones((n, 1))], axis=1)
+    beta = np.zeros(d + 1)
+    ybar = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
+    beta[-1] = math.log(ybar / (1 - ybar))
+    reg = np.full(d + 1, l2 * n)
+    reg[-1] = 1e-9 * n
+    for _ in range(iters):
+        p = 0.5 * (1.0 + np.tanh(0.5 * (xa @ beta)))
+        grad = xa.T @ (p - y) + reg * beta
+        hess = (xa * (p * (1 - p))[:, None]).T @ xa + np.diag(reg)
+        step = np.linalg.solve(hess, grad)
+        beta -= step
+        if np.abs(step).max() < 1e-9:
+            break
+    return beta[:-1], float(beta[-1])
+
+
+def _auto_batch(n_fit: int, row_work: int, hyper: EENetHyper) -> int:
+    if hyper.batch_size:
+        return max(1, min(n_fit, int(hyper.batch_size)))
+    if n_fit * row_work <= hyper.max_batch_work:
+        return n_fit
+    return max(1, min(n_fit, max(hyper.min_batch, int(hyper.max_batch_work // row_work))))
+
+
 def train_eenet(
     features: ExitFeatures,
-    costs: np.ndarray,
+    costs,
     budget: float,
     *,
     seed: int = 0,
     hyper: EENetHyper | None = None,
     progress: Progress | None = None,
 ) -> EENetResult:
+    """Learn the utility and assignment heads of eq. 8-10 on validation features.
+
+    Returns the scorer in the numpy JSON format of :mod:`eenet_cli.core.eenet_scorer`
+    and the exit distribution ``p_k = mean softmax(assignment logits)`` computed by the
+    numpy scorer on all rows of ``features``.
+    """
     import torch
-    import torch.nn.functional as F
 
     hyper = hyper or EENetHyper()
     costs = _check_inputs(features, costs, budget)
-    t0 = time.perf_counter()
+    t_start = time.perf_counter()
     n, k, c = features.probs.shape
-    train_budget = float(min(budget, costs[-1]))
+    train_budget = float(min(float(budget), costs[-1]))
     hidden = hyper.hidden_sizes(c, k)
+    threads = int(hyper.num_threads or min(2, os.cpu_count() or 1))
 
     prev_threads = torch.get_num_threads()
-    threads = hyper.num_threads or prev_threads
     torch.set_num_threads(threads)
     try:
-        gen = torch.Generator().manual_seed(int(seed))
-        rng = np.random.default_rng(seed)
-
-        probs = torch.from_numpy(np.ascontiguousarray(features.probs, dtype=np.float32))
-        conf_np = np.stack([features.max_prob, features.entropy, features.vote], axis=2)
-        conf = torch.from_numpy(conf_np.astype(np.float32))
-        correct = features.correct
-        q = torch.from_numpy(correct.astype(np.float32))
-        ncorrect = correct.sum(axis=1, keepdims=True)
-        r_np = np.where(ncorrect > 0, correct / np.maximum(ncorrect, 1), 1.0 / k)
-        r = torch.from_numpy(r_np.astype(np.float32))
-        cost_t = torch.from_numpy(costs.astype(np.float32))
-
-        # split for early stopping
-        n_hold = int(round(hyper.holdout * n)) if hyper.holdout > 0 and n >= 100 else 0
-        order = rng.permutation(n)
-        hold_rows = np.sort(order[:n_hold])
-        fit_rows = np.sort(order[n_hold:])
-        n_fit = fit_rows.size
-
-        # parameters
-        params = []
-        for j in range(k):
-            d = c + 3 + j
-            h = hidden[j]
-            bound = 1.0 / math.sqrt(d)
-            w = (torch.rand(h, d, generator=gen) * 2 - 1) * bound
-            b = (torch.rand(h, generator=gen) * 2 - 1) * bound
-            hb = 1.0 / math.sqrt(h)
-            wu = (torch.rand(h, generator=gen) * 2 - 1) * hb
-            wa = (torch.rand(h, generator=gen) * 2 - 1) * hb
-            bu = torch.zeros(())
-            ba = torch.zeros(())
-            if hyper.init in ("prior", "spline"):
-                acc = float(np.clip(correct[fit_rows, j].mean(), 1e-3, 1 - 1e-3))
-                bu = torch.tensor(math.log(acc / (1 - acc)))
-                wa = torch.zeros(h)
-                wu = wu * hyper.warm_noise
-            if hyper.init == "spline":
-                mp = features.max_prob[fit_rows, j]
-                nb = min(h // 2, hyper.spline_units)
-                knots = np.concatenate([[0.0], np.quantile(mp, np.arange(1, nb) / nb)])
-                basis = mp[:, None] - knots[None, :]
-                basis = np.where(basis > 0, basis, NEGATIVE_SLOPE * basis)
-                coef, icpt = _logistic_fit(basis, correct[fit_rows, j].astype(np.float64), l2=hyper.spline_l2)
-                w[:nb] = 0.0
-                w[:nb, c] = 1.0
-                b[:nb] = torch.from_numpy(-knots.astype(np.float32))
-                wu[:nb] = torch.from_numpy(coef.astype(np.float32))
-                bu = torch.tensor(float(icpt))
-            params.append([t.clone().float().requires_grad_(True) for t in (w, b, wu, bu, wa, ba)])
-        if hyper.init in ("prior", "spline"):
-            logp = _prior_assign_bias(r_np[fit_rows].mean(axis=0), costs, train_budget)
-            for j in range(k):
-                with torch.no_grad():
-                    params[j][5].fill_(float(logp[j]))
-
-        flat = [t for p in params for t in p]
-        opt_cls = torch.optim.AdamW if hyper.decoupled_weight_decay else torch.optim.Adam
-        opt = opt_cls(flat, lr=hyper.lr, weight_decay=hyper.weight_decay)
-
-        def forward(pb, cb):
-            us, as_ = [], []
-            prev = []
-            for j in range(k):
-                w, b, wu, bu, wa, ba = params[j]
-                pre = pb[:, j] @ w[:, :c].T + cb[:, j] @ w[:, c : c + 3].T + b
-                if j:
-                    pre = pre + torch.stack(prev, 1) @ w[:, c + 3 :].T
-                s = F.leaky_relu(pre, NEGATIVE_SLOPE)
-                u = s @ wu + bu
-                a = s @ wa + ba
-                us.append(u)
-                as_.append(a)
-                su = torch.sigmoid(u)
-                prev.append(su.detach() if hyper.detach_previous else su)
-            return torch.stack(us, 1), torch.stack(as_, 1)
-
-        def loss_terms(u, a, qb, rb):
-            logr = F.log_softmax(a, dim=1)
-            rhat = logr.exp()
-            with torch.no_grad():
-                surv = 1 - torch.cumsum(rhat, 1) + rhat
-                surv = surv.clamp_min(0)
-                w = surv / surv.sum(0, keepdim=True).clamp_min(1e-12)
-            bce = F.binary_cross_entropy_with_logits(u, qb, reduction="none")
-            l_g = (w * bce).sum() / k
-            exp_cost = (rhat @ cost_t).mean()
-            l_b = (train_budget - exp_cost).abs() / train_budget
-            l_ce = -(rb * logr).sum() / (u.shape[0] * k)
-            total = l_g + hyper.alpha * l_b + hyper.beta * l_ce
-            return total, l_g, l_b, l_ce, exp_cost
-
-        def rows(idx):
-            t = torch.from_numpy(idx)
-            return probs[t], conf[t], q[t], r[t]
-
-        full_fit = rows(fit_rows) if n_hold else (probs, conf, q, r)
-        hold = rows(hold_rows) if n_hold else None
-
-        row_work = sum((c + 3 + j) * hidden[j] for j in range(k))
-        if hyper.batch_size:
-            bs = min(n_fit, int(hyper.batch_size))
-        elif n_fit * row_work <= hyper.max_batch_work:
-            bs = n_fit
-        else:
-            bs = min(n_fit, max(hyper.min_batch, int(hyper.max_batch_work // row_work)))
-
-        def snapshot():
-            return [[t.detach().clone() for t in p] for p in params]
-
-        step = 0
-        best = math.inf
-        best_state = None
-        best_step = 0
-        since = 0
-        ema = None
-        perm = np.arange(n_fit)
-        pos = n_fit
-        first_loss = None
-        total_steps = hyper.max_steps
-        hold_curve = []
-        while step < total_steps:
-            if bs == n_fit:
-                pb, cb, qb, rb = full_fit
-            else:
-                if pos + bs > n_fit:
-                    perm = rng.permutation(n_fit)
-                    pos = 0
-                pb, cb, qb, rb = rows(fit_rows[np.sort(perm[pos : pos + bs])])
-                pos += bs
-            u, a = forward(pb, cb)
-            total, l_g, l_b, l_ce, exp_cost = loss_terms(u, a, qb, rb)
-            val = float(total.detach())
-            if not math.isfinite(val):
-                raise FloatingPointError(f"EENet loss is not finite at step {step}")
-            if first_loss is None:
-                first_loss = val
-                if hold is not None:
-                    with torch.no_grad():
-                        hv = _crit(loss_terms(*forward(hold[0], hold[1]), hold[2], hold[3]), hyper)
-                    best, best_state, best_step = hv, snapshot(), 0
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
-            step += 1
-            if hold is not None:
-                if step % hyper.eval_every == 0 or step == total_steps:
-                    with torch.no_grad():
-                        hv = _crit(loss_terms(*forward(hold[0], hold[1]), hold[2], hold[3]), hyper)
-                    hold_curve.append((step, hv))
-                    if hv < best - hyper.min_delta:
-                        best, best_state, best_step = hv, snapshot(), step
-                        since = 0
-                    else:
-                        since += hyper.eval_every
-            else:
-                ema = val if ema is None else hyper.ema * ema + (1 - hyper.ema) * val
-                if ema < best - hyper.min_delta:
-                    best = ema
-                    since = 0
-                else:
-                    since += 1
-            if progress is not None and (step % hyper.progress_every == 0 or step == total_steps):
-                progress(step, total_steps, {"loss": val, "expected_cost": float(exp_cost)})
-            if step >= hyper.min_steps and since >= hyper.patience:
-                break
-        if best_state is not None:
-            with torch.no_grad():
-                for p, s in zip(params, best_state):
-                    for t, v in zip(p, s):
-                        t.copy_(v)
-
-        with torch.no_grad():
-            u, a = forward(probs, conf)
-            total, l_g, l_b, l_ce, exp_cost = loss_terms(u, a, q, r)
-        scorer = {
-            "type": "eenet",
-            "features": list(FEATURES),
-            "negative_slope": NEGATIVE_SLOPE,
-            "exits": [
-                {
-                    "shared_weight": p[0].detach().double().tolist(),
-                    "shared_bias": p[1].detach().double().tolist(),
-                    "utility_weight": p[2].detach().double().tolist(),
-                    "utility_bias": float(p[3].detach()),
-                    "assign_weight": p[4].detach().double().tolist(),
-                    "assign_bias": float(p[5].detach()),
-                }
-                for p in params
-            ],
-        }
+        trainer = _Trainer(features, costs, train_budget, hidden, hyper, int(seed))
+        history = trainer.run(progress)
+        scorer = trainer.export()
     finally:
         torch.set_num_threads(prev_threads)
     dist = assignment_distribution(scorer, features)
-    history = {
-        "steps": step,
-        "best_step": best_step,
-        "batch_size": bs,
-        "first_loss": first_loss,
-        "final_loss": float(total),
-        "final_loss_g": float(l_g),
-        "final_loss_budget": float(l_b),
-        "final_loss_ce": float(l_ce),
-        "expected_cost": float(dist @ costs),
-        "torch_utilities": u.double().numpy(),
-        "hold_curve": hold_curve,
-    }
+    history["expected_cost"] = float(dist @ costs)
     hp = asdict(hyper)
     hp["hidden_sizes"] = hidden
     hp["num_threads"] = threads
-    return EENetResult(scorer, dist, history, hp, time.perf_counter() - t0, train_budget)
+    hp["train_budget"] = train_budget
+    return EENetResult(
+        scorer=scorer,
+        distribution=dist,
+        history=history,
+        hyperparameters=hp,
+        seed=int(seed),
+        budget=float(budget),
+        seconds=time.perf_counter() - t_start,
+        extras={"torch_utilities": trainer.torch_utilities},
+    )
 
 
-def _crit(terms, hyper):
-    total, l_g, l_b, l_ce, _ = terms
-    if hyper.stop_on == "g":
-        return float(l_g)
-    return float(total)
+class _Trainer:
+    """The torch side: data as float32 tensors, per-exit weights, the loss, the loop."""
+
+    def __init__(self, features, costs, budget, hidden, hyper: EENetHyper, seed: int):
+        import torch
+
+        self.torch = torch
+        self.hyper = hyper
+        self.budget = budget
+        self.hidden = hidden
+        n, k, c = features.probs.shape
+        self.n, self.k, self.c = n, k, c
+        gen = torch.Generator().manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+
+        correct = features.correct
+        q_np, r_np = targets(correct)
+        # rows held out for early stopping; the rest are trained on
+        n_hold = int(round(hyper.holdout * n)) if hyper.holdout > 0 and n >= 100 else 0
+        order = self.rng.permutation(n)
+        self.hold_rows = np.sort(order[:n_hold])
+        self.fit_rows = np.sort(order[n_hold:])
+
+        conf = np.stack([features.max_prob, features.entropy, features.vote], axis=2).astype(np.float32)
+
+        def exit_inputs(rows: np.ndarray) -> list:
+            # one contiguous [rows, C + 3] block per exit: class probs then the 3 measures
+            out = []
+            for j in range(k):
+                x = np.empty((rows.size, c + 3), dtype=np.float32)
+                x[:, :c] = features.probs[rows, j]
+                x[:, c:] = conf[rows, j]
+                out.append(torch.from_numpy(x))
+            return out
+
+        def pack(rows):
+            return (
+                exit_inputs(rows),
+                torch.from_numpy(q_np[rows].astype(np.float32)),
+                torch.from_numpy(r_np[rows].astype(np.float32)),
+            )
+
+        self.fit = pack(self.fit_rows)
+        self.hold = pack(self.hold_rows) if n_hold else None
+        self.costs_t = torch.from_numpy(np.asarray(costs, dtype=np.float32))
+        self.costs = costs
+
+        self.params = self._init_params(features, q_np, r_np, gen)
+        flat_w = [p for e in self.params for p in (e["wx"], e["wb"], e["wh"]) if p is not None]
+        flat_b = [p for e in self.params for p in (e["b"], e["bh"])]
+        opt_cls = torch.optim.AdamW if hyper.decoupled_weight_decay else torch.optim.Adam
+        self.opt = opt_cls(
+            [{"params": flat_w, "weight_decay": hyper.weight_decay}, {"params": flat_b, "weight_decay": 0.0}],
+            lr=hyper.lr,
+        )
+        row_work = sum((c + 3 + j) * hidden[j] for j in range(k))
+        self.batch = _auto_batch(self.fit_rows.size, row_work, hyper)
+        self.torch_utilities = None
+
+    # -- parameters -------------------------------------------------------------------
+    def _init_params(self, features, q_np, r_np, gen):
+        torch = self.torch
+        hyper = self.hyper
+        k, c = self.k, self.c
+        fit_rows = self.fit_rows
+        params = []
+        for j in range(k):
+            d, h = c + 3 + j, self.hidden[j]
+            bound = 1.0 / math.sqrt(d)  # torch's default Linear init range
+            w = (torch.rand(h, d, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+            b = (torch.rand(h, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+            hb = 1.0 / math.sqrt(h)
+            wh = (torch.rand(2, h, generator=gen, dtype=torch.float64) * 2 - 1) * hb
+            bh = torch.zeros(2, dtype=torch.float64)
+            if hyper.init in ("prior", "spline"):
+                acc = float(np.clip(q_np[fit_rows, j].mean(), 1e-3, 1 - 1e-3))
+                wh.zero_()
+                bh[0] = math.log(acc / (1 - acc))
+            if hyper.init == "spline":
+                mp = features.max_prob[fit_rows, j]
+                nb = max(1, min(h // 2, hyper.spline_units))
+                knots = np.concatenate([[0.0], np.quantile(mp, np.arange(1, nb) / nb)])
+                basis = mp[:, None] - knots[None, :]
+                basis = np.where(basis > 0, basis, NEGATIVE_SLOPE * basis)
+                coef, icpt = _logistic_fit(basis, q_np[fit_rows, j])
+                w[:nb] = 0.0
+                w[:nb, c] = 1.0  # column c is max_prob
+                b[:nb] = torch.from_numpy(-knots)
+                wh[0, :nb] = torch.from_numpy(coef)
+                bh[0] = icpt
+            params.append({"w": w, "b": b, "wh": wh, "bh": bh})
+        if hyper.init in ("prior", "spline"):
+            logp = np.log(np.clip(tilted_distribution(r_np[fit_rows].mean(axis=0), self.costs, self.budget), 1e-6, None))
+            for j in range(k):
+                params[j]["bh"][1] = float(logp[j] - logp.max())
+        out = []
+        for j, p in enumerate(params):
+            w = p["w"].float()
+            out.append(
+                {
+                    "wx": w[:, : c + 3].contiguous().requires_grad_(True),
+                    "wb": w[:, c + 3 :].contiguous().requires_grad_(True) if j else None,
+                    "b": p["b"].float().requires_grad_(True),
+                    "wh": p["wh"].float().contiguous().requires_grad_(True),
+                    "bh": p["bh"].float().requires_grad_(True),
+                }
+            )
+        return out
+
+    # -- model and loss ---------------------------------------------------------------
+    def forward(self, xs):
+        torch = self.torch
+        F = torch.nn.functional
+        us, as_, prev = [], [], []
+        for j, p in enumerate(self.params):
+            pre = torch.addmm(p["b"], xs[j], p["wx"].T)
+            if j:
+                pre = pre + torch.stack(prev, 1) @ p["wb"].T
+            s = F.leaky_relu(pre, NEGATIVE_SLOPE)
+            out = torch.addmm(p["bh"], s, p["wh"].T)
+            u, a = out[:, 0], out[:, 1]
+            us.append(u)
+            as_.append(a)
+            su = torch.sigmoid(u)
+            prev.append(su.detach() if self.hyper.detach_previous else su)
+        return torch.stack(us, 1), torch.stack(as_, 1)
+
+    def loss(self, u, a, q, r):
+        torch = self.torch
+        F = torch.nn.functional
+        k = self.k
+        log_r = F.log_softmax(a, dim=1)
+        r_hat = log_r.exp()
+        with torch.no_grad():  # eq. 13, outside the graph
+            survive = (1.0 - torch.cumsum(r_hat, 1) + r_hat).clamp_min(0.0)
+            w = survive / survive.sum(0, keepdim=True).clamp_min(1e-12)
+        bce = F.binary_cross_entropy_with_logits(u, q, reduction="none")
+        l_g = (w * bce).sum() / k
+        exp_cost = (r_hat @ self.costs_t).mean()
+        l_budget = (self.budget - exp_cost).abs() / self.budget
+        l_ce = -(r * log_r).sum() / (u.shape[0] * k)
+        total = l_g + self.hyper.alpha * l_budget + self.hyper.beta * l_ce
+        return {"loss": total, "loss_g": l_g, "loss_budget": l_budget, "loss_ce": l_ce, "expected_cost": exp_cost}
+
+    # -- training loop ----------------------------------------------------------------
+    def _batches(self):
+        xs, q, r = self.fit
+        n_fit = self.fit_rows.size
+        if self.batch >= n_fit:
+            while True:
+                yield xs, q, r
+        while True:
+            perm = self.rng.permutation(n_fit)
+            for start in range(0, n_fit - self.batch + 1, self.batch):
+                idx = self.torch.from_numpy(np.sort(perm[start : start + self.batch]))
+                yield [x[idx] for x in xs], q[idx], r[idx]
+
+    def _snapshot(self):
+        return [{key: (v.detach().clone() if v is not None else None) for key, v in p.items()} for p in self.params]
+
+    def _restore(self, state):
+        with self.torch.no_grad():
+            for p, s in zip(self.params, state):
+                for key, v in s.items():
+                    if v is not None:
+                        p[key].copy_(v)
+
+    def _held_out(self) -> float:
+        with self.torch.no_grad():
+            xs, q, r = self.hold
+            return float(self.loss(*self.forward(xs), q, r)["loss_g"])
+
+    def run(self, progress):
+        hyper = self.hyper
+        total_steps = int(hyper.max_steps)
+        batches = self._batches()
+        best, best_state, best_step, since = math.inf, None, 0, 0
+        ema = None
+        first = None
+        step = 0
+        if self.hold is not None:
+            best, best_state = self._held_out(), self._snapshot()
+        while step < total_steps:
+            xs, q, r = next(batches)
+            terms = self.loss(*self.forward(xs), q, r)
+            value = float(terms["loss"].detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"EENet loss is not finite at step {step}")
+            if first is None:
+                first = {key: float(v.detach()) for key, v in terms.items()}
+            self.opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            self.opt.step()
+            step += 1
+            if self.hold is not None:
+                if step % hyper.eval_every == 0 or step == total_steps:
+                    held = self._held_out()
+                    if held < best - hyper.min_delta:
+                        best, best_state, best_step, since = held, self._snapshot(), step, 0
+                    else:
+                        since += hyper.eval_every
+            else:
+                ema = value if ema is None else 0.9 * ema + 0.1 * value
+                if ema < best - hyper.min_delta:
+                    best, best_step, since = ema, step, 0
+                else:
+                    since += 1
+            if progress is not None and (step % hyper.progress_every == 0 or step == total_steps):
+                progress(step, total_steps, {"loss": value, "expected_cost": float(terms["expected_cost"].detach())})
+            if step >= hyper.min_steps and since >= hyper.patience:
+                break
+        if best_state is not None:
+            self._restore(best_state)
+        # final figures on every validation row (training and held-out)
+        with self.torch.no_grad():
+            parts = [self.fit] + ([self.hold] if self.hold is not None else [])
+            us, as_, qs, rs = [], [], [], []
+            for xs, q, r in parts:
+                u, a = self.forward(xs)
+                us.append(u)
+                as_.append(a)
+                qs.append(q)
+                rs.append(r)
+            torch = self.torch
+            u, a, q, r = (torch.cat(t) for t in (us, as_, qs, rs))
+            final = {key: float(v) for key, v in self.loss(u, a, q, r).items()}
+            rows = np.concatenate([self.fit_rows, self.hold_rows])
+            util = np.empty((self.n, self.k), dtype=np.float64)
+            util[rows] = u.double().numpy()
+            self.torch_utilities = util
+        return {
+            "steps": step,
+            "best_step": best_step,
+            "batch_size": int(self.batch),
+            "train_rows": int(self.fit_rows.size),
+            "holdout_rows": int(self.hold_rows.size),
+            "holdout_loss_g": None if self.hold is None else float(best),
+            "first": first,
+            "final": final,
+            "final_loss": final["loss"],
+        }
+
+    def export(self) -> dict:
+        exits = []
+        for j, p in enumerate(self.params):
+            w = p["wx"].detach()
+            if j:
+                w = self.torch.cat([w, p["wb"].detach()], dim=1)
+            wh = p["wh"].detach().double()
+            bh = p["bh"].detach().double()
+            exits.append(
+                {
+                    "shared_weight": w.double().tolist(),
+                    "shared_bias": p["b"].detach().double().tolist(),
+                    "utility_weight": wh[0].tolist(),
+                    "utility_bias": float(bh[0]),
+                    "assign_weight": wh[1].tolist(),
+                    "assign_bias": float(bh[1]),
+                }
+            )
+        return {"type": "eenet", "features": list(FEATURES), "negative_slope": NEGATIVE_SLOPE, "exits": exits}
 
 
-def _prior_assign_bias(mean_r: np.ndarray, costs: np.ndarray, budget: float) -> np.ndarray:
-    """log p for p ∝ mean_r · exp(-λ c) with expected cost = budget (bisection on λ)."""
-    logm = np.log(np.clip(mean_r, 1e-6, None))
-    cn = (costs - costs[0]) / (costs[-1] - costs[0])
+# -- policies ---------------------------------------------------------------------------
 
-    def dist(lam):
-        z = logm - lam * cn
-        z = z - z.max()
-        p = np.exp(z)
-        return p / p.sum()
-
-    lo, hi = -200.0, 200.0
-    for _ in range(100):
-        mid = 0.5 * (lo + hi)
-        if dist(mid) @ costs > budget:
-            lo = mid
-        else:
-            hi = mid
-    p = dist(hi)
-    return np.log(np.clip(p, 1e-6, None))
+THRESHOLD_METHODS = ("quota", "search", "geometric")
 
 
-def _logistic_fit(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 25):
-    """Newton's method for a small L2-regularised logistic regression (float64)."""
-    n, d = x.shape
-    xa = np.concatenate([x, np.ones((n, 1))], axis=1)
-    beta = np.zeros(d + 1)
-    ybar = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
-    beta[-1] = np.log(ybar / (1 - ybar))
-    reg = np.full(d + 1, l2 * n)
-    reg[-1] = 0.0
-    for _ in range(iters):
-        z = xa @ beta
-        p = 0.5 * (1 + np.tanh(0.5 * z))
-        g = xa.T @ (p - y) + reg * beta
-        h = (xa * (p * (1 - p))[:, None]).T @ xa + np.diag(reg) + 1e-9 * np.eye(d + 1)
-        step = np.linalg.solve(h, g)
-        beta -= step
-        if np.abs(step).max() < 1e-10:
-            break
-    return beta[:-1], beta[-1]
+def _validation(scores: np.ndarray, thresholds, features: ExitFeatures, costs: np.ndarray) -> dict:
+    exits = apply_thresholds(scores, thresholds)
+    rows = np.arange(features.num_samples)
+    return {
+        "accuracy": float(features.correct[rows, exits].mean()),
+        "avg_cost": realised_cost(exits, costs),
+        "n": int(features.num_samples),
+        "exit_fractions": (np.bincount(exits, minlength=features.num_exits) / max(exits.size, 1)).tolist(),
+    }
+
+
+def _training_info(trained: EENetResult) -> dict:
+    h = trained.history
+    epochs = h["steps"] * h["batch_size"] / max(h["train_rows"], 1)
+    return {
+        "seed": trained.seed,
+        "hyperparameters": trained.hyperparameters,
+        "steps": int(h["steps"]),
+        "best_step": int(h["best_step"]),
+        "epochs": float(epochs),
+        "seconds": float(trained.seconds),
+        "final_loss": float(h["final_loss"]),
+        "final_loss_terms": {key: float(v) for key, v in h["final"].items()},
+        "holdout_loss_g": h["holdout_loss_g"],
+        "budget": trained.budget,
+        "learned_distribution": [float(x) for x in trained.distribution],
+        "expected_cost": float(h["expected_cost"]),
+    }
+
+
+def _resolve_scores(scores_override, features: ExitFeatures, scorer: dict):
+    if scores_override is None:
+        return scorer, eenet_utilities(scorer, features)
+    if isinstance(scores_override, dict):
+        from eenet_cli.core.policy import compute_scores
+
+        return scores_override, compute_scores(scores_override, features)
+    override_scorer, scores = scores_override
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (features.num_samples, features.num_exits):
+        raise InputError(
+            f"scores_override must be [{features.num_samples}, {features.num_exits}], got {list(scores.shape)}"
+        )
+    return override_scorer, scores
+
+
+def fit_eenet_policy(
+    features: ExitFeatures,
+    costs,
+    budget: float,
+    *,
+    seed: int = 0,
+    hyper: EENetHyper | None = None,
+    progress: Progress | None = None,
+    thresholds: str = "quota",
+    scores_override=None,
+    trained: EENetResult | None = None,
+) -> dict:
+    """Train EENet (or reuse ``trained``) and fit thresholds on the same validation rows.
+
+    ``thresholds``: ``"quota"`` (Algorithm 1: the learned distribution's quotas filled by
+    utility, with the realised-cost guarantee of :func:`fit_distribution`), ``"geometric"``
+    (learned utilities, MSDNet's geometric distribution: the eenet-geometric ablation) or
+    ``"search"`` (coordinate ascent on validation accuracy started from the quota
+    thresholds: eenet-search). ``scores_override`` replaces the utilities used for the
+    thresholds: a scorer dict (e.g. ``{"type": "maxprob"}``) or a ``(scorer, scores)``
+    pair; the returned policy then carries that scorer. ``trained`` reuses a training
+    result made at the same budget, so several variants cost one training.
+
+    Returns the policy's pieces: ``scorer``, ``thresholds``, ``exit_distribution``
+    (planned share per exit), ``validation``, ``training`` and ``threshold_fit``.
+    """
+    if thresholds not in THRESHOLD_METHODS:
+        raise InputError(f"unknown threshold method {thresholds!r}; expected one of {', '.join(THRESHOLD_METHODS)}")
+    costs = _check_inputs(features, costs, budget)
+    budget = float(budget)
+    if trained is None:
+        trained = train_eenet(features, costs, budget, seed=seed, hyper=hyper, progress=progress)
+    elif thresholds != "geometric" and not math.isclose(trained.budget, budget, rel_tol=1e-12, abs_tol=0.0):
+        raise InputError(
+            f"the training result was made for budget {trained.budget:g}, not {budget:g}; "
+            "its exit distribution only applies to its own budget"
+        )
+    scorer, scores = _resolve_scores(scores_override, features, trained.scorer)
+    ranking = Ranking(scores)
+    p = np.asarray(trained.distribution, dtype=np.float64)
+    info: dict = {"method": thresholds}
+    if thresholds == "geometric":
+        fit = fit_geometric(ranking, costs, budget)
+        info.update(fit.info)
+        thr, planned = fit.thresholds, fit.distribution
+    else:
+        fit = fit_distribution(ranking, costs, budget, p, rounding="round")
+        info.update(fit.info)
+        info["rounding"] = "round"
+        thr, planned = fit.thresholds, fit.distribution
+        if thresholds == "search":
+            thr = search_thresholds(ranking, costs, budget, features.correct, fit.thresholds)
+            planned = None
+    validation = _validation(scores, thr, features, costs)
+    if planned is None:
+        planned = validation["exit_fractions"]
+    if validation["avg_cost"] > budget:  # cannot happen with the fitters above; guard the contract
+        raise AssertionError("fitted thresholds overrun the budget on validation")
+    return {
+        "scorer": scorer,
+        "thresholds": [None if t is None else float(t) for t in thr],
+        "exit_distribution": [float(x) for x in planned],
+        "validation": validation,
+        "training": _training_info(trained),
+        "threshold_fit": info,
+    }
+
+
+def fit_eenet_maxprob(
+    features: ExitFeatures,
+    costs,
+    budget: float,
+    *,
+    seed: int = 0,
+    hyper: EENetHyper | None = None,
+    progress: Progress | None = None,
+    trained: EENetResult | None = None,
+) -> dict:
+    """The eenet-maxprob ablation: EENet's learned exit distribution, max-prob scores."""
+    return fit_eenet_policy(
+        features,
+        costs,
+        budget,
+        seed=seed,
+        hyper=hyper,
+        progress=progress,
+        thresholds="quota",
+        scores_override=({"type": "maxprob"}, features.max_prob),
+        trained=trained,
+    )

@@ -166,11 +166,12 @@ def _gram(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def _fit_logistic(x: np.ndarray, cls: np.ndarray, m: np.ndarray, num_classes: int, y: np.ndarray, alpha: float,
-                  max_iter: int = 50, tol: float = 1e-9) -> dict:
+def _fit_logistic(x: np.ndarray, cls: np.ndarray, m: np.ndarray, num_classes: int, y: np.ndarray,
+                  alpha: float | tuple[float, float], max_iter: int = 50, tol: float = 1e-9) -> dict:
     """L2 logistic regression with a dense part and a per-class (intercept, slope on m) part.
 
-    Minimises ``sum logloss + alpha/2 (|w|^2 + |a|^2 + |s|^2) + BIAS_PENALTY/2 b^2`` on
+    Minimises ``sum logloss + alpha_d/2 |w|^2 + alpha_c/2 (|a|^2 + |s|^2) + BIAS_PENALTY/2 b^2``
+    (``alpha`` is one strength for both or a pair ``(alpha_d, alpha_c)``) on
     standardised inputs by damped Newton steps; the per-class block is block-diagonal (2x2
     per class) and is eliminated by a Schur complement. Returns weights on the raw scale.
     """
@@ -277,14 +278,17 @@ def _log_loss(z: np.ndarray, y: np.ndarray) -> float:
 # --------------------------------------------------------------------------- the rule
 
 
-def _estimates(exits: Sequence[dict], inputs: _Inputs) -> np.ndarray:
-    """``[N, K', K]`` P̂[k, j] (NaN where j < k) from JSON-style estimators."""
+def _estimates(exits: Sequence[dict], inputs: _Inputs, diagonal_only: bool = False) -> np.ndarray:
+    """``[N, K', K]`` P̂[k, j] (NaN where j < k, or j > k with ``diagonal_only``) from
+    JSON-style estimators."""
     k_all = len(exits)
     out = np.full((inputs.n, inputs.num_exits, k_all), np.nan)
     for k in range(inputs.num_exits):
         x, cls, m = inputs.design(k)
         for t in exits[k]["targets"]:
-            out[:, k, int(t["exit"])] = _expit(_logit(t, x, cls, m))
+            j = int(t["exit"])
+            if j == k or not diagonal_only:
+                out[:, k, j] = _expit(_logit(t, x, cls, m))
     return out
 
 
@@ -316,7 +320,7 @@ def lookahead_scores(scorer: dict, features: ExitFeatures) -> np.ndarray:
     if features.num_exits > k_all:
         raise ValueError(f"scorer has {k_all} exits, predictions have {features.num_exits}")
     inputs = _Inputs(features, k_all)
-    return _scores_from_estimates(scorer, _estimates(scorer["exits"], inputs))
+    return _scores_from_estimates(scorer, _estimates(scorer["exits"], inputs, diagonal_only=scorer["rule"] == "quota"))
 
 
 def lookahead_estimates(scorer: dict, features: ExitFeatures) -> np.ndarray:
@@ -413,6 +417,10 @@ def _folds(n: int, num_folds: int, seed: int) -> np.ndarray:
     return fold
 
 
+def _alpha_json(alpha):
+    return float(alpha) if np.isscalar(alpha) else [float(v) for v in alpha]
+
+
 def _estimator_json(params: dict, k: int, j: int) -> dict:
     return {
         "exit": j,
@@ -464,7 +472,7 @@ def fit_estimators(features: ExitFeatures, *, seed: int = 0, num_folds: int = DE
             cv[:, k, j] = _expit(z)
             params = _fit_logistic(x, cls, m, c, y, alpha)
             targets.append(_estimator_json(params, k, j))
-            alpha_row.append(np.atleast_1d(alpha).astype(float).tolist())
+            alpha_row.append(_alpha_json(alpha))
             loss_row.append(float(loss))
         exits_json.append({"inputs": input_names(k), "targets": targets})
         chosen_alpha.append(alpha_row)
@@ -472,7 +480,7 @@ def fit_estimators(features: ExitFeatures, *, seed: int = 0, num_folds: int = DE
     final = _estimates(exits_json, inputs)
     info = {
         "folds": num_folds,
-        "alphas_tried": [list(np.atleast_1d(a).astype(float).tolist()) for a in alphas],
+        "alphas_tried": [_alpha_json(a) for a in alphas],
         "alpha": chosen_alpha,
         "cv_log_loss": cv_loss,
     }

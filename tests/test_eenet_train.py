@@ -1,0 +1,222 @@
+"""EENet policy learning: loss, determinism, export, budgets, and that it learns something."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from eenet_cli.core.eenet_scorer import assignment_distribution, eenet_utilities  # noqa: E402
+from eenet_cli.core.eenet_train import (  # noqa: E402
+    EENetHyper,
+    fit_eenet_maxprob,
+    fit_eenet_policy,
+    targets,
+    tilted_distribution,
+    train_eenet,
+)
+from eenet_cli.core.measures import exit_features  # noqa: E402
+from eenet_cli.core.policy import apply_to_features  # noqa: E402
+from eenet_cli.core.thresholds import Ranking, apply_thresholds, fit_geometric  # noqa: E402
+from eenet_cli.errors import BudgetError, InputError  # noqa: E402
+from eenet_cli.synthetic import make_predictions  # noqa: E402
+
+
+def _split(num_samples, num_classes, seed, miscalibration=0.0, num_exits=4):
+    d = make_predictions(num_samples, num_exits, num_classes, seed=seed, miscalibration=miscalibration)
+    val, test = d.split == "val", d.split == "test"
+    fv = exit_features(d.logits[val], labels=d.labels[val])
+    ft = exit_features(d.logits[test], labels=d.labels[test])
+    return fv, ft, np.asarray(d.costs, dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def small():
+    return _split(1600, 10, seed=3)
+
+
+@pytest.fixture(scope="module")
+def trained(small):
+    fv, _, costs = small
+    steps = []
+    result = train_eenet(fv, costs, 2.2, seed=0, progress=lambda s, t, m: steps.append((s, t, m)))
+    return result, steps
+
+
+def test_targets_follow_eq_3_and_4():
+    correct = np.array([[True, False, True, True], [False] * 4, [False, False, False, True]])
+    q, r = targets(correct)
+    assert q.tolist() == correct.astype(float).tolist()
+    np.testing.assert_allclose(r.sum(axis=1), 1.0)
+    np.testing.assert_allclose(r[0], [1 / 3, 0, 1 / 3, 1 / 3])
+    np.testing.assert_allclose(r[1], [0.25] * 4)
+    np.testing.assert_allclose(r[2], [0, 0, 0, 1])
+
+
+def test_tilted_distribution_meets_the_budget():
+    costs = np.array([1.0, 2.0, 3.0, 4.0])
+    for budget in (1.0, 1.7, 2.5, 3.9, 4.0, 7.0):
+        p = tilted_distribution(np.array([0.1, 0.2, 0.3, 0.4]), costs, budget)
+        assert p.sum() == pytest.approx(1.0)
+        assert p @ costs == pytest.approx(min(max(budget, 1.0), 4.0), abs=1e-6)
+
+
+def test_loss_is_finite_from_the_first_step(trained):
+    result, steps = trained
+    first, final = result.history["first"], result.history["final"]
+    assert set(first) >= {"loss", "loss_g", "loss_budget", "loss_ce", "expected_cost"}
+    assert all(math.isfinite(v) for v in first.values())
+    assert all(math.isfinite(v) for v in final.values())
+    assert steps, "progress was never reported"
+    assert all(math.isfinite(m["loss"]) and math.isfinite(m["expected_cost"]) for _, _, m in steps)
+    assert [s for s, _, _ in steps] == sorted(s for s, _, _ in steps)
+    # the budget term is near zero: the expected cost is the budget
+    assert abs(result.history["expected_cost"] - 2.2) < 0.05
+
+
+@pytest.mark.parametrize("init", ["torch", "prior"])
+def test_loss_is_finite_with_other_initialisations(small, init):
+    fv, _, costs = small
+    res = train_eenet(fv, costs, 1.5, hyper=EENetHyper(init=init, max_steps=30, min_steps=30))
+    assert all(math.isfinite(v) for v in res.history["first"].values())
+    assert all(math.isfinite(v) for v in res.history["final"].values())
+
+
+def test_exported_scorer_has_the_fixed_format(small, trained):
+    fv, _, _ = small
+    result, _ = trained
+    s = result.scorer
+    assert s["type"] == "eenet"
+    assert s["negative_slope"] == 0.01
+    assert s["features"] == ["class_probs", "max_prob", "entropy", "vote", "previous_utilities"]
+    c, k = fv.num_classes, fv.num_exits
+    assert len(s["exits"]) == k
+    for j, e in enumerate(s["exits"]):
+        d = c + 3 + j
+        h = max(8, math.ceil(0.5 * d))
+        assert np.asarray(e["shared_weight"]).shape == (h, d)
+        assert len(e["shared_bias"]) == h
+        assert len(e["utility_weight"]) == h and len(e["assign_weight"]) == h
+        assert type(e["utility_bias"]) is float and type(e["assign_bias"]) is float
+        assert all(type(x) is float for row in e["shared_weight"] for x in row)
+    json.loads(json.dumps(s))  # plain JSON
+    np.testing.assert_allclose(result.distribution, assignment_distribution(s, fv))
+    assert result.distribution.shape == (k,)
+    json.dumps(result.hyperparameters)
+
+
+def test_numpy_scorer_matches_the_torch_model(small, trained):
+    fv, _, costs = small
+    result, _ = trained
+    u_np = eenet_utilities(result.scorer, fv)
+    u_torch = result.extras["torch_utilities"]
+    assert np.abs(u_np - u_torch).max() < 1e-4
+    pol = fit_eenet_policy(fv, costs, 2.2, trained=result)
+    thr = pol["thresholds"]
+    ex_np, ex_torch = apply_thresholds(u_np, thr), apply_thresholds(u_torch, thr)
+    differ = ex_np != ex_torch
+    if differ.any():  # only samples whose score sits within 1e-4 of a threshold may differ
+        t = np.array([np.inf if x is None else x for x in thr])
+        near = (np.abs(u_np - t[None, :]) < 1e-4).any(axis=1)
+        assert near[differ].all()
+
+
+def test_same_seed_gives_identical_weights(small, trained):
+    fv, _, costs = small
+    result, _ = trained
+    again = train_eenet(fv, costs, 2.2, seed=0)
+    assert json.dumps(again.scorer) == json.dumps(result.scorer)
+    assert again.distribution.tolist() == result.distribution.tolist()
+
+
+def test_other_seed_gives_other_weights(small, trained):
+    fv, _, costs = small
+    result, _ = trained
+    other = train_eenet(fv, costs, 2.2, seed=1)
+    assert json.dumps(other.scorer) != json.dumps(result.scorer)
+
+
+def test_training_leaves_torch_threads_as_they_were(small):
+    fv, _, costs = small
+    before = torch.get_num_threads()
+    train_eenet(fv, costs, 2.0, hyper=EENetHyper(max_steps=5, min_steps=5, num_threads=1))
+    assert torch.get_num_threads() == before
+
+
+def test_mini_batches_train_too(small):
+    fv, _, costs = small
+    res = train_eenet(fv, costs, 2.0, hyper=EENetHyper(batch_size=128, max_steps=60, min_steps=60))
+    assert res.history["batch_size"] == 128
+    assert all(math.isfinite(v) for v in res.history["final"].values())
+    again = train_eenet(fv, costs, 2.0, hyper=EENetHyper(batch_size=128, max_steps=60, min_steps=60))
+    assert json.dumps(again.scorer) == json.dumps(res.scorer)
+
+
+def test_realised_validation_cost_never_exceeds_the_budget(small):
+    fv, _, costs = small
+    fast = EENetHyper(max_steps=60, min_steps=20)
+    budgets = [costs[0], 1.3, 2.0, 2.75, 3.6, costs[-1], costs[-1] + 1.0]
+    for b in budgets:
+        trained = train_eenet(fv, costs, b, hyper=fast)
+        variants = [fit_eenet_policy(fv, costs, b, trained=trained, thresholds=m) for m in ("quota", "search", "geometric")]
+        variants.append(fit_eenet_maxprob(fv, costs, b, trained=trained))
+        for pol in variants:
+            assert pol["validation"]["avg_cost"] <= b + 1e-12, (b, pol["threshold_fit"])
+            assert pol["thresholds"][-1] is None
+            assert len(pol["thresholds"]) == fv.num_exits
+            # applying the policy reproduces the validation figures exactly
+            applied = apply_to_features(pol, fv)
+            assert float(applied.correct.mean()) == pol["validation"]["accuracy"]
+            assert applied.exit_fractions(fv.num_exits) == pol["validation"]["exit_fractions"]
+            json.dumps(pol)
+    at_c1 = fit_eenet_policy(fv, costs, costs[0], hyper=fast)
+    assert at_c1["validation"]["exit_fractions"][0] == 1.0
+
+
+def test_policy_pieces(small, trained):
+    fv, _, costs = small
+    result, _ = trained
+    pol = fit_eenet_policy(fv, costs, 2.2, trained=result)
+    assert set(pol) == {"scorer", "thresholds", "exit_distribution", "validation", "training", "threshold_fit"}
+    assert pol["scorer"] is result.scorer
+    assert sum(pol["exit_distribution"]) == pytest.approx(1.0)
+    assert pol["training"]["seed"] == 0
+    assert pol["training"]["steps"] == result.history["steps"]
+    assert set(pol["validation"]) == {"accuracy", "avg_cost", "n", "exit_fractions"}
+    mp = fit_eenet_maxprob(fv, costs, 2.2, trained=result)
+    assert mp["scorer"] == {"type": "maxprob"}
+    with pytest.raises(InputError, match="budget"):
+        fit_eenet_policy(fv, costs, 3.0, trained=result)
+    with pytest.raises(InputError, match="threshold method"):
+        fit_eenet_policy(fv, costs, 2.2, trained=result, thresholds="nope")
+
+
+def test_bad_inputs_are_refused(small):
+    fv, _, costs = small
+    with pytest.raises(BudgetError, match="below the cost of the first exit"):
+        train_eenet(fv, costs, 0.5)
+    with pytest.raises(InputError, match="costs"):
+        train_eenet(fv, costs[:3], 2.0)
+    with pytest.raises(InputError, match="increasing"):
+        train_eenet(fv, costs[::-1], 2.0)
+    unlabeled = exit_features(fv.probs, kind="probs")
+    with pytest.raises(InputError, match="labels"):
+        train_eenet(unlabeled, costs, 2.0)
+
+
+def test_eenet_beats_maxprob_on_miscalibrated_predictions():
+    fv, ft, costs = _split(4000, 10, seed=11, miscalibration=1.0)
+    budget = 2.0
+    pol = fit_eenet_policy(fv, costs, budget, seed=0)
+    eenet_acc = float(apply_to_features(pol, ft).correct.mean())
+    fit = fit_geometric(Ranking(fv.max_prob), costs, budget)
+    exits = apply_thresholds(ft.max_prob, fit.thresholds)
+    maxprob_acc = float(ft.correct[np.arange(ft.num_samples), exits].mean())
+    assert eenet_acc > maxprob_acc + 0.01, (eenet_acc, maxprob_acc)
+    # and the test cost stays close to the budget (it is only guaranteed on validation)
+    test_cost = float(costs[apply_to_features(pol, ft).exits].mean())
+    assert test_cost <= budget + 0.1
