@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from eenet_cli.errors import InputError
-from eenet_cli.modelspec import DataSource, LoadedModel, run_checked, run_exits
+from eenet_cli.modelspec import DataSource, LoadedModel, batch_slice, batch_to, run_checked, run_exits
 
 
 @dataclass
@@ -235,8 +235,8 @@ def dump_predictions(
                 if writer is None:
                     if n == 0:
                         continue
-                    x = x.to(device)
-                    outs = run_checked(model, x[:1], data.spec)
+                    x = batch_to(x, device)
+                    outs = run_checked(model, batch_slice(x, slice(0, 1)), data.spec)
                     k, c = len(outs), int(outs[0].shape[1])
                     if old is not None:
                         ok, oc = old.meta.get("num_exits"), old.meta.get("num_classes")
@@ -264,7 +264,7 @@ def dump_predictions(
                 mine = not shard.active or i % shard.world == shard.rank
                 if mine and n:
                     t0 = time.perf_counter()
-                    outs = run_exits(model, x.to(device))
+                    outs = run_exits(model, batch_to(x, device))
                     if len(outs) != k:
                         raise InputError(f"batch {i}: the model gave {len(outs)} exits, earlier batches {k}", source=model.spec)
                     s = torch.stack([o.float() for o in outs], dim=1)

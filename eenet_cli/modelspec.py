@@ -6,7 +6,10 @@ A *model spec* is one of
   :data:`eenet_cli.models.BUILTIN_MODELS`),
 * an import string ``package.module:factory``; the factory is called with the
   ``--model-arg key=value`` pairs and must return a ``torch.nn.Module``,
-* a ``torch.export`` file (``.pt2``).
+* a ``torch.export`` file (``.pt2``),
+* a Hugging Face model folder (``config.json`` + weights): a BERT-like text encoder made
+  staged with exit heads by :func:`eenet_cli.text.build_text_model` (the ``--model-arg``
+  pairs go to it: ``num_classes``, ``exits``, ``pooling``, ...).
 
 Weights (``--weights``) come from ``.safetensors`` or from a state dict read with
 ``torch.load(weights_only=True)``: never an arbitrary pickle.
@@ -14,7 +17,15 @@ Weights (``--weights``) come from ``.safetensors`` or from a state dict read wit
 A *data spec* is an import string returning an iterable of ``(x, y)`` batches (a
 ``DataLoader`` works; a callable is called with no arguments), a ``.npz`` file with arrays
 ``x`` and ``y`` (``allow_pickle=False``), a ``.pt`` file with tensors ``x`` and ``y``
-(``weights_only=True``), or a built-in dataset (``digits:train|val|test``).
+(``weights_only=True``), or a built-in dataset (``digits:train|val|test``). ``x`` may
+also be a dict or tuple of tensors (e.g. tokenised text: ``input_ids`` and
+``attention_mask``), passed to the model as it is, or a batch of strings, which is
+tokenised (:class:`eenet_cli.text.TextOptions`); a ``.csv``/``.tsv``/``.parquet`` file is
+text data with a text column and an integer label column.
+
+A staged model may define hooks the commands use: ``eenet_make_inputs(batch, shape,
+generator)`` (``profile``'s random input), ``eenet_pack_inputs(x)`` (a dict/tuple batch as
+the one tensor the runtime takes) and ``eenet_load_weights(path)`` (``--weights``).
 
 Every problem with a spec raises :class:`~eenet_cli.errors.InputError` with one line that
 names the spec and what is wrong. This module imports torch; import it lazily.
@@ -25,7 +36,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +177,16 @@ def load_model(spec: str, model_args: dict | None = None, weights: str | None = 
         if weights:
             raise InputError("a .pt2 file carries its own weights; drop --weights", source=spec, field="--weights")
         weights = None
+    elif Path(spec).is_dir():
+        if not (Path(spec) / "config.json").is_file():
+            raise InputError("is a folder without config.json; a Hugging Face model folder holds config.json and the weights", source=spec)
+        from eenet_cli.text import build_text_model
+
+        for key in ("weights", "path"):
+            if key in model_args:
+                raise InputError(f"{key!r} does not apply to a model folder (the folder is MODEL; weights come with --weights)", source=spec, field="--model-arg")
+        module = _call_factory(build_text_model, {"path": spec, **model_args, "weights": weights}, spec)
+        weights = None  # loaded by the builder (heads-only files are allowed there)
     elif spec in models.BUILTIN_MODELS:
         factory = models.BUILTIN_MODELS[spec][0]
         module = _call_factory(factory, model_args, spec)
@@ -183,12 +204,23 @@ def load_model(spec: str, model_args: dict | None = None, weights: str | None = 
     else:
         names = ", ".join(models.BUILTIN_MODELS)
         what = "not a .pt2 file" if Path(spec).exists() else "unknown model"
-        raise InputError(f"{what}; expected a built-in name ({names}), an import string package.module:factory, or a torch.export .pt2 file", source=spec)
+        raise InputError(
+            f"{what}; expected a built-in name ({names}), an import string package.module:factory, a torch.export .pt2 file "
+            "or a Hugging Face model folder",
+            source=spec,
+        )
     if not isinstance(module, nn.Module):
         raise InputError(f"the factory returned an object of type {type(module).__name__}, expected a torch.nn.Module", source=spec)
     k = staged_parts(module, spec)
     if weights:
-        load_weights(module, weights, spec)
+        loader = getattr(module, "eenet_load_weights", None)
+        if callable(loader):
+            loader(weights)  # e.g. a text model: a heads-only file keeps the pretrained encoder
+        else:
+            load_weights(module, weights, spec)
+    if input_shape is None:
+        default = getattr(module, "eenet_input_shape", None)
+        input_shape = tuple(int(d) for d in default) if default else None
     dev = check_device(device)
     if not spec.endswith(".pt2"):  # an exported module is already on its device and in eval form
         module = module.to(dev).eval()
@@ -196,8 +228,12 @@ def load_model(spec: str, model_args: dict | None = None, weights: str | None = 
 
 
 def _call_factory(factory, model_args: dict, spec: str) -> Any:
+    from eenet_cli.errors import EenetError
+
     try:
         return factory(**model_args)
+    except EenetError:
+        raise  # already one clear line
     except TypeError as e:
         raise InputError(f"calling the factory with {model_args or 'no arguments'} failed ({_first_line(e)}); check --model-arg", source=spec) from None
     except Exception as e:  # noqa: BLE001
@@ -329,16 +365,21 @@ def load_weights(module: nn.Module, path: str, spec: str) -> None:
 
 @dataclass
 class DataSource:
-    """Batches of ``(x, y)`` tensors, and how many samples there are when known."""
+    """Batches of ``(x, y)`` tensors, and how many samples there are when known.
+
+    ``x`` is a tensor, or a dict/tuple of tensors (tokenised text); batches of strings are
+    tokenised with ``text`` (:class:`eenet_cli.text.TextOptions`).
+    """
 
     spec: str
     batches: Iterable
     num_samples: int | None = None
     num_batches: int | None = None
+    text: Any = None
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[Any, torch.Tensor]]:
         for i, batch in enumerate(self.batches):
-            yield check_batch(batch, i, self.spec)
+            yield check_batch(batch, i, self.spec, self.text)
 
 
 class ArrayBatches:
@@ -370,13 +411,93 @@ def _as_tensor(a: Any, what: str, spec: str, index: int) -> torch.Tensor:
     raise InputError(f"batch {index}: {what} is a {type(a).__name__}, expected a tensor or numpy array", source=spec, field=what)
 
 
-def check_batch(batch: Any, index: int, spec: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _is_structured(a: Any) -> bool:
+    """A dict (or Mapping, e.g. a tokenizer's BatchEncoding) or tuple/list of tensors/arrays."""
+    if isinstance(a, Mapping):
+        return True
+    return isinstance(a, (tuple, list)) and len(a) > 0 and all(isinstance(v, (torch.Tensor, np.ndarray)) for v in a)
+
+
+def _structured_x(a: Any, spec: str, index: int) -> dict | tuple:
+    """Check a dict/tuple ``x``: tensors with one batch size; integer dtypes are kept (token ids)."""
+    items = list(a.items()) if isinstance(a, Mapping) else list(enumerate(a))
+    if not items:
+        raise InputError(f"batch {index}: x is an empty {type(a).__name__}", source=spec, field="x")
+    out = []
+    n = None
+    for key, v in items:
+        what = f"x[{key!r}]"
+        if isinstance(v, (list, tuple)):
+            try:
+                v = torch.as_tensor(v)
+            except (TypeError, ValueError, RuntimeError):
+                raise InputError(f"batch {index}: {what} is a ragged or non-numeric list, expected a tensor", source=spec, field="x") from None
+        t = _as_tensor(v, what, spec, index)
+        if t.ndim == 0:
+            raise InputError(f"batch {index}: {what} is a scalar, expected a batch", source=spec, field="x")
+        if t.dtype == torch.float64:
+            t = t.float()
+        if n is None:
+            n = t.shape[0]
+        elif t.shape[0] != n:
+            raise InputError(f"batch {index}: {what} has {t.shape[0]} samples but {items[0][0]!r} has {n}", source=spec, field="x")
+        out.append((key, t))
+    return {k: t for k, t in out} if isinstance(a, Mapping) else tuple(t for _, t in out)
+
+
+def batch_len(x: Any) -> int:
+    """Samples in ``x`` (a tensor, or a dict/tuple of tensors)."""
+    if isinstance(x, Mapping):
+        return int(next(iter(x.values())).shape[0])
+    if isinstance(x, (tuple, list)):
+        return int(x[0].shape[0])
+    return int(x.shape[0]) if x.ndim else 0
+
+
+def batch_slice(x: Any, s: slice) -> Any:
+    """``x[s]`` along the batch axis, for tensors and dicts/tuples of them."""
+    if isinstance(x, Mapping):
+        return {k: v[s] for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return tuple(v[s] for v in x)
+    return x[s]
+
+
+def batch_to(x: Any, device: Any) -> Any:
+    """``x`` moved to ``device``, for tensors and dicts/tuples of them."""
+    if isinstance(x, Mapping):
+        return {k: v.to(device) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return tuple(v.to(device) for v in x)
+    return x.to(device)
+
+
+def describe_input(x: Any) -> str:
+    """``shape [1, 3, 32, 32]``, or ``{input_ids [1, 12], attention_mask [1, 12]}``."""
+    if isinstance(x, Mapping):
+        return "{" + ", ".join(f"{k} {list(v.shape)}" for k, v in x.items()) + "}"
+    if isinstance(x, (tuple, list)):
+        return "(" + ", ".join(str(list(v.shape)) for v in x) + ")"
+    return f"of shape {list(x.shape)}"
+
+
+def check_batch(batch: Any, index: int, spec: str, text: Any = None) -> tuple[Any, torch.Tensor]:
     if isinstance(batch, dict) and "x" in batch and "y" in batch:
         batch = (batch["x"], batch["y"])
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         got = f"a {type(batch).__name__}" + (f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else "")
         raise InputError(f"batch {index}: expected an (x, y) pair, got {got}", source=spec)
-    x = _as_tensor(batch[0], "x", spec, index)
+    from eenet_cli.text import is_text
+
+    raw = batch[0]
+    if is_text(raw):
+        if text is None:
+            raise InputError(
+                f"batch {index}: x is text; tokenising it needs a tokenizer: give --tokenizer FOLDER, or a Hugging Face model folder as MODEL",
+                source=spec,
+                field="--tokenizer",
+            )
+        raw = text.tokenize(list(raw))
     y = _as_tensor(batch[1], "y", spec, index)
     if y.ndim != 1:
         raise InputError(f"batch {index}: labels y must be 1-D class indices, got shape {list(y.shape)}", source=spec, field="y")
@@ -385,6 +506,12 @@ def check_batch(batch: Any, index: int, spec: str) -> tuple[torch.Tensor, torch.
             y = y.long()
         else:
             raise InputError(f"batch {index}: labels y must be integers, got {y.dtype}", source=spec, field="y")
+    if _is_structured(raw):
+        x: Any = _structured_x(raw, spec, index)
+        if batch_len(x) != y.shape[0]:
+            raise InputError(f"batch {index}: x has {batch_len(x)} samples but y has {y.shape[0]}", source=spec)
+        return x, y.long()
+    x = _as_tensor(raw, "x", spec, index)
     if x.ndim == 0 or x.shape[0] != y.shape[0]:
         raise InputError(f"batch {index}: x has {x.shape[0] if x.ndim else 0} samples but y has {y.shape[0]}", source=spec)
     if x.dtype in (torch.float64, torch.float16, torch.bfloat16) or not x.dtype.is_floating_point:
@@ -392,14 +519,29 @@ def check_batch(batch: Any, index: int, spec: str) -> tuple[torch.Tensor, torch.
     return x, y.long()
 
 
-def load_data(spec: str, batch_size: int = 256, split_hint: str | None = None) -> DataSource:
-    """Resolve a data spec (see the module docstring) into batches."""
+def load_data(spec: str, batch_size: int = 256, split_hint: str | None = None, text: Any = None) -> DataSource:
+    """Resolve a data spec (see the module docstring) into batches.
+
+    ``text`` (:class:`eenet_cli.text.TextOptions`) tokenises text: a ``.csv``/``.tsv``/
+    ``.parquet`` file's text column, or batches of strings from an import string.
+    """
     from eenet_cli import models
 
     if not spec:
         raise InputError("no data given", field="--data")
     if batch_size < 1:
         raise InputError(f"must be at least 1, got {batch_size}", field="--batch-size")
+    from eenet_cli.text import is_text_table
+
+    if is_text_table(spec):
+        from eenet_cli.text import TextBatches, TextOptions, read_text_table
+
+        text = text if text is not None else TextOptions()
+        texts, labels = read_text_table(spec, text.text_column, text.label_column)
+        text.check(spec)
+        return DataSource(spec, TextBatches(texts, labels, batch_size, text), len(labels), None, text)
+    if text is not None and text.explicit_columns:
+        raise InputError("--text-column/--label-column apply to .csv, .tsv or .parquet data only", source=spec, field="--text-column")
     name, _, part = spec.partition(":")
     if name in BUILTIN_DATASETS and "." not in name and "/" not in spec:
         splits = BUILTIN_DATASETS[name]
@@ -439,9 +581,13 @@ def load_data(spec: str, batch_size: int = 256, split_hint: str | None = None) -
             nb = len(obj)  # type: ignore[arg-type]
         except TypeError:
             pass
-        return DataSource(spec, obj, n, nb)
+        return DataSource(spec, obj, n, nb, text)
     if path.exists():
-        raise InputError("unknown data file type; expected .npz (arrays x and y) or .pt (tensors x and y)", source=spec, field="--data")
+        raise InputError(
+            "unknown data file type; expected .npz (arrays x and y), .pt (tensors x and y), or text in .csv/.tsv/.parquet",
+            source=spec,
+            field="--data",
+        )
     names = ", ".join(f"{n}:{s[0]}" for n, s in BUILTIN_DATASETS.items())
     raise InputError(f"no such file, and not an import string package.module:name or a built-in dataset ({names}, ...)", source=spec, field="--data")
 
@@ -512,7 +658,7 @@ def _read_pt(path: Path, spec: str) -> tuple[torch.Tensor, torch.Tensor]:
 # --------------------------------------------------------------------------- running
 
 
-def run_exits(model: LoadedModel, x: torch.Tensor) -> list[torch.Tensor]:
+def run_exits(model: LoadedModel, x: Any) -> list[torch.Tensor]:
     """All K exit logits for a batch (staged: stage by stage; otherwise ``forward``)."""
     if model.staged:
         out = []
@@ -549,17 +695,17 @@ def check_outputs(outs: Any, model: LoadedModel, batch: int) -> list[torch.Tenso
     return list(outs)
 
 
-def run_checked(model: LoadedModel, x: torch.Tensor, data_spec: str) -> list[torch.Tensor]:
+def run_checked(model: LoadedModel, x: Any, data_spec: str) -> list[torch.Tensor]:
     """``run_exits`` that turns a failure on the input into one clear line."""
     try:
         outs = run_exits(model, x)
-    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as e:
         raise InputError(
-            f"model {model.spec} cannot run on input of shape {list(x.shape)} ({_first_line(e)}); "
+            f"model {model.spec} cannot run on input {describe_input(x)} ({_first_line(e)}); "
             "check the input shape",
             source=data_spec,
         ) from None
-    return check_outputs(outs, model, x.shape[0])
+    return check_outputs(outs, model, batch_len(x))
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

@@ -156,7 +156,11 @@ def profile_model(
     stages, heads = model.stages, model.heads
     k = len(stages)
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((batch_size, *input_shape), generator=gen).to(device)
+    make_inputs = getattr(model.module, "eenet_make_inputs", None)
+    if callable(make_inputs):  # e.g. a text model: random token ids, input_shape = (tokens,)
+        x = make_inputs(batch_size, tuple(input_shape), gen).to(device)
+    else:
+        x = torch.randn((batch_size, *input_shape), generator=gen).to(device)
     # one checked run first: a wrong --input-shape is bad input, not a crash
     from eenet_cli.modelspec import run_checked
 
@@ -296,7 +300,16 @@ def run_policy(model: LoadedModel, policy: dict, data, *, warmup: int = 10, prog
     first = True
     batch_size = 0
     by_exit: list[list[float]] = [[] for _ in range(k)]
+    pack = getattr(model.module, "eenet_pack_inputs", None)
     for x, y in data:
+        if not isinstance(x, torch.Tensor):
+            if not callable(pack):
+                raise InputError(
+                    "the runtime takes one input tensor per batch; this data gives a dict/tuple and the model has no "
+                    "eenet_pack_inputs() to pack it",
+                    source=data.spec,
+                )
+            x = pack(x)  # e.g. tokenised text -> [B, 2, T] (ids, mask)
         x = x.to(device)
         if first:
             with torch.inference_mode():

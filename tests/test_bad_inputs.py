@@ -83,8 +83,15 @@ def corpus(tmp_path_factory):
 
 
 # a sample of the corpus also runs as a plain `python -m eenet_cli` subprocess, to show the
-# zygote changes nothing: one case in five, spread over every command
-REAL = CASES[::5]
+# zygote changes nothing: one case in sixteen, spread over the commands
+REAL = CASES[::16]
+
+
+def _params(cases: list[Case]) -> list:
+    return [
+        pytest.param(c, id=c.id, marks=[pytest.mark.xfail(reason=c.xfail, strict=False)] if c.xfail else [])
+        for c in cases
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +138,7 @@ def check_refused(case: Case, root: Path, out: Outcome) -> None:
             assert not target.exists()
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", _params(CASES))
 def test_bad_input(case: Case, corpus):
     if case.root_skip and IS_ROOT:
         pytest.skip("running as root: chmod 000 does not block reads")
@@ -139,7 +146,7 @@ def test_bad_input(case: Case, corpus):
     check_refused(case, root, outcomes[case.id])
 
 
-@pytest.mark.parametrize("case", REAL, ids=[c.id for c in REAL])
+@pytest.mark.parametrize("case", _params(REAL))
 def test_bad_input_real_subprocess(case: Case, real_corpus):
     if case.root_skip and IS_ROOT:
         pytest.skip("running as root: chmod 000 does not block reads")

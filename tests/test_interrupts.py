@@ -208,9 +208,42 @@ def test_killed_fit_keeps_the_old_policy(tmp_path, big):
     _only_hidden_temps_besides(tmp_path, {"policy.json"})
 
 
-@pytest.mark.skipif(importlib.util.find_spec("eenet_cli.commands.model_cmd") is None, reason="eenet dump is not in this tree yet")
-def test_killed_dump_leaves_no_file(tmp_path):
-    pytest.skip("no built-in model runs long enough to interrupt reliably")  # replaced once dump exists
+@pytest.mark.skipif(importlib.util.find_spec("eenet_cli.commands.model_cmd") is None, reason="eenet dump is not in this tree")
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="dump needs torch")
+def test_killed_dump_keeps_the_old_predictions(tmp_path):
+    """`eenet dump` of the built-in ResNet-56 (random weights) over random images, killed
+    while it streams batches: the old file under the final name is untouched."""
+    from conftest import write_synthetic
+
+    from eenet_cli.io import read_predictions
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "images.npz"
+    np.savez(data, x=rng.standard_normal((512, 3, 32, 32)).astype(np.float32), y=rng.integers(0, 10, 512))
+    out = tmp_path / "preds.parquet"
+    write_synthetic(out, n=100, k=3, c=10, costs=(1.0, 2.0, 3.0))
+    old = out.read_bytes()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eenet_cli", "dump", "resnet56", "--data", str(data), "--split", "val", "--batch-size", "16",
+         "-o", str(out), "-q"],
+        cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if any(p.name.startswith(".preds.parquet.") for p in tmp_path.iterdir()):
+                break  # the temporary output is open: batches are being written
+            time.sleep(0.05)
+        start = _cpu_seconds(proc.pid)
+        _kill_after(proc, cpu=start + 1.0)  # a second more of running the model
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert out.read_bytes() == old
+    assert read_predictions(out).num_samples == 100
+    _only_hidden_temps_besides(tmp_path, {"images.npz", "preds.parquet"})
 
 
 # --------------------------------------------------------------------------- determinism

@@ -17,7 +17,8 @@ from eenet_cli.commands.common import CostsOpt, JsonOpt, OutputOpt, QuietOpt, lo
 
 MODEL_HELP = (
     "A built-in model (digits-cnn, resnet56, mlp), an import string package.module:factory "
-    "(called with the --model-arg pairs, returns a torch.nn.Module), or a torch.export .pt2 file."
+    "(called with the --model-arg pairs, returns a torch.nn.Module), a torch.export .pt2 file, "
+    "or a Hugging Face model folder (a BERT-like text encoder with exit heads; see --exits and docs/text.md)."
 )
 ModelArg = Annotated[str, typer.Argument(help=MODEL_HELP, show_default=False)]
 WeightsOpt = Annotated[
@@ -35,8 +36,29 @@ DataOpt = Annotated[
         "--data",
         "-d",
         help="Data: an import string package.module:name giving (x, y) batches (a DataLoader works; a function is called "
-        "with no arguments), a .npz with arrays x and y, a .pt with tensors x and y, or the built-in digits:train|val|test.",
+        "with no arguments; x may be a tensor, a dict/tuple of tensors, or a list of texts to tokenise), a .npz with "
+        "arrays x and y, a .pt with tensors x and y, the built-in digits:train|val|test, or text in a .csv/.tsv/.parquet "
+        "file (--text-column, --label-column).",
     ),
+]
+ExitsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--exits",
+        help="Text models: the encoder layers to put exits after, 1-based, e.g. 3,6,9,12 (default: 4 evenly spaced, "
+        "or what the --weights file records). Same as --model-arg exits=...",
+    ),
+]
+TokenizerOpt = Annotated[
+    Optional[str],
+    typer.Option("--tokenizer", help="Text data: a local tokenizer folder (default: the model folder). Never downloaded."),
+]
+TextColumnOpt = Annotated[Optional[str], typer.Option("--text-column", help="Text data in .csv/.tsv/.parquet: the column of texts (default: text).")]
+LabelColumnOpt = Annotated[
+    Optional[str], typer.Option("--label-column", help="Text data in .csv/.tsv/.parquet: the column of integer class ids (default: label).")
+]
+MaxLengthOpt = Annotated[
+    Optional[int], typer.Option("--max-length", help="Text data: truncate to this many tokens (default: the model's, 128).")
 ]
 
 PROFILE_HELP = """Measure the cost of each exit of a staged model and write a costs JSON.
@@ -68,6 +90,10 @@ Examples:
   eenet profile my_pkg.models:build --weights ckpt.pt --input-shape 3,32,32 --threads 1 -o costs.json
   eenet fit sample_data/digits.parquet --budget 60% -o policy.json
   eenet profile digits-cnn --weights sample_data/digits_model.safetensors --threads 1 --policy policy.json --data digits:test
+  eenet profile path/to/hf_model --weights heads.safetensors --input-shape 32 --threads 1 -o costs.json
+
+For a text model (a Hugging Face model folder, see --exits) --input-shape is the number
+of tokens per sample; the input is random token ids without padding.
 """
 
 DUMP_HELP = """Run a multi-exit model over data and write every exit's scores to a predictions Parquet file.
@@ -90,13 +116,32 @@ Examples:
   eenet dump digits-cnn --weights sample_data/digits_model.safetensors --data digits:val --split val --costs sample_data/digits_costs.json -o preds.parquet
   eenet dump digits-cnn --weights sample_data/digits_model.safetensors --data digits:test --split test -o preds.parquet --append
   eenet dump my_pkg.models:build --weights ckpt.pt --data my_pkg.data:val_loader --split val --costs costs.json -o preds.parquet
+  eenet dump path/to/hf_model --weights heads.safetensors --data val.csv --text-column text --label-column label --split val -o preds.parquet
+
+Text: MODEL may be a Hugging Face model folder (a BERT-like encoder; exits after the
+--exits layers, one linear head each on the mean-pooled tokens; --weights may hold the
+heads only). Text data (a .csv/.tsv/.parquet file, or an import string whose batches are
+(list of strings, labels)) is tokenised with --tokenizer FOLDER, by default the model
+folder's own tokenizer, padded per batch and truncated at --max-length tokens.
 """
 
 
-def _load(model: str, weights: Optional[str], model_args: Optional[list[str]], device: str):
+def _load(model: str, weights: Optional[str], model_args: Optional[list[str]], device: str, exits: Optional[str] = None):
+    from eenet_cli.errors import InputError
     from eenet_cli.modelspec import load_model, parse_model_args
 
-    return load_model(model, parse_model_args(model_args), weights, device)
+    args = parse_model_args(model_args)
+    if exits is not None:
+        if "exits" in args:
+            raise InputError("give the exits once: --exits or --model-arg exits=...", field="--exits")
+        args["exits"] = exits
+    return load_model(model, args, weights, device)
+
+
+def _text_options(loaded, tokenizer, text_column, label_column, max_length):
+    from eenet_cli.text import TextOptions
+
+    return TextOptions(tokenizer=tokenizer, text_column=text_column, label_column=label_column, max_length=max_length, model=loaded.module)
 
 
 # --------------------------------------------------------------------------- profile
@@ -139,6 +184,11 @@ def profile_command(
     policy: Annotated[Optional[str], typer.Option("--policy", help="Policy JSON: run it for real over --data and report latency and accuracy.")] = None,
     data: DataOpt = None,
     costs: Annotated[Optional[str], typer.Option("--costs", help="With --policy: costs JSON or inline 1.2,2.5,3.7ms for the offline estimate (default: the policy's costs).")] = None,
+    exits: ExitsOpt = None,
+    tokenizer: TokenizerOpt = None,
+    text_column: TextColumnOpt = None,
+    label_column: LabelColumnOpt = None,
+    max_length: MaxLengthOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -152,10 +202,14 @@ def profile_command(
     if policy is not None:
         if data is None:
             raise InputError("--policy needs --data to run the policy on", field="--data")
-        _profile_policy(model, weights, model_arg, device, policy, data, costs, batch_size, threads, warmup, output, json_out, quiet)
+        text = (tokenizer, text_column, label_column, max_length)
+        _profile_policy(model, weights, model_arg, device, policy, data, costs, batch_size, threads, warmup, output, json_out, quiet, exits, text)
         return
     if data is not None:
         raise InputError("--data is used only with --policy (profiling times random inputs of --input-shape)", field="--data")
+    for name, value in (("--tokenizer", tokenizer), ("--text-column", text_column), ("--label-column", label_column), ("--max-length", max_length)):
+        if value is not None:
+            raise InputError("applies to text data, used only with --policy --data (profiling times random inputs of --input-shape)", field=name)
 
     import torch
 
@@ -165,11 +219,13 @@ def profile_command(
 
     if threads is not None:
         torch.set_num_threads(threads)
-    loaded = _load(model, weights, model_arg, device)
+    loaded = _load(model, weights, model_arg, device, exits)
     if input_shape is not None:
         shape = parse_shape(input_shape)
     elif loaded.input_shape is not None:
         shape = loaded.input_shape
+    elif getattr(loaded.module, "eenet_text", False):
+        raise InputError("needed for this text model: the number of tokens per sample, e.g. 64 (typical of your data)", field="--input-shape")
     else:
         raise InputError("needed for this model (the shape of one sample without the batch axis, e.g. 3,32,32)", field="--input-shape")
     with progress_bar(f"profiling {model}", repeats, quiet) as update:
@@ -196,7 +252,7 @@ def profile_command(
         stdout_console().print(_profile_table(doc, title))
 
 
-def _profile_policy(model, weights, model_arg, device, policy_path, data_spec, costs_spec, batch_size, threads, warmup, output, json_out, quiet) -> None:
+def _profile_policy(model, weights, model_arg, device, policy_path, data_spec, costs_spec, batch_size, threads, warmup, output, json_out, quiet, exits=None, text=(None, None, None, None)) -> None:
     import torch
 
     from eenet_cli.errors import InputError
@@ -212,7 +268,7 @@ def _profile_policy(model, weights, model_arg, device, policy_path, data_spec, c
     cost = load_costs(costs_spec) if costs_spec else None
     if cost is None and isinstance(pol.get("costs"), dict):
         cost = parse_costs_json(pol["costs"], f"{policy_path} (costs)")
-    loaded = _load(model, weights, model_arg, device)
+    loaded = _load(model, weights, model_arg, device, exits)
     from eenet_cli.runtime import check_policy
 
     if not loaded.staged:
@@ -220,7 +276,7 @@ def _profile_policy(model, weights, model_arg, device, policy_path, data_spec, c
     check_policy(pol, loaded.num_exits or 0, policy_path)
     if cost is not None and cost.num_exits != loaded.num_exits:
         raise InputError(f"has {cost.num_exits} costs but the model has {loaded.num_exits} exits", source=cost.source)
-    src = load_data(data_spec, batch_size)
+    src = load_data(data_spec, batch_size, text=_text_options(loaded, *text))
     with progress_bar("running policy", src.num_samples, quiet) as update:
         run = run_policy(loaded, pol, src, warmup=warmup, progress=lambda n: update(n))
     fr = run.exit_fractions
@@ -297,6 +353,11 @@ def dump_command(
     model_arg: ModelArgsOpt = None,
     scores: Annotated[str, typer.Option("--scores", help="logits (raw outputs) or probs (softmax of the outputs).")] = "logits",
     device: DeviceOpt = "cpu",
+    exits: ExitsOpt = None,
+    tokenizer: TokenizerOpt = None,
+    text_column: TextColumnOpt = None,
+    label_column: LabelColumnOpt = None,
+    max_length: MaxLengthOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -304,7 +365,7 @@ def dump_command(
     from eenet_cli.io import check_output_path, load_costs
 
     if data is None:
-        raise InputError("missing --data (an import string, .npz, .pt or digits:val); see eenet dump --help", field="--data")
+        raise InputError("missing --data (an import string, .npz, .pt, .csv/.parquet text or digits:val); see eenet dump --help", field="--data")
     if output is None or output == "-":
         raise InputError("give an output file with -o (Parquet is not written to stdout)", field="--output")
     if scores not in ("logits", "probs"):
@@ -319,14 +380,14 @@ def dump_command(
     cost = load_costs(costs) if costs else None
     if device == "cuda" and shard.active and os.environ.get("LOCAL_RANK"):
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    loaded = _load(model, weights, model_arg, device)
+    loaded = _load(model, weights, model_arg, device, exits)
     if cost is not None and loaded.num_exits is not None and cost.num_exits != loaded.num_exits:
         raise InputError(f"has {cost.num_exits} costs but the model has {loaded.num_exits} exits", source=cost.source, field="--costs")
 
     from eenet_cli.dumping import dump_predictions
     from eenet_cli.modelspec import load_data
 
-    src = load_data(data, batch_size, split_hint=split)
+    src = load_data(data, batch_size, split_hint=split, text=_text_options(loaded, tokenizer, text_column, label_column, max_length))
     _check_split_column(output, shard, split, append)
     label = f"dump {split or ''}".strip() + (f" [rank {shard.rank}/{shard.world}]" if shard.active else "")
     total = src.num_samples

@@ -577,7 +577,18 @@ def fit_eenet_policy(
         info["rounding"] = "round"
         thr, planned = fit.thresholds, fit.distribution
         if thresholds == "search":
-            thr = search_thresholds(ranking, costs, budget, features.correct, fit.thresholds)
+            # Coordinate ascent moves one threshold at a time, so with the budget binding it
+            # rarely leaves its start; start it from the quota thresholds and from the
+            # geometric ones (same scores) and keep the better on validation accuracy
+            # (ties: the cheaper, then the quota start).
+            starts = {"quota": fit.thresholds, "geometric": fit_geometric(ranking, costs, budget).thresholds}
+            best_key, best_val = None, None
+            for key, start in starts.items():
+                cand = search_thresholds(ranking, costs, budget, features.correct, start)
+                v = _validation(scores, cand, features, costs)
+                if best_val is None or (v["accuracy"], -v["avg_cost"]) > (best_val["accuracy"], -best_val["avg_cost"]):
+                    best_key, best_val, thr = key, v, cand
+            info["search_start"] = best_key
             planned = None
     validation = _validation(scores, thr, features, costs)
     if planned is None:

@@ -98,7 +98,7 @@ def input_names(k: int) -> list[str]:
     """Names of the dense inputs at exit ``k`` (0-based), in weight order."""
     names = []
     for i in range(k + 1):
-        names += [f"margin_{i}", f"log_max_prob_{i}", f"entropy_{i}"]
+        names += [f"margin_{i}", f"log_max_prob_{i}", f"entropy_{i}", f"relative_margin_{i}"]
     for i in range(k):
         names += [f"agree_{i}", f"support_{i}"]
     if k > 0:
@@ -111,10 +111,28 @@ def _log(p: np.ndarray) -> np.ndarray:
         return np.maximum(np.log(p.astype(np.float64)), LOG_FLOOR)
 
 
+SCALE_PRIOR = 10.0  # pseudo-rows of the overall mean margin added to each class's mean
+
+
+def class_scales(margin: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    """``[K, C]``: per exit, the mean margin of rows predicted as each class, shrunk towards
+    the exit's overall mean by :data:`SCALE_PRIOR` pseudo-rows. Label-free: dividing a margin
+    by its class's scale undoes a per-class temperature."""
+    k = margin.shape[1]
+    out = np.empty((k, num_classes))
+    for i in range(k):
+        overall = float(margin[:, i].mean()) if margin.shape[0] else 1.0
+        overall = max(overall, 1e-6)
+        total = np.bincount(preds[:, i], margin[:, i], num_classes)
+        count = np.bincount(preds[:, i], minlength=num_classes)
+        out[i] = np.maximum((total + SCALE_PRIOR * overall) / (count + SCALE_PRIOR), 1e-6)
+    return out
+
+
 class _Inputs:
     """Per-exit summaries of a set of predictions, computed once (exits 0..K'-1)."""
 
-    def __init__(self, features: ExitFeatures, num_exits: int | None = None):
+    def __init__(self, features: ExitFeatures, num_exits: int | None = None, class_scale=None):
         k = features.num_exits if num_exits is None else min(num_exits, features.num_exits)
         probs = features.probs[:, :k]
         c = probs.shape[2]
@@ -131,12 +149,16 @@ class _Inputs:
         self.entropy = np.asarray(features.entropy[:, :k], dtype=np.float64)
         self.vote = np.asarray(features.vote[:, :k], dtype=np.float64)
         self._probs = probs
+        if class_scale is None:
+            class_scale = class_scales(self.margin, self.preds, c)
+        self.class_scale = np.asarray(class_scale, dtype=np.float64)
+        self.rel_margin = np.stack([self.margin[:, i] / self.class_scale[i, self.preds[:, i]] for i in range(k)], axis=1) if k else self.margin
 
     def design(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Dense inputs ``[N, D_k]``, predicted class and margin at exit ``k``."""
         cols = []
         for i in range(k + 1):
-            cols += [self.margin[:, i], self.log_max[:, i], self.entropy[:, i]]
+            cols += [self.margin[:, i], self.log_max[:, i], self.entropy[:, i], self.rel_margin[:, i]]
         pk = self.preds[:, k]
         for i in range(k):
             cols.append((self.preds[:, i] == pk).astype(np.float64))
@@ -319,13 +341,13 @@ def lookahead_scores(scorer: dict, features: ExitFeatures) -> np.ndarray:
     k_all = len(scorer["exits"])
     if features.num_exits > k_all:
         raise ValueError(f"scorer has {k_all} exits, predictions have {features.num_exits}")
-    inputs = _Inputs(features, k_all)
+    inputs = _Inputs(features, k_all, np.asarray(scorer["class_scale"], dtype=np.float64))
     return _scores_from_estimates(scorer, _estimates(scorer["exits"], inputs, diagonal_only=scorer["rule"] == "quota"))
 
 
 def lookahead_estimates(scorer: dict, features: ExitFeatures) -> np.ndarray:
     """``[N, K', K]`` estimated chance that exit j is right, seen from exit k (NaN for j < k)."""
-    return _estimates(scorer["exits"], _Inputs(features, len(scorer["exits"])))
+    return _estimates(scorer["exits"], _Inputs(features, len(scorer["exits"]), np.asarray(scorer["class_scale"], dtype=np.float64)))
 
 
 # --------------------------------------------------------------------------- validation
@@ -484,7 +506,8 @@ def fit_estimators(features: ExitFeatures, *, seed: int = 0, num_folds: int = DE
         "alpha": chosen_alpha,
         "cv_log_loss": cv_loss,
     }
-    return {"exits": exits_json, "cv": cv, "final": final, "info": info}
+    scale = [[float(v) for v in row] for row in inputs.class_scale]
+    return {"exits": exits_json, "class_scale": scale, "cv": cv, "final": final, "info": info}
 
 
 def _exits_and_figures(scores: np.ndarray, thresholds: list, correct: np.ndarray, costs: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -602,6 +625,7 @@ def fit_lookahead(features: ExitFeatures, costs: np.ndarray, budget: float, *, s
         "num_classes": int(features.num_classes),
         "margin_clip": MARGIN_CLIP,
         "log_floor": LOG_FLOOR,
+        "class_scale": est["class_scale"],
         "exits": est["exits"],
     }
     fit_info: dict = {"rule": choice["rule"], "candidates": candidates}

@@ -77,6 +77,16 @@ def main() -> None:
         except ImportError:
             pass
 
+    commands = {args[0] for _, args in jobs if args}
+    if commands & {"dump", "profile"}:  # torch takes seconds to import: once, here
+        import torch  # noqa: F401
+
+        import eenet_cli.commands.model_cmd  # noqa: F401
+        import eenet_cli.modelspec  # noqa: F401
+    if "plot" in commands:
+        import eenet_cli.commands.plot_cmd  # noqa: F401
+        import eenet_cli.plotting  # noqa: F401  (matplotlib)
+
     sys.modules.pop("eenet_cli.__main__", None)  # runpy warns when it is already imported
     running: dict[int, tuple[str, float]] = {}
     pending = list(jobs)
@@ -97,10 +107,12 @@ def main() -> None:
                     os.kill(p, signal.SIGKILL)
             time.sleep(0.005)
             continue
-        case_id, _ = running.pop(pid)
+        case_id, start = running.pop(pid)
         rc = os.waitstatus_to_exitcode(status)
         with open(os.path.join(outdir, f"{case_id}.rc"), "w") as fh:
             fh.write(str(rc))
+        with open(os.path.join(outdir, f"{case_id}.seconds"), "w") as fh:
+            fh.write(f"{time.monotonic() - start:.3f}")
 
 
 if __name__ == "__main__":
