@@ -970,11 +970,17 @@ def validate_policy(doc: Any, source: str) -> None:
     scorer = doc["scorer"]
     if not isinstance(scorer, dict) or not isinstance(scorer.get("type"), str):
         raise InputError("expected an object with a 'type'", source=source, field="scorer")
-    kinds = ("maxprob", "entropy", "vote", "patience", "eenet")
+    kinds = ("maxprob", "entropy", "vote", "patience", "eenet", "lookahead")
     if scorer["type"] not in kinds:
         raise InputError(f"unknown scorer type {scorer['type']!r}; expected one of {', '.join(kinds)}", source=source, field="scorer.type")
     if scorer["type"] == "eenet":
         _validate_eenet_scorer(scorer, k, c, source)
+    elif scorer["type"] == "lookahead":
+        from eenet_cli.core.lookahead import validate_lookahead_scorer
+
+        problem = validate_lookahead_scorer(scorer, k, c)
+        if problem:
+            raise InputError(problem, source=source, field="scorer")
     budget = doc.get("budget")
     if budget is not None:
         value = budget.get("value") if isinstance(budget, dict) else None

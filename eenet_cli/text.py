@@ -73,6 +73,28 @@ def require_transformers():
     return transformers
 
 
+class _quiet_transformers:
+    """No progress bars or load-report warnings from transformers while eenet loads a model
+    (eenet's own stderr stays one line per event); the previous settings come back after."""
+
+    def __enter__(self):
+        from transformers.utils import logging as hf_logging
+
+        self._log = hf_logging
+        self._level = hf_logging.get_verbosity()
+        self._bars = hf_logging.is_progress_bar_enabled() if hasattr(hf_logging, "is_progress_bar_enabled") else None
+        hf_logging.set_verbosity_error()
+        if self._bars is not None:
+            hf_logging.disable_progress_bar()
+        return self
+
+    def __exit__(self, *exc):
+        self._log.set_verbosity(self._level)
+        if self._bars:
+            self._log.enable_progress_bar()
+        return False
+
+
 # --------------------------------------------------------------------------- exits
 
 
@@ -455,7 +477,7 @@ def build_text_model(
         got = _heads_from_state(read_state_dict(weights))
         num_classes = got[1] if got else None
     source = None
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _quiet_transformers():
         torch.manual_seed(seed)
         if isinstance(path, nn.Module):
             encoder = path
@@ -506,7 +528,8 @@ def load_tokenizer(path: str | Path, field: str = "--tokenizer"):
     if not p.is_dir():
         raise InputError("no such folder; a tokenizer is a local folder (tokenizer.json, vocab.txt, ...); eenet never downloads", source=str(path), field=field)
     try:
-        return transformers.AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+        with _quiet_transformers():
+            return transformers.AutoTokenizer.from_pretrained(str(p), local_files_only=True)
     except Exception as e:  # noqa: BLE001
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise InputError(f"not a readable tokenizer folder ({type(e).__name__}: {msg[:200]})", source=str(path), field=field) from None

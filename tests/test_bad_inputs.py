@@ -5,7 +5,7 @@ traceback; and nothing written (SPEC §4).
 The corpus is built once per module (``tests/bad_inputs/make.py``) and every case runs
 up front; each parametrized test then checks one case's outcome. To stay fast, the
 whole corpus runs through ``tests/bad_inputs/zygote.py`` (import once, fork a
-``python -m eenet_cli`` per case); a fifth of it also runs as a plain subprocess.
+``python -m eenet_cli`` per case); a sample of it also runs as a plain subprocess.
 """
 
 from __future__ import annotations

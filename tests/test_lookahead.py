@@ -151,8 +151,9 @@ def test_loose_budget_fallback_never_worse_than_quota_on_the_same_scores():
 def test_beats_maxprob_at_a_tight_budget_on_miscalibrated_data():
     _, fv, ft = split(n=4000, seed=7, miscalibration=1.0)
     rows = np.arange(ft.num_samples)
+    cache: dict = {}
     for b in (1.5, 2.0):
-        pol = fit_lookahead(fv, COSTS, b, seed=0)
+        pol = fit_lookahead(fv, COSTS, b, seed=0, cache=cache)
         ex = apply_thresholds(lookahead_scores(pol["scorer"], ft), pol["thresholds"])
         acc = ft.correct[rows, ex].mean()
         geo = fit_geometric(Ranking(fv.max_prob), COSTS, b)
@@ -189,6 +190,10 @@ def test_validator_accepts_fits_and_rejects_malformed_scorers(fits):
         "bias": lambda s: s["exits"][0]["targets"][0].update(bias=None),
         "inputs": lambda s: s["exits"][1].update(inputs=["margin_0"]),
         "not dict": lambda s: s["exits"].__setitem__(0, []),
+        "class_scale rows": lambda s: s["class_scale"].pop(),
+        "class_scale zero": lambda s: s["class_scale"][1].__setitem__(3, 0.0),
+        "class_scale nan": lambda s: s["class_scale"][0].__setitem__(0, float("nan")),
+        "margin_clip": lambda s: s.update(margin_clip=10.0),
     }
     for name, mutate in cases.items():
         assert isinstance(broken(mutate), str), name

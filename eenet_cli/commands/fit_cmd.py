@@ -18,8 +18,10 @@ works; progress and a summary go to stderr.
 
 Methods: eenet (default; the learned utility network of the paper with Algorithm 1
 thresholds), eenet-search (the same scores with thresholds searched on validation
-accuracy), eenet-geometric, eenet-maxprob (the paper's ablations), and the baselines
-maxprob, entropy, vote, patience. The realised validation cost of every policy is at
+accuracy), eenet-geometric, eenet-maxprob (the paper's ablations), lookahead (a
+cost-aware stopping rule: stop when the estimated gain of running on is worth less than
+its extra cost; see docs/lookahead.md), and the baselines maxprob, entropy, vote,
+patience. The realised validation cost of every policy is at
 most the budget; the policy records what it realised.
 
 Budgets: 6ms, 250us, 1.5s, 2GFLOPs, 60% (of the full model's cost), or a bare number in
@@ -46,7 +48,7 @@ def fit_command(
     predictions: Annotated[str, typer.Argument(help="Predictions Parquet file or folder ('-' for stdin).", show_default=False)],
     budget: Annotated[str, typer.Option("--budget", "-b", help="Average per-sample budget, e.g. 6ms or 60%.", show_default=False)],
     costs: CostsOpt = None,
-    method: Annotated[str, typer.Option("--method", "-m", help="eenet, eenet-search, eenet-geometric, eenet-maxprob, maxprob, entropy, vote or patience.")] = "eenet",
+    method: Annotated[str, typer.Option("--method", "-m", help="eenet, eenet-search, eenet-geometric, eenet-maxprob, lookahead, maxprob, entropy, vote or patience.")] = "eenet",
     output: OutputOpt = None,
     seed: SeedOpt = 0,
     record_time: Annotated[bool, typer.Option("--record-time", help="Store the fit's wall-clock seconds in the policy (makes the file differ between runs).")] = False,

@@ -8,12 +8,13 @@ from __future__ import annotations
 import math
 import os
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from eenet_cli.core.eenet_scorer import assignment_distribution, eenet_utilities
+from eenet_cli.core.eenet_scorer import eenet_forward, eenet_utilities
 from eenet_cli.core.measures import ExitFeatures
 from eenet_cli.core.thresholds import (
     Ranking,
@@ -194,7 +195,12 @@ def train_eenet(
         scorer = trainer.export()
     finally:
         torch.set_num_threads(prev_threads)
-    dist = assignment_distribution(scorer, features)
+    # one numpy pass gives both the utilities (thresholds) and p (as assignment_distribution)
+    util, assign = eenet_forward(scorer, features)
+    assign = assign - assign.max(axis=1, keepdims=True)
+    r_hat = np.exp(assign)
+    r_hat /= r_hat.sum(axis=1, keepdims=True)
+    dist = r_hat.mean(axis=0)
     history["expected_cost"] = float(dist @ costs)
     hp = asdict(hyper)
     hp["hidden_sizes"] = hidden
@@ -208,7 +214,11 @@ def train_eenet(
         seed=int(seed),
         budget=float(budget),
         seconds=time.perf_counter() - t_start,
-        extras={"torch_utilities": trainer.torch_utilities},
+        extras={
+            "torch_utilities": trainer.torch_utilities,
+            "numpy_utilities": util,
+            "features_ref": weakref.ref(features),
+        },
     )
 
 
@@ -269,6 +279,8 @@ class _Trainer:
         )
         row_work = sum((c + 3 + j) * hidden[j] for j in range(k))
         self.batch = _auto_batch(self.fit_rows.size, row_work, hyper)
+        # a held-out evaluation costs at most about one training step of work
+        self.eval_every = max(int(hyper.eval_every), math.ceil(self.hold_rows.size / self.batch))
         self.torch_utilities = None
 
     # -- parameters -------------------------------------------------------------------
@@ -407,12 +419,12 @@ class _Trainer:
             self.opt.step()
             step += 1
             if self.hold is not None:
-                if step % hyper.eval_every == 0 or step == total_steps:
+                if step % self.eval_every == 0 or step == total_steps:
                     held = self._held_out()
                     if held < best - hyper.min_delta:
                         best, best_state, best_step, since = held, self._snapshot(), step, 0
                     else:
-                        since += hyper.eval_every
+                        since += self.eval_every
             else:
                 ema = value if ema is None else 0.9 * ema + 0.1 * value
                 if ema < best - hyper.min_delta:
@@ -446,6 +458,7 @@ class _Trainer:
             "steps": step,
             "best_step": best_step,
             "batch_size": int(self.batch),
+            "eval_every": int(self.eval_every),
             "train_rows": int(self.fit_rows.size),
             "holdout_rows": int(self.hold_rows.size),
             "holdout_loss_g": None if self.hold is None else float(best),
@@ -510,9 +523,18 @@ def _training_info(trained: EENetResult) -> dict:
     }
 
 
-def _resolve_scores(scores_override, features: ExitFeatures, scorer: dict):
+def _utilities(trained: EENetResult, features: ExitFeatures) -> np.ndarray:
+    """The numpy utilities of ``features``; reused from training when it saw this very object."""
+    ref = trained.extras.get("features_ref")
+    if ref is not None and ref() is features and trained.extras.get("numpy_utilities") is not None:
+        return trained.extras["numpy_utilities"]
+    return eenet_utilities(trained.scorer, features)
+
+
+def _resolve_scores(scores_override, features: ExitFeatures, trained: EENetResult):
+    scorer = trained.scorer
     if scores_override is None:
-        return scorer, eenet_utilities(scorer, features)
+        return scorer, _utilities(trained, features)
     if isinstance(scores_override, dict):
         from eenet_cli.core.policy import compute_scores
 
@@ -563,7 +585,7 @@ def fit_eenet_policy(
             f"the training result was made for budget {trained.budget:g}, not {budget:g}; "
             "its exit distribution only applies to its own budget"
         )
-    scorer, scores = _resolve_scores(scores_override, features, trained.scorer)
+    scorer, scores = _resolve_scores(scores_override, features, trained)
     ranking = Ranking(scores)
     p = np.asarray(trained.distribution, dtype=np.float64)
     info: dict = {"method": thresholds}

@@ -7,7 +7,9 @@ the extra cost). Lookahead estimates both from the exits seen so far and stops w
 continuing is not worth its cost.
 
 **Estimators.** At exit k (0-based) a sample is described by summaries of exits 0..k only:
-per exit its logit margin (log p_top1 - log p_top2), log max-prob and entropy confidence;
+per exit its logit margin (log p_top1 - log p_top2), log max-prob, entropy confidence and
+relative margin (the margin divided by the mean margin of validation rows predicted as the
+same class at that exit: label-free, it undoes a per-class temperature);
 for each earlier exit whether it agrees with exit k's prediction and the log-probability it
 gave to that class; the vote measure; and, class-aware, the class exit k predicts (a
 per-class intercept and a per-class slope on exit k's margin: on miscalibrated models the
@@ -29,15 +31,20 @@ i.e. no later exit is expected to add more accuracy than it costs. The policy's 
 ``-gain_k`` with thresholds 0 (the last exit always stops; its score is 0), so the generic
 rule "stop at the first k with score >= t_k" applies unchanged. λ is found by bisection as
 the smallest price whose realised validation cost fits the budget (the cost falls as λ
-grows: every ``-gain_k`` is increasing in λ).
+grows: every ``-gain_k`` is increasing in λ), on the cross-fitted estimates; if the refitted
+estimators then spend more than the budget on the validation rows, λ is raised (bisection
+again) until they do not, so the policy's own validation figures always meet the budget.
+Each estimator's L2 strength is picked from (1, 10, 100) by cross-fitted log loss.
 
-**Fallback.** When the budget is loose (λ ≈ 0) a quota rule that spends the whole budget
-may be more accurate than stopping where the estimates say nothing more is to be gained.
-So the fit also tries quota thresholds on P̂[k, k] (geometric exit distribution, and the
-lookahead's own exit distribution) and a "fill" variant of the rule with λ < 0, and keeps
-whichever is most accurate on the cross-fitted validation scores (ties go to the lookahead
-rule). A quota policy has ``rule = "quota"``: its score is P̂[k, k] and its thresholds are
-the quota thresholds.
+**Fallback.** When the budget is loose (λ = 0) the rule stops where the estimates say
+nothing more is to be gained, which can leave budget unused, and a quota rule that spends it
+may be more accurate; and where the estimates are noisy (small validation sets) the
+difference of two estimates that the rule relies on is noisier than P̂[k, k] itself. So the
+fit also tries quota thresholds on P̂[k, k] (geometric exit distribution, and the lookahead's
+own exit distribution) and, when λ = 0, a "fill" variant of the rule with λ < 0 (a bonus per
+unit of cost spent), and keeps whichever is most accurate on the cross-fitted validation
+scores (ties go to the lookahead rule). A quota policy has ``rule = "quota"``: its score is
+P̂[k, k] and its thresholds are the quota thresholds. Measured in docs/lookahead.md.
 
 Scorer JSON (``policy["scorer"]``)::
 
@@ -46,6 +53,7 @@ Scorer JSON (``policy["scorer"]``)::
      "lambda": float,                      # price per cost unit (rule "lookahead")
      "costs": [c_1, ..., c_K],             # cumulative costs the price applies to
      "num_classes": C, "margin_clip": 30.0, "log_floor": -30.0,
+     "class_scale": [[C] x K],             # per exit, mean margin of rows predicted as each class
      "exits": [                            # exit k = 0..K-1
         {"inputs": [D_k feature names],
          "targets": [                      # j = k..K-1
@@ -392,6 +400,17 @@ def validate_lookahead_scorer(scorer, num_exits: int, num_classes: int) -> str |
         return "scorer.costs must be strictly increasing"
     if scorer.get("num_classes", num_classes) != num_classes:
         return f"scorer.num_classes is {scorer.get('num_classes')!r}, the policy has {num_classes} classes"
+    if scorer.get("margin_clip", MARGIN_CLIP) != MARGIN_CLIP or scorer.get("log_floor", LOG_FLOOR) != LOG_FLOOR:
+        return f"scorer.margin_clip and scorer.log_floor must be {MARGIN_CLIP} and {LOG_FLOOR} (scorer version {SCORER_VERSION})"
+    scale = scorer.get("class_scale")
+    if not isinstance(scale, list) or len(scale) != num_exits:
+        return f"scorer.class_scale must be a list of {num_exits} lists of {num_classes} numbers"
+    for k, row in enumerate(scale):
+        err = finite_list(row, num_classes, f"scorer.class_scale[{k}]")
+        if err:
+            return err
+        if min(row) <= 0:
+            return f"scorer.class_scale[{k}] must be positive"
     exits = scorer.get("exits")
     if not isinstance(exits, list) or len(exits) != num_exits:
         return f"scorer.exits must be a list of {num_exits} exits"
@@ -611,6 +630,7 @@ def fit_lookahead(features: ExitFeatures, costs: np.ndarray, budget: float, *, s
     _, acc, cost = _exits_and_figures(cv_rank.scores, dist.thresholds, correct, costs)
     candidates.append({"rule": "quota-lookahead-distribution", "cv_accuracy": acc, "cv_avg_cost": cost,
                        "distribution": [float(v) for v in look_dist], **dist.info})
+    # the most accurate on the cross-fitted scores; ties go to the earlier candidate (the rule)
     best = max(range(len(candidates)), key=lambda i: (candidates[i]["cv_accuracy"], -i))
     choice = candidates[best]
 

@@ -27,7 +27,7 @@ from eenet_cli.core.thresholds import Ranking, apply_thresholds, fit_geometric, 
 
 BASELINES = ["maxprob", "entropy", "vote", "patience"]
 EENET_METHODS = ["eenet", "eenet-maxprob", "eenet-geometric", "eenet-search"]
-POLICY_METHODS = BASELINES + EENET_METHODS
+POLICY_METHODS = BASELINES + EENET_METHODS + ["lookahead"]
 ALL_METHODS = POLICY_METHODS + ["oracle"]
 
 
@@ -57,6 +57,7 @@ class FitCache:
     features: ExitFeatures
     rankings: dict[str, Ranking] = field(default_factory=dict)
     trained: dict = field(default_factory=dict)  # (budget, seed) -> trained EENet
+    lookahead: dict = field(default_factory=dict)  # estimators reused across budgets
 
     def ranking(self, scorer: str) -> Ranking:
         if scorer not in self.rankings:
@@ -138,6 +139,12 @@ def fit_method(
         else:
             rule = {"eenet": "quota", "eenet-geometric": "geometric", "eenet-search": "search"}[method]
             parts = eenet_train.fit_eenet_policy(cache.features, costs, budget, seed=seed, hyper=hyper, trained=trained, thresholds=rule)
+        policy = _policy(method, parts["scorer"], parts["thresholds"], parts["exit_distribution"], costs, budget, unit,
+                         parts["validation"], training=parts.get("training", {}), threshold_fit=parts.get("threshold_fit", {}))
+    elif method == "lookahead":
+        from eenet_cli.core.lookahead import fit_lookahead
+
+        parts = fit_lookahead(cache.features, costs, budget, seed=seed, cache=cache.lookahead)
         policy = _policy(method, parts["scorer"], parts["thresholds"], parts["exit_distribution"], costs, budget, unit,
                          parts["validation"], training=parts.get("training", {}), threshold_fit=parts.get("threshold_fit", {}))
     else:

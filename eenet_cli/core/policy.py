@@ -48,6 +48,7 @@ SCORER_DESCRIPTIONS = {
     "vote": "share of exits so far agreeing with the majority (eq. 7), ties broken by max-prob: vote + a_max/(K+1)",
     "patience": "number of consecutive exits, ending here, that predict the same class",
     "eenet": "EENet utility network (eq. 8-10), pre-sigmoid utility",
+    "lookahead": "minus the best net gain of continuing: max_j>k [P(right at j) - P(right at k) - lambda (c_j - c_k)]",
 }
 
 
@@ -58,7 +59,11 @@ def compute_scores(scorer: dict, features: ExitFeatures) -> np.ndarray:
         return SIMPLE_SCORERS[kind](features)
     if kind == "eenet":
         return _eenet(features, scorer)
-    raise ValueError(f"unknown scorer type {kind!r}; expected one of {sorted([*SIMPLE_SCORERS, 'eenet'])}")
+    if kind == "lookahead":
+        from eenet_cli.core.lookahead import lookahead_scores
+
+        return lookahead_scores(scorer, features)
+    raise ValueError(f"unknown scorer type {kind!r}; expected one of {sorted([*SIMPLE_SCORERS, 'eenet', 'lookahead'])}")
 
 
 @dataclass

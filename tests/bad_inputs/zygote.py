@@ -4,7 +4,7 @@ Usage: ``python zygote.py CWD JOBS.json OUTDIR``. ``JOBS.json`` is ``{"id": [arg
 Each child is a fresh process that runs ``python -m eenet_cli ARGS`` exactly as the
 interpreter would (``runpy`` on ``eenet_cli.__main__`` with ``sys.argv`` set), with stdin
 from /dev/null and stdout/stderr written to ``OUTDIR/<id>.out`` / ``.err``; its exit status
-goes to ``OUTDIR/<id>.rc``. Only the start-up imports are shared (the parent reads no
+goes to ``OUTDIR/<id>.rc`` and its wall time to ``OUTDIR/<id>.seconds``. Only the start-up imports are shared (the parent reads no
 file and starts no thread before forking), which cuts each command from ~1-2 s to
 ~0.1 s. The test suite also runs a sample of the same cases through a real
 ``python -m eenet_cli`` subprocess.
