@@ -107,7 +107,7 @@ def train_heads(model, feats, y, *, epochs: int, lr: float, batch_size: int, wei
         total = 0.0
         for i in range(0, n, batch_size):
             b = perm[i : i + batch_size]
-            logits = [heads[j](feats[b, j]) for j in range(k)]
+            logits = [heads[j].linear(feats[b, j]) for j in range(k)]  # features are already pooled
             loss = multi_exit_loss(logits, y[b])
             opt.zero_grad()
             loss.backward()
@@ -116,7 +116,7 @@ def train_heads(model, feats, y, *, epochs: int, lr: float, batch_size: int, wei
         sched.step()
         if epoch == epochs - 1 or (epoch + 1) % max(1, epochs // 5) == 0:
             with torch.no_grad():
-                acc = accuracies([heads[j](feats[:, j]) for j in range(k)], y)
+                acc = accuracies([heads[j].linear(feats[:, j]) for j in range(k)], y)
             log(f"epoch {epoch + 1}/{epochs}: loss {total / n:.4f}, train exit accuracies {[round(a, 3) for a in acc]}")
     heads.eval()
 
@@ -125,7 +125,7 @@ def head_logits(model, feats) -> list:
     import torch
 
     with torch.no_grad():
-        return [model.heads[j](feats[:, j]) for j in range(len(model.heads))]
+        return [model.heads[j].linear(feats[:, j]) for j in range(len(model.heads))]
 
 
 def finetune(model, texts: list[str], y, options, *, epochs: int, lr: float, encoder_lr: float, batch_size: int,

@@ -197,13 +197,15 @@ def _gram(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _fit_logistic(x: np.ndarray, cls: np.ndarray, m: np.ndarray, num_classes: int, y: np.ndarray,
-                  alpha: float | tuple[float, float], max_iter: int = 50, tol: float = 1e-9) -> dict:
+                  alpha: float | tuple[float, float], max_iter: int = 50, tol: float = 1e-9,
+                  init: tuple | None = None) -> dict:
     """L2 logistic regression with a dense part and a per-class (intercept, slope on m) part.
 
     Minimises ``sum logloss + alpha_d/2 |w|^2 + alpha_c/2 (|a|^2 + |s|^2) + BIAS_PENALTY/2 b^2``
     (``alpha`` is one strength for both or a pair ``(alpha_d, alpha_c)``) on
     standardised inputs by damped Newton steps; the per-class block is block-diagonal (2x2
-    per class) and is eliminated by a Schur complement. Returns weights on the raw scale.
+    per class) and is eliminated by a Schur complement. ``init`` (the ``"state"`` of an
+    earlier fit on similar data) warm-starts it. Returns weights on the raw scale.
     """
     n, d = x.shape
     c = num_classes
@@ -218,10 +220,13 @@ def _fit_logistic(x: np.ndarray, cls: np.ndarray, m: np.ndarray, num_classes: in
     ms = (m - m_mu) / m_sd
     y = y.astype(np.float64)
     ybar = float(np.clip(y.mean() if n else 0.5, 1e-3, 1 - 1e-3))
-    b = math.log(ybar / (1 - ybar))
-    w = np.zeros(d)
-    a = np.zeros(c)
-    s = np.zeros(c)
+    if init is None:
+        b = math.log(ybar / (1 - ybar))
+        w = np.zeros(d)
+        a = np.zeros(c)
+        s = np.zeros(c)
+    else:
+        b, w, a, s = float(init[0]), init[1].copy(), init[2].copy(), init[3].copy()
 
     def objective(b, w, a, s):
         z = b + xs @ w + a[cls] + s[cls] * ms
@@ -291,6 +296,7 @@ def _fit_logistic(x: np.ndarray, cls: np.ndarray, m: np.ndarray, num_classes: in
         "weight": w_raw,
         "class_bias": a - slope * m_mu,
         "class_slope": slope,
+        "state": (b, w, a, s),
     }
 
 
@@ -495,23 +501,25 @@ def fit_estimators(features: ExitFeatures, *, seed: int = 0, num_folds: int = DE
         targets, alpha_row, loss_row = [], [], []
         for j in range(k, kk):
             y = correct[:, j].astype(np.float64)
-            best = None
-            for alpha in alphas:
-                z = np.empty(n)
-                if num_folds > 1:
-                    for f in range(num_folds):
-                        tr = fold != f
-                        te = ~tr
-                        params = _fit_logistic(x[tr], cls[tr], m[tr], c, y[tr], alpha)
-                        z[te] = _logit(params, x[te], cls[te], m[te])
-                else:
-                    z = _logit(_fit_logistic(x, cls, m, c, y, alpha), x, cls, m)
-                loss = _log_loss(z, y)
-                if best is None or loss < best[0] - 1e-12:
-                    best = (loss, alpha, z)
-            loss, alpha, z = best
+            zs = [np.empty(n) for _ in alphas]
+            states: list[list] = [[] for _ in alphas]
+            for f in range(num_folds):
+                tr = fold != f if num_folds > 1 else np.ones(n, dtype=bool)
+                te = ~tr if num_folds > 1 else tr
+                xt, ct, mt, yt = x[tr], cls[tr], m[tr], y[tr]
+                state = None
+                for i, alpha in enumerate(alphas):  # each strength warm-starts from the previous one
+                    params = _fit_logistic(xt, ct, mt, c, yt, alpha, init=state)
+                    state = params["state"]
+                    states[i].append(state)
+                    zs[i][te] = _logit(params, x[te], cls[te], m[te])
+            losses = [_log_loss(z, y) for z in zs]
+            best = min(range(len(alphas)), key=lambda i: (losses[i], i))
+            loss, alpha, z = losses[best], alphas[best], zs[best]
             cv[:, k, j] = _expit(z)
-            params = _fit_logistic(x, cls, m, c, y, alpha)
+            st = states[best]
+            init = (float(np.mean([t[0] for t in st])), *(np.mean([t[i] for t in st], axis=0) for i in (1, 2, 3)))
+            params = _fit_logistic(x, cls, m, c, y, alpha, init=init)
             targets.append(_estimator_json(params, k, j))
             alpha_row.append(_alpha_json(alpha))
             loss_row.append(float(loss))
