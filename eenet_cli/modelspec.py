@@ -33,6 +33,7 @@ names the spec and what is wrong. This module imports torch; import it lazily.
 
 from __future__ import annotations
 
+import warnings
 import importlib
 import os
 import sys
@@ -301,7 +302,9 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     import zipfile
 
     try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about old pickle protocols; our error says more
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
         if "weights_only" in msg or "Unsupported global" in msg or "WeightsUnpickler" in msg:
@@ -637,7 +640,9 @@ def _read_pt(path: Path, spec: str) -> tuple[torch.Tensor, torch.Tensor]:
     if not path.is_file():
         raise InputError("no such file", source=spec, field="--data")
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about old pickle protocols; our error says more
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise InputError(
             "holds pickled Python objects, not just tensors; eenet reads .pt data with torch.load(weights_only=True): "

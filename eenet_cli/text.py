@@ -687,7 +687,7 @@ def _integer_labels(raw: Any, src: str, column: str) -> np.ndarray:
         bad = ~np.isfinite(a) | (a != np.round(a))
         if bad.any():
             i = int(np.argmax(bad))
-            raise InputError(f"row {i}: label {a[i]!r} is not an integer class id", source=src, field=column)
+            raise InputError(f"row {i}: label {a[i].item()!r} is not an integer class id", source=src, field=column)
         labels = a.astype(np.int64)
     else:
         labels = np.empty(len(a), dtype=np.int64)

@@ -36,7 +36,15 @@ def stdout_console():
 
 
 def log(message: str, quiet: bool = False) -> None:
-    """One informational line on stderr (suppressed by --quiet)."""
+    """One informational line on stderr, only when stderr is a terminal and not --quiet
+    (SPEC §4: logs disappear in pipelines)."""
+    if not quiet and sys.stderr.isatty():
+        sys.stderr.write(message.rstrip("\n") + "\n")
+
+
+def report(message: str, quiet: bool = False) -> None:
+    """A command's human-readable result on stderr (its data went to stdout or a file);
+    suppressed only by --quiet."""
     if not quiet:
         sys.stderr.write(message.rstrip("\n") + "\n")
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from eenet_cli.cli import app
-from eenet_cli.commands.common import CostsOpt, JsonOpt, OutputOpt, QuietOpt, SeedOpt, log, progress_bar, stderr_console, stdout_console
+from eenet_cli.commands.common import CostsOpt, JsonOpt, OutputOpt, QuietOpt, SeedOpt, log, progress_bar, report, stderr_console, stdout_console
 
 EVALUATE_HELP = """Report test accuracy and realised cost per (method, budget).
 
@@ -165,4 +165,4 @@ def evaluate_command(
         problems = check_regressions(doc, expected, tolerance)
         if problems:
             raise CheckFailed(f"{len(problems)} regression(s) against {check}:\n  " + "\n  ".join(problems))
-        log(f"check passed: {len(expected['results'])} (method, budget) pairs within tolerance {tolerance:g} of {check}", quiet)
+        report(f"check passed: {len(expected['results'])} (method, budget) pairs within tolerance {tolerance:g} of {check}", quiet)

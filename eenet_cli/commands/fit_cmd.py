@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from eenet_cli.cli import app
-from eenet_cli.commands.common import CostsOpt, JsonOpt, OutputOpt, QuietOpt, SeedOpt, log, progress_bar
+from eenet_cli.commands.common import CostsOpt, JsonOpt, OutputOpt, QuietOpt, SeedOpt, log, progress_bar, report
 
 FIT_HELP = """Learn an exit policy for an average per-sample budget; write it as JSON.
 
@@ -137,7 +137,7 @@ def apply_command(
     else:
         acc = "n/a" if s["accuracy"] is None else f"{100 * s['accuracy']:.2f}%"
         met = "" if s["budget"] is None else f" (budget {s['budget']:g}{s['unit']}: {'met' if s['budget_met'] else 'OVERRUN'})"
-        log(
+        report(
             f"{s['method']}: {s['n']} samples, accuracy {acc}, average cost {s['avg_cost']:.4g}{s['unit']}{met}, "
             f"exits {'/'.join(f'{x:.3f}' for x in s['exit_fractions'])}",
             quiet,

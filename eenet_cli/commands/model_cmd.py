@@ -256,15 +256,13 @@ def _profile_policy(model, weights, model_arg, device, policy_path, data_spec, c
     import torch
 
     from eenet_cli.errors import InputError
-    from eenet_cli.io import CREATED_BY, dumps, load_costs, parse_costs_json, read_json, write_text
+    from eenet_cli.io import CREATED_BY, dumps, load_costs, parse_costs_json, read_policy, write_text
     from eenet_cli.modelspec import load_data
     from eenet_cli.profiling import run_policy
 
     if threads is not None:
         torch.set_num_threads(threads)
-    pol = read_json(policy_path)
-    if not isinstance(pol, dict):
-        raise InputError("expected a policy JSON object", source=policy_path)
+    pol = read_policy(policy_path)
     cost = load_costs(costs_spec) if costs_spec else None
     if cost is None and isinstance(pol.get("costs"), dict):
         cost = parse_costs_json(pol["costs"], f"{policy_path} (costs)")

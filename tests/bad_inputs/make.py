@@ -316,9 +316,7 @@ def _model_cases() -> list[Case]:
         _dump("dump_data_missing", "digits-cnn", data="in/no_such_data.npz", expect=("in/no_such_data.npz", "--data")),
         _dump("dump_weights_malicious_pickle", "digits-cnn", "--weights", m("payload.pt"),
               expect=(m("payload.pt"), "--weights", "weights_only=True")),
-        _dump("dump_weights_pickle_protocol_4", "digits-cnn", "--weights", m("protocol4.pt"), expect=(m("protocol4.pt"), "--weights"),
-              xfail="torch's weights_only unpickler prints a multi-line UserWarning before eenet's error line "
-                    "(modelspec.load_state_dict should silence warnings around torch.load)"),
+        _dump("dump_weights_pickle_protocol_4", "digits-cnn", "--weights", m("protocol4.pt"), expect=(m("protocol4.pt"), "--weights")),
         _dump("dump_weights_not_safetensors", "digits-cnn", "--weights", m("garbage.safetensors"),
               expect=(m("garbage.safetensors"), "--weights", "safetensors")),
         _dump("dump_weights_missing", "digits-cnn", "--weights", "in/no_such_weights.safetensors", expect=("in/no_such_weights.safetensors", "no such file")),
@@ -337,9 +335,7 @@ def _model_cases() -> list[Case]:
         _profile("profile_policy_without_data", "digits-cnn", "--policy", POLICY, expect=("--policy", "--data")),
         _profile("profile_policy_other_k", "digits-cnn", "--policy", POLICY, "--data", TINY, expect=(POLICY, "4")),
         _profile("profile_policy_version_2", "digits-cnn", "--policy", m("policy_v2.json"), "--data", TINY,
-                 expect=(m("policy_v2.json"), "version", "upgrade"),
-                 xfail="profile --policy reads the policy with read_json, not read_policy: no version check "
-                       "(commands/model_cmd.py _profile_policy)"),
+                 expect=(m("policy_v2.json"), "version", "upgrade")),
         _profile("profile_weights_malicious_pickle", "digits-cnn", "--weights", m("payload.pt"), expect=(m("payload.pt"), "weights_only=True")),
     ]
 
