@@ -112,7 +112,7 @@ def train_heads(model, feats, y, *, epochs: int, lr: float, batch_size: int, wei
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(b)
+            total += float(loss.detach()) * len(b)
         sched.step()
         if epoch == epochs - 1 or (epoch + 1) % max(1, epochs // 5) == 0:
             with torch.no_grad():
@@ -155,7 +155,7 @@ def finetune(model, texts: list[str], y, options, *, epochs: int, lr: float, enc
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(b)
+            total += float(loss.detach()) * len(b)
         log(f"epoch {epoch + 1}/{epochs}: loss {total / len(texts):.4f} ({time.perf_counter() - t0:.0f}s)")
     model.eval()
 

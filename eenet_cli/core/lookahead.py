@@ -160,7 +160,8 @@ class _Inputs:
         if class_scale is None:
             class_scale = class_scales(self.margin, self.preds, c)
         self.class_scale = np.asarray(class_scale, dtype=np.float64)
-        self.rel_margin = np.stack([self.margin[:, i] / self.class_scale[i, self.preds[:, i]] for i in range(k)], axis=1) if k else self.margin
+        rel = [self.margin[:, i] / self.class_scale[i, self.preds[:, i]] for i in range(k)]
+        self.rel_margin = np.stack(rel, axis=1) if k else self.margin
 
     def design(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Dense inputs ``[N, D_k]``, predicted class and margin at exit ``k``."""
@@ -361,12 +362,14 @@ def lookahead_scores(scorer: dict, features: ExitFeatures) -> np.ndarray:
     if features.num_exits > k_all:
         raise ValueError(f"scorer has {k_all} exits, predictions have {features.num_exits}")
     inputs = _Inputs(features, k_all, np.asarray(scorer["class_scale"], dtype=np.float64))
-    return _scores_from_estimates(scorer, _estimates(scorer["exits"], inputs, diagonal_only=scorer["rule"] == "quota"))
+    p = _estimates(scorer["exits"], inputs, diagonal_only=scorer["rule"] == "quota")
+    return _scores_from_estimates(scorer, p)
 
 
 def lookahead_estimates(scorer: dict, features: ExitFeatures) -> np.ndarray:
     """``[N, K', K]`` estimated chance that exit j is right, seen from exit k (NaN for j < k)."""
-    return _estimates(scorer["exits"], _Inputs(features, len(scorer["exits"]), np.asarray(scorer["class_scale"], dtype=np.float64)))
+    inputs = _Inputs(features, len(scorer["exits"]), np.asarray(scorer["class_scale"], dtype=np.float64))
+    return _estimates(scorer["exits"], inputs)
 
 
 # --------------------------------------------------------------------------- validation
