@@ -124,8 +124,9 @@ def test_profile_policy_on_the_sample_model(runner, tmp_path):
     feats = exit_features(test.scores, "logits", test.labels)
     policy = _policy({"type": "maxprob"}, feats, 4, 10, quantile=0.3)
     costs = p.meta["costs"]
-    policy["costs"] = costs
+    policy["costs"] = {"unit": costs["unit"], "costs": costs["costs"]}
     policy["budget"] = {"value": costs["costs"][2], "unit": "ms"}
+    policy.update({"format": "policy", "version": 1, "method": "maxprob", "num_exits": 4, "num_classes": 10})
     offline = apply_to_features(policy, feats)
     (tmp_path / "policy.json").write_text(json.dumps(policy))
     r = invoke(runner, "profile", "digits-cnn", "--weights", SAMPLE / "digits_model.safetensors", "--policy", tmp_path / "policy.json",

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from eenet_cli.cli import app
-from eenet_cli.commands.common import QuietOpt, log
+from eenet_cli.commands.common import QuietOpt, log, report
 
 KINDS = ("tradeoff", "exits", "scores", "separation")
 RESULT_KINDS = ("tradeoff", "exits")
@@ -229,7 +229,7 @@ def _results_figure(kind: str, path: str, *, title, budget_text, split, quiet):
         return plotting.tradeoff_figure(doc["results"], unit=unit, costs=costs, split=split, title=title, budget=target)
     chosen = plotting.nearest_budget(doc["results"], target)
     how = "median budget" if target is None else f"nearest to {target:g}{unit}"
-    log(f"exit distribution at budget {chosen:g}{unit} ({how})", quiet)
+    report(f"exit distribution at budget {chosen:g}{unit} ({how})", quiet)
     return plotting.exits_figure(doc["results"], chosen, unit=unit, split=split, title=title)
 
 
@@ -277,7 +277,7 @@ def _policy_figure(kind: str, policy_path: str, preds_path: str, *, title, split
     if isinstance(budget, dict) and isinstance(budget.get("value"), (int, float)):
         where += f" at {budget['value']:.4g} {budget.get('unit', '')}".rstrip()
     n = preds.num_samples
-    log(f"{kind}: {where}, {n} samples ({which}) of {preds.source}", quiet)
+    report(f"{kind}: {where}, {n} samples ({which}) of {preds.source}", quiet)
     if kind == "scores":
         head = title if title is not None else f"Exit scores per class: {where} ({which}, n={n})"
         return plotting.scores_figure(
@@ -341,4 +341,4 @@ def plot_command(
         return
     with atomic_path(output) as tmp:
         save_figure(fig, str(tmp), fmt, dpi)
-    log(f"wrote {output} ({chosen})", quiet)
+    report(f"wrote {output} ({chosen})", quiet)
