@@ -451,11 +451,12 @@ def build_text_model(
     ``num_classes`` when they are not given. The new heads are initialised from ``seed``
     without touching the global random state, so the same call gives the same model.
 
-    >>> from transformers import BertConfig  # doctest: +SKIP
-    >>> m = build_text_model(BertConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-    ...                                 intermediate_size=64, vocab_size=100), num_classes=3)  # doctest: +SKIP
-    >>> m.exits, len(m.stages), len(m.heads)  # doctest: +SKIP
-    ([1, 2, 3, 4], 4, 4)
+    Example (``m.exits == [1, 2, 3, 4]``, four stages and four heads)::
+
+        from transformers import BertConfig
+        m = build_text_model(BertConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                        intermediate_size=64, vocab_size=100), num_classes=3)
+        logits = m({"input_ids": ids, "attention_mask": mask})   # K tensors [B, 3]
     """
     transformers = require_transformers()
     num_classes = _coerce_int(num_classes, "num_classes")

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from eenet_cli.cli import app
-from eenet_cli.commands.common import QuietOpt, log, report
+from eenet_cli.commands.common import QuietOpt, report
 
 KINDS = ("tradeoff", "exits", "scores", "separation")
 RESULT_KINDS = ("tradeoff", "exits")
