@@ -268,7 +268,7 @@ def evaluate(
         values = default_budgets(cost)
     else:
         values = [_budget_value(b, cost) for b in budgets]
-    methods = list(methods) if methods else BASELINES + ["eenet", "oracle"]
+    methods = list(methods) if methods else BASELINES + ["eenet", "lookahead", "oracle"]
     for m in methods:
         check_method(m, ALL_METHODS)
     val, tst, how = split_for_evaluation(preds, test, val_fraction, seed)

@@ -219,9 +219,6 @@ def load_model(spec: str, model_args: dict | None = None, weights: str | None = 
             loader(weights)  # e.g. a text model: a heads-only file keeps the pretrained encoder
         else:
             load_weights(module, weights, spec)
-    if input_shape is None:
-        default = getattr(module, "eenet_input_shape", None)
-        input_shape = tuple(int(d) for d in default) if default else None
     dev = check_device(device)
     if not spec.endswith(".pt2"):  # an exported module is already on its device and in eval form
         module = module.to(dev).eval()

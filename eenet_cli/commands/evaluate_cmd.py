@@ -15,7 +15,7 @@ EVALUATE_HELP = """Report test accuracy and realised cost per (method, budget).
 Each policy is fitted on the validation rows and applied to the test rows; the oracle
 (the exact ceiling when correctness is known) is its own method. Budgets default to 10
 evenly spaced over [c_1, c_K]; methods default to maxprob, entropy, vote, patience,
-eenet and oracle (also available: eenet-maxprob, eenet-geometric, eenet-search).
+eenet, lookahead and oracle (also: eenet-maxprob, eenet-geometric, eenet-search; or all).
 
 With --check, compare with a stored results file and exit 1 naming every
 (method, budget) whose accuracy fell by more than --tolerance, whose test cost now
@@ -136,7 +136,7 @@ def evaluate_command(
     from eenet_cli.budgets import default_budgets, parse_budgets
 
     budget_values = parse_budgets(budgets, cost) if budgets is not None else default_budgets(cost)
-    n_methods = len(method_list) if method_list else 6
+    n_methods = len(method_list) if method_list else 7
     with progress_bar("evaluating", len(budget_values) * n_methods, quiet) as update:
         doc = api.evaluate(
             preds,
