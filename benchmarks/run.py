@@ -44,40 +44,35 @@ def dataset(name: str, n: int, k: int, c: int, seed: int = 0, miscalibration: fl
     return path
 
 
-# Each probe runs in a fresh interpreter: it imports what it needs, records the RSS, runs the
-# work `repeats` times and prints JSON {"times": [...], "peak_mb": ..., "extra": {...}}.
-PROBE = textwrap.dedent("""
-    import json, resource, sys, time, gc
-    def rss_mb():
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    def peak_mb():
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    def reset_peak():
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    SETUP
-    gc.collect(); reset_peak(); base = rss_mb()
-    times = []; extra = {}
-    for _ in range(REPEATS):
-        t = time.perf_counter()
-        WORK
-        times.append(time.perf_counter() - t)
-    print(json.dumps({"times": times, "peak_mb": peak_mb() - base, "extra": extra}))
-""")
+# Each probe runs in a fresh interpreter: it imports what it needs (setup), records the RSS,
+# runs the work `repeats` times and prints JSON {"times": [...], "peak_mb": ...}.
+PROBE_HEAD = """
+import gc, json, time
+def _status(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) / 1024
+"""
+
+PROBE_TAIL = """
+gc.collect()
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak-RSS counter
+base = _status("VmRSS:")
+times = []
+for _ in range({repeats}):
+    t = time.perf_counter()
+    _work()
+    times.append(time.perf_counter() - t)
+print(json.dumps({{"times": times, "peak_mb": _status("VmHWM:") - base}}))
+"""
 
 
 def probe(setup: str, work: str, repeats: int = 3) -> dict:
-    code = PROBE.replace("SETUP", textwrap.dedent(setup).replace("\n", "\n    ").strip() if False else "")
-    body = PROBE.replace("    SETUP", textwrap.indent(textwrap.dedent(setup).strip(), "    "))
-    body = body.replace("        WORK", textwrap.indent(textwrap.dedent(work).strip(), "        "))
-    body = body.replace("REPEATS", str(repeats))
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(body)], capture_output=True, text=True, cwd=ROOT)
+    body = (PROBE_HEAD + textwrap.dedent(setup).strip() + "\n\ndef _work():\n"
+            + textwrap.indent(textwrap.dedent(work).strip(), "    ") + "\n" + PROBE_TAIL.format(repeats=repeats))
+    out = subprocess.run([sys.executable, "-c", body], capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -148,13 +143,13 @@ def main() -> None:
     # 1. reading predictions ---------------------------------------------------------
     big = dataset("imagenet", big_n, 5, big_c)
     logits_mb = big_n * 5 * big_c * 4 / 2**20
-    arrow = probe("import pyarrow.parquet as pq", f"tbl = pq.read_table({str(big)!r}); del tbl", r)
-    ours = probe("from eenet_cli.io import read_predictions", f"p = read_predictions({str(big)!r}); del p", r)
+    arrow = probe("import pyarrow.parquet as pq", f"tbl = pq.read_table({str(big)!r})\ndel tbl", r)
+    ours = probe("from eenet_cli.io import read_predictions", f"p = read_predictions({str(big)!r})\ndel p", r)
     a, o = statistics.median(arrow["times"]), statistics.median(ours["times"])
     t.add(f"read {big_n}x5x{big_c} predictions (pyarrow read_table)", f"{a:.2f} s", "reference", None, f"peak {arrow['peak_mb']:.0f} MB")
     t.add(f"read {big_n}x5x{big_c} predictions (eenet, validated)", f"{o:.2f} s ({o / a:.2f}x)", "<= 1.5x pyarrow", o <= 1.5 * a)
     t.add("  peak memory of the eenet read / logits size", f"{ours['peak_mb']:.0f} MB ({ours['peak_mb'] / logits_mb:.2f}x)", "< 1.5x", ours["peak_mb"] < 1.5 * logits_mb, f"logits {logits_mb:.0f} MB")
-    naive = probe("import pandas as pd, numpy as np", f"df = pd.read_parquet({str(big)!r}); x = np.stack([np.stack(df[f'exit_{{j}}'].to_list()) for j in range(5)], 1); del df, x", 1)
+    naive = probe("import pandas as pd, numpy as np", f"df = pd.read_parquet({str(big)!r})\nx = np.stack([np.stack(df[f'exit_{{j}}'].to_list()) for j in range(5)], 1)\ndel df, x", 1)
     nv = statistics.median(naive["times"])
     t.add("  naive read (pandas rows of Python lists, np.stack)", f"{nv:.2f} s", "ratio", None, f"eenet is {nv / o:.1f}x faster, peak {naive['peak_mb']:.0f} MB")
 
@@ -188,6 +183,38 @@ def main() -> None:
     )
     us = statistics.median(one["times"]) / 500 * 1e6
     t.add("apply eenet policy, batch size 1, C=100 (numpy, per sample)", f"{us:.0f} us", "< 100 us", us < 100)
+    vec = probe(
+        f"""
+        from eenet_cli.io import read_policy, read_predictions
+        from eenet_cli.core.policy import apply_to_features
+        policy = read_policy({str(pol)!r}); preds = read_predictions({str(small)!r})
+        """,
+        "apply_to_features(policy, preds.features())",
+        r,
+    )
+    n_small = 10_000
+    vus = statistics.median(vec["times"]) / n_small * 1e6
+    t.add("  same policy vectorised over 10,000 samples (per sample)", f"{vus:.1f} us", "ratio", None, f"{us / vus:.0f}x faster than the per-sample loop")
+    first = probe(
+        f"""
+        from eenet_cli.io import read_policy, read_predictions
+        from eenet_cli.core.online import OnlinePolicy
+        policy = read_policy({str(pol)!r}); preds = read_predictions({str(small)!r})
+        policy["thresholds"][0] = -1e300  # every sample stops at exit 1: one decision each
+        x = preds.scores[:500]; sp = OnlinePolicy(policy)
+        """,
+        "for i in range(500):\n    sp.run(x[i])",
+        r,
+    )
+    dus = statistics.median(first["times"]) / 500 * 1e6
+    try:
+        prof = subprocess.run([sys.executable, "-m", "eenet_cli", "profile", "resnet56", "--input-shape", "3,32,32", "--repeats", "30",
+                               "--threads", "1", "--json", "-q", "-o", "-"], capture_output=True, text=True, cwd=ROOT, check=True)
+        c1_ms = json.loads(prof.stdout)["costs"][0]
+        share = dus / (c1_ms * 1000) * 100
+        t.add("one exit decision (eenet, C=100) vs ResNet-56 exit-1 latency", f"{dus:.0f} us / {c1_ms:.2f} ms = {share:.2f}%", "< 1%", share < 1)
+    except (subprocess.CalledProcessError, KeyError, ValueError) as e:  # pragma: no cover
+        t.add("one exit decision vs ResNet-56 exit-1 latency", f"{dus:.0f} us", "< 1%", None, f"profile failed: {e}")
 
     # 6. start-up ---------------------------------------------------------------------------
     times = []

@@ -28,7 +28,9 @@ Steps:
    token count of the ``val`` texts -> ``sample_data/text/rt_costs.json``.
 4. ``eenet dump`` of ``val`` then ``--append`` of ``test`` (texts tokenised by the model
    folder's tokenizer) -> ``sample_data/text/rotten_tomatoes.parquet``, costs embedded.
-5. ``eenet evaluate`` on it with every method; the table is printed (docs/text.md has it).
+5. ``eenet evaluate`` on it with every method at budgets of 20%, 30%, ..., 90% of the full
+   model's cost -> ``build/text/rt_results.json``; the per-exit accuracies and the results
+   are printed as Markdown tables (docs/text.md has them).
 
 The heads and the logits are the same on every run on the same machine (seeded,
 deterministic, one thread); latencies depend on the machine. ``--skip-train`` re-profiles
@@ -55,6 +57,8 @@ EXITS = "1,2,3,4,5,6"
 SEED = 0
 N_VAL = 1000
 N_TEST = 1000
+METHODS = "maxprob,entropy,vote,patience,eenet,oracle"
+BUDGETS = "20%:90%:10%"  # of the full model's cost: portable across machines
 
 
 def env() -> dict:
@@ -184,7 +188,45 @@ def main() -> None:
           "--split", "val", "--costs", rel(costs), "-o", rel(preds))
     eenet("dump", *common, "--data", rel(splits["test"]), "--text-column", "text", "--label-column", "label",
           "--split", "test", "-o", rel(preds), "--append")
-    eenet("evaluate", rel(preds), "--methods", "maxprob,entropy,vote,patience,eenet,oracle", "-o", rel(work / "rt_results.json"))
+    results = work / "rt_results.json"
+    eenet("evaluate", rel(preds), "--methods", METHODS, "--budgets", BUDGETS, "-o", rel(results))
+    print()
+    print(exit_table(preds))
+    print()
+    print(markdown_table(results))
+
+
+def exit_table(preds: Path) -> str:
+    """Per-exit accuracy on each split, as Markdown."""
+    from eenet_cli.io import read_predictions
+
+    p = read_predictions(preds)
+    k = p.scores.shape[1]
+    lines = ["| split | " + " | ".join(f"exit {j} (layer {j + 1})" for j in range(k)) + " |", "| --- |" + " --- |" * k]
+    for split in ("val", "test"):
+        m = p.split == split
+        acc = [(p.scores[m][:, j].argmax(-1) == p.labels[m]).mean() for j in range(k)]
+        lines.append(f"| {split} ({int(m.sum())}) | " + " | ".join(f"{a:.3f}" for a in acc) + " |")
+    return "\n".join(lines)
+
+
+def markdown_table(results: Path) -> str:
+    """Test accuracy (%) and test cost per (budget, method), as Markdown; * = budget overrun on test."""
+    import json
+
+    doc = json.loads(results.read_text())
+    methods: list[str] = []
+    rows: dict = {}
+    for r in doc["results"]:
+        if r["method"] not in methods:
+            methods.append(r["method"])
+        rows.setdefault(r["budget"], {})[r["method"]] = r
+    unit = doc["results"][0]["unit"]
+    lines = ["| budget | " + " | ".join(methods) + " |", "| --- |" + " --- |" * len(methods)]
+    for b in sorted(rows):
+        cells = [f"{100 * rows[b][m]['accuracy']:.1f} ({rows[b][m]['avg_cost']:.2f}{'' if rows[b][m]['budget_met'] else '*'})" for m in methods]
+        lines.append(f"| {b:.2f} {unit} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

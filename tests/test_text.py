@@ -112,10 +112,15 @@ def test_config_becomes_staged_model_in_one_call():
     assert m3.exits == [2, 4] and len(m3.stages[0].layers) == 2 and m3.heads[0].pooling == "cls"
 
 
-def test_stages_equal_the_encoder_with_padding():
+@pytest.mark.parametrize("arch", ["Bert", "Roberta", "Electra"])
+def test_stages_equal_the_encoder_with_padding(arch):
     """Running the stages reproduces the Hugging Face encoder's hidden states (mask carried along)."""
+    kw = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, vocab_size=len(VOCAB),
+              max_position_embeddings=64)
+    if arch == "Electra":
+        kw["embedding_size"] = 16  # projected up to the hidden size inside stage 0
     torch.manual_seed(0)
-    enc = transformers.BertModel(tiny_config()).eval()
+    enc = getattr(transformers, f"{arch}Model")(getattr(transformers, f"{arch}Config")(**kw)).eval()
     m = build_text_model(enc, num_classes=C, exits=[1, 3, 4])
     ids = torch.randint(5, len(VOCAB), (3, 9))
     mask = torch.ones_like(ids)
