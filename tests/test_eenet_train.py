@@ -189,6 +189,10 @@ def test_policy_pieces(small, trained):
     assert set(pol["validation"]) == {"accuracy", "avg_cost", "n", "exit_fractions"}
     mp = fit_eenet_maxprob(fv, costs, 2.2, trained=result)
     assert mp["scorer"] == {"type": "maxprob"}
+    again = fit_eenet_maxprob(fv, costs, 2.2, trained=result, ranking=Ranking(fv.max_prob))
+    assert again == mp
+    assert "seconds" not in pol["training"]  # the policy is deterministic; wall-clock time is not
+    json.dumps(pol["training"])
     with pytest.raises(InputError, match="budget"):
         fit_eenet_policy(fv, costs, 3.0, trained=result)
     with pytest.raises(InputError, match="threshold method"):
@@ -220,3 +224,22 @@ def test_eenet_beats_maxprob_on_miscalibrated_predictions():
     # and the test cost stays close to the budget (it is only guaranteed on validation)
     test_cost = float(costs[apply_to_features(pol, ft).exits].mean())
     assert test_cost <= budget + 0.1
+
+
+def test_exits_that_are_always_wrong_or_always_right_stay_finite():
+    d = make_predictions(600, 3, 4, seed=2)
+    logits, labels = d.logits.copy(), d.labels
+    rows = np.arange(labels.size)
+    logits[:, 0, :] = 0.0
+    logits[rows, 0, (labels + 1) % 4] = 5.0  # exit 0 never right
+    logits[:, 2, :] = 0.0
+    logits[rows, 2, labels] = 5.0  # exit 2 always right
+    fv = exit_features(logits, labels=labels)
+    for budget in (1.0, 1.5, 2.5, 3.0):
+        trained = train_eenet(fv, [1.0, 2.0, 3.0], budget, hyper=EENetHyper(max_steps=60))
+        for method in ("quota", "search", "geometric"):
+            pol = fit_eenet_policy(fv, [1.0, 2.0, 3.0], budget, trained=trained, thresholds=method)
+            json.dumps(pol, allow_nan=False)
+            assert pol["validation"]["avg_cost"] <= budget
+        if budget >= 2.5:  # enough budget to skip the useless exit: everything is right
+            assert fit_eenet_policy(fv, [1.0, 2.0, 3.0], budget, trained=trained)["validation"]["accuracy"] > 0.99

@@ -45,8 +45,9 @@ and the worst cell.
   utility ranking budget-dependent and worse (C=100 calibrated, held-out AUC averaged
   over exits 0.7912 vs 0.7997).
 * Optimiser: AdamW (decoupled weight decay 0.01 on the weight matrices, none on
-  biases), lr 1e-2, full batch. The paper's Adam with lr 3e-5 and coupled L2 does not move
-  in 500 steps (p stays uniform; Δ as low as −14 points at B = 3). Coupled L2
+  biases), lr 1e-2, full batch. The paper's settings (torch init, α = 0.1, β = 1e-3, Adam
+  with coupled L2 0.01, lr 3e-5, 500 steps) barely move from the initialisation: p stays
+  near uniform whatever the budget, Δ −12.75 / −33.5. Coupled L2
   (``decoupled_weight_decay=False``) Δ +0.74 / −1.12 vs decoupled +1.77 / −0.96.
   lr 3e-3 gave Δ +1.75 / −0.88 in ~2x the steps; 1e-2 converges in 50-300 steps.
 * α = 1, β = 0.01. With the tilted initial p, β mostly decides how far training moves p
@@ -87,6 +88,7 @@ from eenet_cli.core.thresholds import (
     fit_geometric,
     realised_cost,
     search_thresholds,
+    within_budget,
 )
 from eenet_cli.errors import BudgetError, InputError
 
@@ -143,7 +145,7 @@ class EENetResult:
 def _check_inputs(features: ExitFeatures, costs, budget: float) -> np.ndarray:
     if features.labels is None:
         raise InputError("EENet needs labels to learn a policy", field="label")
-    n, k, c = features.probs.shape
+    n, k = features.num_samples, features.num_exits
     if n < 2:
         raise InputError(f"EENet needs at least 2 validation samples, got {n}")
     costs = np.asarray(costs, dtype=np.float64)
@@ -152,9 +154,27 @@ def _check_inputs(features: ExitFeatures, costs, budget: float) -> np.ndarray:
     if not np.all(np.isfinite(costs)) or np.any(costs <= 0) or np.any(np.diff(costs) <= 0):
         raise InputError("costs must be positive and strictly increasing", field="costs")
     budget = float(budget)
-    if not math.isfinite(budget) or budget < costs[0]:
+    if not math.isfinite(budget) or not within_budget(costs[0], budget):
         raise BudgetError(f"budget {budget:g} is below the cost of the first exit ({costs[0]:g})")
     return costs
+
+
+INITS = ("spline", "prior", "torch")
+
+
+def _check_hyper(hyper: EENetHyper) -> None:
+    if hyper.init not in INITS:
+        raise InputError(f"unknown initialisation {hyper.init!r}; expected one of {', '.join(INITS)}", field="init")
+    if not 0.0 <= hyper.holdout < 1.0:
+        raise InputError(f"holdout must be in [0, 1), got {hyper.holdout}", field="holdout")
+    for name in ("lr", "hidden_ratio", "max_batch_work"):
+        if not getattr(hyper, name) > 0:
+            raise InputError(f"{name} must be positive, got {getattr(hyper, name)}", field=name)
+    for name in ("alpha", "beta", "weight_decay"):
+        if not getattr(hyper, name) >= 0:
+            raise InputError(f"{name} must be >= 0, got {getattr(hyper, name)}", field=name)
+    if hyper.max_steps < 0 or hyper.min_steps < 0 or hyper.patience < 1 or hyper.eval_every < 1:
+        raise InputError("max_steps and min_steps must be >= 0, patience and eval_every >= 1", field="steps")
 
 
 def targets(correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -199,22 +219,30 @@ def tilted_distribution(base: np.ndarray, costs: np.ndarray, budget: float) -> n
 
 
 def _logistic_fit(x: np.ndarray, y: np.ndarray, l2: float = 1e-4, iters: int = 50) -> tuple[np.ndarray, float]:
-    """Newton's method for a small ridge-penalised logistic regression, in float64."""
+    """Damped Newton for a small ridge-penalised logistic regression, in float64.
+
+    The coefficients are pulled towards 0 and the intercept towards the smoothed base rate,
+    so an exit that is always (or never) right gets a large but finite utility.
+    """
     n, d = x.shape
     xa = np.concatenate([x, np.ones((n, 1))], axis=1)
-    beta = np.zeros(d + 1)
-    ybar = float(np.clip(y.mean(), 1e-3, 1 - 1e-3))
-    beta[-1] = math.log(ybar / (1 - ybar))
+    rate = (float(y.sum()) + 0.5) / (n + 1.0)
+    centre = np.zeros(d + 1)
+    centre[-1] = math.log(rate / (1 - rate))
+    beta = centre.copy()
     reg = np.full(d + 1, l2 * n)
-    reg[-1] = 1e-9 * n
     for _ in range(iters):
         p = 0.5 * (1.0 + np.tanh(0.5 * (xa @ beta)))
-        grad = xa.T @ (p - y) + reg * beta
+        grad = xa.T @ (p - y) + reg * (beta - centre)
         hess = (xa * (p * (1 - p))[:, None]).T @ xa + np.diag(reg)
         step = np.linalg.solve(hess, grad)
+        big = np.abs(step).max()
+        if big > 5.0:
+            step *= 5.0 / big
         beta -= step
-        if np.abs(step).max() < 1e-9:
+        if big < 1e-9:
             break
+    beta = np.clip(beta, -50.0, 50.0)
     return beta[:-1], float(beta[-1])
 
 
@@ -245,6 +273,7 @@ def train_eenet(
 
     hyper = hyper or EENetHyper()
     costs = _check_inputs(features, costs, budget)
+    _check_hyper(hyper)
     t_start = time.perf_counter()
     n, k, c = features.probs.shape
     train_budget = float(min(float(budget), costs[-1]))
@@ -257,6 +286,8 @@ def train_eenet(
         trainer = _Trainer(features, costs, train_budget, hidden, hyper, int(seed))
         history = trainer.run(progress)
         scorer = trainer.export()
+        torch_utilities = trainer.torch_utilities
+        del trainer  # frees the float32 copies of the inputs before the numpy pass
     finally:
         torch.set_num_threads(prev_threads)
     # one numpy pass gives both the utilities (thresholds) and p (as assignment_distribution)
@@ -279,7 +310,7 @@ def train_eenet(
         budget=float(budget),
         seconds=time.perf_counter() - t_start,
         extras={
-            "torch_utilities": trainer.torch_utilities,
+            "torch_utilities": torch_utilities,
             "numpy_utilities": util,
             "features_ref": weakref.ref(features),
         },
@@ -577,7 +608,6 @@ def _training_info(trained: EENetResult) -> dict:
         "steps": int(h["steps"]),
         "best_step": int(h["best_step"]),
         "epochs": float(epochs),
-        "seconds": float(trained.seconds),
         "final_loss": float(h["final_loss"]),
         "final_loss_terms": {key: float(v) for key, v in h["final"].items()},
         "holdout_loss_g": h["holdout_loss_g"],
@@ -623,6 +653,7 @@ def fit_eenet_policy(
     thresholds: str = "quota",
     scores_override=None,
     trained: EENetResult | None = None,
+    ranking: Ranking | None = None,
 ) -> dict:
     """Train EENet (or reuse ``trained``) and fit thresholds on the same validation rows.
 
@@ -632,8 +663,10 @@ def fit_eenet_policy(
     ``"search"`` (coordinate ascent on validation accuracy started from the quota
     thresholds: eenet-search). ``scores_override`` replaces the utilities used for the
     thresholds: a scorer dict (e.g. ``{"type": "maxprob"}``) or a ``(scorer, scores)``
-    pair; the returned policy then carries that scorer. ``trained`` reuses a training
-    result made at the same budget, so several variants cost one training.
+    pair; the returned policy then carries that scorer. ``ranking`` is an optional
+    precomputed :class:`Ranking` of the override's scores. ``trained`` reuses a training
+    result made at the same budget (``seed``, ``hyper`` and ``progress`` are then unused),
+    so several variants cost one training.
 
     Returns the policy's pieces: ``scorer``, ``thresholds``, ``exit_distribution``
     (planned share per exit), ``validation``, ``training`` and ``threshold_fit``.
@@ -649,8 +682,13 @@ def fit_eenet_policy(
             f"the training result was made for budget {trained.budget:g}, not {budget:g}; "
             "its exit distribution only applies to its own budget"
         )
+    if ranking is not None and scores_override is None:
+        raise InputError("a precomputed ranking needs scores_override naming the scorer it ranks")
     scorer, scores = _resolve_scores(scores_override, features, trained)
-    ranking = Ranking(scores)
+    if ranking is None:
+        ranking = Ranking(scores)
+    elif ranking.shape != scores.shape:
+        raise InputError(f"the ranking is {list(ranking.shape)}, the features are {list(scores.shape)}")
     p = np.asarray(trained.distribution, dtype=np.float64)
     info: dict = {"method": thresholds}
     if thresholds == "geometric":
@@ -679,7 +717,7 @@ def fit_eenet_policy(
     validation = _validation(scores, thr, features, costs)
     if planned is None:
         planned = validation["exit_fractions"]
-    if validation["avg_cost"] > budget:  # cannot happen with the fitters above; guard the contract
+    if not within_budget(validation["avg_cost"], budget):  # the fitters above guarantee it; guard the contract
         raise AssertionError("fitted thresholds overrun the budget on validation")
     return {
         "scorer": scorer,
@@ -700,8 +738,13 @@ def fit_eenet_maxprob(
     hyper: EENetHyper | None = None,
     progress: Progress | None = None,
     trained: EENetResult | None = None,
+    ranking: Ranking | None = None,
 ) -> dict:
-    """The eenet-maxprob ablation: EENet's learned exit distribution, max-prob scores."""
+    """The eenet-maxprob ablation: EENet's learned exit distribution, max-prob scores.
+
+    ``ranking`` may be a precomputed ``Ranking(features.max_prob)``.
+    """
+    scores = features.max_prob if ranking is None else ranking.scores
     return fit_eenet_policy(
         features,
         costs,
@@ -710,6 +753,7 @@ def fit_eenet_maxprob(
         hyper=hyper,
         progress=progress,
         thresholds="quota",
-        scores_override=({"type": "maxprob"}, features.max_prob),
+        scores_override=({"type": "maxprob"}, scores),
         trained=trained,
+        ranking=ranking,
     )
