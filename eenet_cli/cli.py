@@ -12,7 +12,6 @@ import os
 import sys
 from typing import Annotated, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -25,18 +24,18 @@ _state = {"debug": False}
 class _Group(TyperGroup):
     """Turns the library's errors into one stderr line and their exit code (SPEC §4)."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: typer.Context):
         try:
             return super().invoke(ctx)
         except EenetError as e:
             if _state["debug"]:
                 raise
-            click.echo(f"eenet: error: {e}", err=True)
+            typer.echo(f"eenet: error: {e}", err=True)
             ctx.exit(e.exit_code)
         except BrokenPipeError:
             ctx.exit(1)
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: typer.Context) -> list[str]:
         order = ["profile", "dump", "fit", "apply", "evaluate", "plot", "schema"]
         names = super().list_commands(ctx)
         return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
