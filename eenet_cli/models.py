@@ -261,7 +261,9 @@ def load_digits_split(split: str, seed: int = DIGITS_SEED) -> tuple[np.ndarray, 
     try:
         from sklearn.datasets import load_digits
     except ImportError:  # pragma: no cover - scikit-learn is a dev dependency
-        raise ImportError("the built-in dataset 'digits' needs scikit-learn (pip install scikit-learn)") from None
+        from eenet_cli.errors import InputError
+
+        raise InputError("the built-in dataset 'digits' needs scikit-learn (pip install scikit-learn)", field="--data") from None
     d = load_digits()
     x = (np.asarray(d.images, dtype=np.float32) / 16.0)[:, None, :, :]
     y = np.asarray(d.target, dtype=np.int64)
