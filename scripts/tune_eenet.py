@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, SyntaxError):
             overrides[name] = value
     hyper = EENetHyper(**overrides)
+    import torch  # noqa: F401  (imported here so the first fit time is not the import's)
+
     print(f"EENetHyper: {hyper}")
     print(f"samples={args.samples} exits={args.exits} data_seed={args.data_seed} train_seed={args.seed}\n")
 
