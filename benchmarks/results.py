@@ -1,0 +1,73 @@
+"""Accuracy of every exit policy at several budgets, on the shipped real predictions and on
+two synthetic cases (one calibrated, one with per-class miscalibration), plus fit time.
+
+    python benchmarks/results.py        # writes benchmarks/RESULTS.md and prints it
+
+Each method is fitted on the validation rows and scored on the test rows, through the
+same `evaluate` the command line uses. Budgets: five evenly spaced strictly inside
+[c_1, c_K] (the endpoints leave no choice to make).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from eenet_cli import api
+from eenet_cli.synthetic import make_predictions
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+METHODS = ["maxprob", "entropy", "vote", "patience", "eenet", "eenet-search", "lookahead", "oracle"]
+BASELINES = ["maxprob", "entropy", "vote", "patience"]
+
+
+def datasets():
+    yield "digits CNN (real, K=4, C=10)", api.load_predictions(str(ROOT / "sample_data" / "digits.parquet"))
+    text = ROOT / "sample_data" / "text" / "rotten_tomatoes.parquet"
+    if text.exists():
+        yield "MiniLM text (real, K=6, C=2)", api.load_predictions(str(text))
+    for name, mis in (("synthetic calibrated (K=4, C=100)", 0.0), ("synthetic miscalibrated (K=4, C=10)", 1.0)):
+        d = make_predictions(8000, 4, 100 if mis == 0 else 10, seed=11, miscalibration=mis)
+        yield name, api.predictions_from_arrays(d.logits, d.labels, split=d.split, costs=d.costs, unit="ms")
+
+
+def main() -> None:
+    lines = ["# Policy accuracy by budget", "",
+             "Test accuracy (%) of each method fitted on validation, at five budgets inside [c_1, c_K];",
+             "`best base` is the best of maxprob, entropy, vote and patience at that budget. "
+             "Regenerate with `python benchmarks/results.py`.", ""]
+    summary = []
+    for name, preds in datasets():
+        costs = api.resolve_costs(preds, None)
+        budgets = list(np.linspace(costs.values[0], costs.values[-1], 7)[1:-1])
+        t = time.perf_counter()
+        doc = api.evaluate(preds, budgets=budgets, methods=METHODS, costs=costs)
+        seconds = time.perf_counter() - t
+        by = {(r["method"], round(r["budget"], 9)): r for r in doc["results"]}
+        lines += [f"## {name}", "", f"evaluate with {len(METHODS)} methods at 5 budgets: {seconds:.1f} s", "",
+                  "| budget | " + " | ".join(METHODS) + " | best base | eenet − best base | lookahead − eenet |",
+                  "|---:|" + "---:|" * (len(METHODS) + 3)]
+        for b in budgets:
+            acc = {m: 100 * by[(m, round(b, 9))]["accuracy"] for m in METHODS}
+            best = max(acc[m] for m in BASELINES)
+            lines.append(f"| {b:.4g}{costs.unit} | " + " | ".join(f"{acc[m]:.2f}" for m in METHODS)
+                         + f" | {best:.2f} | {acc['eenet'] - best:+.2f} | {acc['lookahead'] - acc['eenet']:+.2f} |")
+            summary.append((name, acc["eenet"] - best, acc["eenet-search"] - best, acc["lookahead"] - acc["eenet"], acc["lookahead"] - best))
+        lines.append("")
+    arr = np.array([s[1:] for s in summary])
+    lines += ["## Summary over all data sets and budgets", "",
+              "| | mean | min |", "|---|---:|---:|",
+              f"| eenet − best baseline (points) | {arr[:, 0].mean():+.2f} | {arr[:, 0].min():+.2f} |",
+              f"| eenet-search − best baseline | {arr[:, 1].mean():+.2f} | {arr[:, 1].min():+.2f} |",
+              f"| lookahead − eenet | {arr[:, 2].mean():+.2f} | {arr[:, 2].min():+.2f} |",
+              f"| lookahead − best baseline | {arr[:, 3].mean():+.2f} | {arr[:, 3].min():+.2f} |", ""]
+    text = "\n".join(lines)
+    (HERE / "RESULTS.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
