@@ -580,6 +580,8 @@ def read_predictions(path: str | os.PathLike, *, validate: bool = True) -> Predi
                 sid = tbl.column("sample_id")
                 id_parts.append(_ints(sid) if pa.types.is_integer(sid.type) else _strings(sid))
             row += m
+            del tbl
+            pa.default_memory_pool().release_unused()  # hand decoded row groups back at once
     preds = Predictions(
         scores=scores,
         labels=labels,
