@@ -110,8 +110,6 @@ def apply_command(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    import numpy as np
-
     from eenet_cli import api
     from eenet_cli.errors import InputError
     from eenet_cli.io import check_output_path, dumps, read_policy

@@ -95,10 +95,8 @@ from eenet_cli.core.eenet_scorer import eenet_forward, eenet_utilities
 from eenet_cli.core.measures import ExitFeatures
 from eenet_cli.core.thresholds import (
     Ranking,
-    apply_thresholds,
     fit_distribution,
     fit_geometric,
-    realised_cost,
     search_thresholds,
     within_budget,
 )
@@ -601,14 +599,9 @@ THRESHOLD_METHODS = ("quota", "search", "geometric")
 
 
 def _validation(scores: np.ndarray, thresholds, features: ExitFeatures, costs: np.ndarray) -> dict:
-    exits = apply_thresholds(scores, thresholds)
-    rows = np.arange(features.num_samples)
-    return {
-        "accuracy": float(features.correct[rows, exits].mean()),
-        "avg_cost": realised_cost(exits, costs),
-        "n": int(features.num_samples),
-        "exit_fractions": (np.bincount(exits, minlength=features.num_exits) / max(exits.size, 1)).tolist(),
-    }
+    from eenet_cli.core.methods import validation_figures
+
+    return validation_figures(features, scores, thresholds, costs)
 
 
 def _training_info(trained: EENetResult) -> dict:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from eenet_cli.core.measures import block_measures, entropy_confidence
-from eenet_cli.core.policy import _vote_with_tiebreak  # noqa: F401  (documented rule, reused below)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
