@@ -550,14 +550,20 @@ def read_predictions(path: str | os.PathLike, *, validate: bool = True) -> Predi
     row = 0
     for f, pf in pfs:
         src = source if len(files) == 1 else str(f)
-        for g in range(pf.num_row_groups):
+        pool = pa.default_memory_pool()
+
+        def read(g: int, columns: list[str]):
             try:
-                tbl = pf.read_row_group(g, columns=want)
+                return pf.read_row_group(g, columns=columns)
             except (pa.ArrowException, OSError) as e:
                 raise InputError(f"cannot read row group {g} ({str(e).splitlines()[0]})", source=src) from None
-            m = tbl.num_rows
+
+        for g in range(pf.num_row_groups):
+            # one exit column at a time: the decoded temporary is a fifth of a row group
+            tbl = read(g, [c for c in want if c not in cols])
+            m = pf.metadata.row_group(g).num_rows
             for j, name in enumerate(cols):
-                col = tbl.column(name)
+                col = read(g, [name]).column(0)
                 if col.null_count:
                     raise InputError(f"{col.null_count} rows have no scores (null)", source=src, field=name)
                 at = row
@@ -565,6 +571,8 @@ def read_predictions(path: str | os.PathLike, *, validate: bool = True) -> Predi
                     cm = len(chunk)
                     scores[at : at + cm, j, :] = _fixed_list_view(chunk, num_classes, src, name)
                     at += cm
+                del col
+                pool.release_unused()
             if labels is not None:
                 lab = tbl.column("label")
                 if lab.null_count:
@@ -580,7 +588,7 @@ def read_predictions(path: str | os.PathLike, *, validate: bool = True) -> Predi
                 id_parts.append(_ints(sid) if pa.types.is_integer(sid.type) else _strings(sid))
             row += m
             del tbl
-            pa.default_memory_pool().release_unused()  # hand decoded row groups back at once
+            pool.release_unused()  # hand decoded buffers back at once
     preds = Predictions(
         scores=scores,
         labels=labels,
