@@ -243,3 +243,36 @@ def test_exits_that_are_always_wrong_or_always_right_stay_finite():
             assert pol["validation"]["avg_cost"] <= budget
         if budget >= 2.5:  # enough budget to skip the useless exit: everything is right
             assert fit_eenet_policy(fv, [1.0, 2.0, 3.0], budget, trained=trained)["validation"]["accuracy"] > 0.99
+
+
+@pytest.mark.parametrize("decoupled", [True, False])
+def test_written_out_adam_matches_torch_optim(decoupled):
+    """The trainer's optimiser takes the same steps as torch.optim.AdamW / Adam."""
+    import torch
+
+    from eenet_cli.core.eenet_train import _Adam
+
+    gen = torch.Generator().manual_seed(3)
+    w0 = torch.randn(7, 5, generator=gen)
+    b0 = torch.randn(7, generator=gen)
+    x = torch.randn(64, 5, generator=gen)
+    y = torch.randn(64, 7, generator=gen)
+
+    def run(make):
+        w, b = w0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
+        opt = make(w, b)
+        for _ in range(25):
+            loss = ((x @ w.T + b - y) ** 2).mean() + (w.abs().sum() * 1e-3)
+            for p in (w, b):
+                p.grad = None
+            loss.backward()
+            opt.step()
+        return w.detach(), b.detach()
+
+    groups = lambda w, b: [{"params": [w], "weight_decay": 0.05}, {"params": [b], "weight_decay": 0.0}]
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    ref = run(lambda w, b: cls(groups(w, b), lr=1e-2))
+    ours = run(lambda w, b: _Adam(torch, [([w], 0.05), ([b], 0.0)], lr=1e-2, decoupled=decoupled))
+    for a, r in zip(ours, ref):
+        assert torch.allclose(a, r, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(ours[0], w0)  # it moved

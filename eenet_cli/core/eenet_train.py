@@ -327,6 +327,50 @@ def train_eenet(
     )
 
 
+class _Adam:
+    """Adam (Kingma & Ba) with coupled L2 or decoupled (AdamW) weight decay, β = (0.9, 0.999),
+    ε = 1e-8, the same update as ``torch.optim.Adam``/``AdamW``.
+
+    Written out because constructing a ``torch.optim`` optimiser imports ``torch._dynamo``,
+    which costs about 2 s of start-up on every ``eenet fit`` -- as much as training a
+    5,000-row policy. The update runs on a handful of small tensors, so a plain loop is fine.
+    """
+
+    def __init__(self, torch, groups, *, lr: float, decoupled: bool, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.torch = torch
+        self.groups = [(list(params), float(wd)) for params, wd in groups]
+        self.lr, self.decoupled, self.eps = float(lr), bool(decoupled), float(eps)
+        self.b1, self.b2 = betas
+        self.t = 0
+        self.state = {id(p): (torch.zeros_like(p), torch.zeros_like(p)) for params, _ in self.groups for p in params}
+
+    def zero_grad(self) -> None:
+        for params, _ in self.groups:
+            for p in params:
+                p.grad = None
+
+    def step(self) -> None:
+        torch = self.torch
+        self.t += 1
+        c1 = 1.0 - self.b1**self.t
+        c2 = math.sqrt(1.0 - self.b2**self.t)
+        with torch.no_grad():
+            for params, wd in self.groups:
+                for p in params:
+                    g = p.grad
+                    if g is None:
+                        continue
+                    if wd and self.decoupled:
+                        p.mul_(1.0 - self.lr * wd)
+                    elif wd:
+                        g = g.add(p, alpha=wd)
+                    m, v = self.state[id(p)]
+                    m.lerp_(g, 1.0 - self.b1)
+                    v.mul_(self.b2).addcmul_(g, g, value=1.0 - self.b2)
+                    denom = (v.sqrt() / c2).add_(self.eps)
+                    p.addcdiv_(m, denom, value=-self.lr / c1)
+
+
 class _Trainer:
     """The torch side: data as float32 tensors, per-exit weights, the loss, the loop."""
 
@@ -377,10 +421,11 @@ class _Trainer:
         self.params = self._init_params(features, q_np, r_np, gen)
         flat_w = [p for e in self.params for p in (e["wx"], e["wb"], e["wh"]) if p is not None]
         flat_b = [p for e in self.params for p in (e["b"], e["bh"])]
-        opt_cls = torch.optim.AdamW if hyper.decoupled_weight_decay else torch.optim.Adam
-        self.opt = opt_cls(
-            [{"params": flat_w, "weight_decay": hyper.weight_decay}, {"params": flat_b, "weight_decay": 0.0}],
+        self.opt = _Adam(
+            torch,
+            [(flat_w, hyper.weight_decay), (flat_b, 0.0)],
             lr=hyper.lr,
+            decoupled=hyper.decoupled_weight_decay,
         )
         row_work = sum((c + 3 + j) * hidden[j] for j in range(k))
         self.batch = _auto_batch(self.fit_rows.size, row_work, hyper)
@@ -519,7 +564,7 @@ class _Trainer:
                 raise FloatingPointError(f"EENet loss is not finite at step {step}")
             if first is None:
                 first = {key: float(v.detach()) for key, v in terms.items()}
-            self.opt.zero_grad(set_to_none=True)
+            self.opt.zero_grad()
             terms["loss"].backward()
             self.opt.step()
             step += 1
