@@ -123,3 +123,74 @@ def test_property_realised_cost_within_budget_and_oracle_is_ceiling(seed, k, c, 
     applied = apply_to_features(pol, f)
     assert within_budget(costs[applied.exits].mean(), budget)
     assert oracle(f.correct, costs, budget).accuracy >= applied.correct.mean() - 1e-12
+
+
+def _rule_at(j):
+    """A rule that sends every sample to exit ``j`` (thresholds of -inf there)."""
+
+    def rule(ranking, costs, budget, correct):
+        k = ranking.shape[1]
+        return [None] * j + ([ACCEPT_ALL] if j < k - 1 else []) + [None] * (k - 1 - j) if j < k - 1 else [None] * k
+
+    return rule
+
+
+def test_cross_validated_choice_scores_rules_on_held_out_rows():
+    from eenet_cli.core.thresholds import cross_validated_choice
+
+    rng = np.random.default_rng(0)
+    n, k = 400, 3
+    correct = np.zeros((n, k), dtype=bool)
+    correct[:, 1] = rng.random(n) < 0.8  # exit 2 is right 80% of the time
+    correct[:, 0] = rng.random(n) < 0.3
+    correct[:, 2] = rng.random(n) < 0.5
+    scores = rng.random((n, k))
+    rules = {"first": _rule_at(0), "second": _rule_at(1), "last": _rule_at(2)}
+    chosen, figures = cross_validated_choice(rules, scores, correct, np.array([1.0, 2.0, 3.0]), 3.0, folds=5, seed=1)
+    assert chosen == "second"
+    # every row is held out exactly once, so the pooled figure is the plain accuracy here
+    assert figures["first"] == pytest.approx(correct[:, 0].mean())
+    assert figures["second"] == pytest.approx(correct[:, 1].mean())
+    assert figures["last"] == pytest.approx(correct[:, 2].mean())
+
+
+def test_cross_validated_choice_prefers_the_earlier_rule_on_ties_and_needs_rows():
+    from eenet_cli.core.thresholds import cross_validated_choice
+
+    n, k = 50, 2
+    correct = np.ones((n, k), dtype=bool)
+    scores = np.random.default_rng(2).random((n, k))
+    rules = {"a": _rule_at(0), "b": _rule_at(1)}
+    assert cross_validated_choice(rules, scores, correct, np.array([1.0, 2.0]), 2.0)[0] == "a"
+    rules = {"b": _rule_at(1), "a": _rule_at(0)}
+    assert cross_validated_choice(rules, scores, correct, np.array([1.0, 2.0]), 2.0)[0] == "b"
+    # fewer than 2 x folds rows: nothing is held out, the first rule stands
+    assert cross_validated_choice(rules, scores[:9], correct[:9], np.array([1.0, 2.0]), 2.0, folds=5) == ("b", {})
+
+
+def test_overfitting_search_loses_the_cross_validation_to_quotas():
+    """With scores unrelated to correctness, a search that tunes thresholds on the training
+    folds can only fit noise; the held-out folds see that."""
+    from eenet_cli.core.thresholds import cross_validated_choice, search_thresholds
+
+    rng = np.random.default_rng(5)
+    n, k = 300, 4
+    correct = rng.random((n, k)) < 0.6  # every exit equally good: no policy can do better
+    scores = rng.random((n, k))
+    costs = np.array([1.0, 2.0, 3.0, 4.0])
+
+    def quota(ranking, c, b, corr):
+        return fit_geometric(ranking, c, b).thresholds
+
+    def searched(ranking, c, b, corr):
+        return search_thresholds(ranking, c, b, corr, quota(ranking, c, b, corr), grid=64, rounds=4)
+
+    budget = 2.5
+    full = Ranking(scores)
+    in_sample_gain = (
+        correct[np.arange(n), apply_thresholds(scores, searched(full, costs, budget, correct))].mean()
+        - correct[np.arange(n), apply_thresholds(scores, quota(full, costs, budget, correct))].mean()
+    )
+    chosen, figures = cross_validated_choice({"quota": quota, "search": searched}, scores, correct, costs, budget, seed=0)
+    assert in_sample_gain > 0.02  # on the rows it tuned on, the search looks better ...
+    assert figures["search"] - figures["quota"] < in_sample_gain / 2  # ... much less on rows it did not see

@@ -276,3 +276,20 @@ def test_written_out_adam_matches_torch_optim(decoupled):
     for a, r in zip(ours, ref):
         assert torch.allclose(a, r, rtol=1e-5, atol=1e-6)
     assert not torch.equal(ours[0], w0)  # it moved
+
+
+def test_search_keeps_the_cross_validated_best_rule(small, trained):
+    fv, _, costs = small
+    result, _ = trained
+    pol = fit_eenet_policy(fv, costs, 2.2, trained=result, thresholds="search")
+    fit = pol["threshold_fit"]
+    cv = fit["cross_validated_accuracy"]
+    assert set(cv) == {"quota", "geometric", "search-from-quota", "search-from-geometric",
+                       "coarse-search-from-quota", "coarse-search-from-geometric"}
+    assert fit["chosen_rule"] in cv and cv[fit["chosen_rule"]] == max(cv.values())
+    # the chosen rule refitted on every validation row is what the policy holds
+    quota = fit_eenet_policy(fv, costs, 2.2, trained=result, thresholds="quota")
+    if fit["chosen_rule"] == "quota":
+        assert pol["thresholds"] == quota["thresholds"]
+    assert pol["validation"]["avg_cost"] <= 2.2 + 1e-12
+    assert fit_eenet_policy(fv, costs, 2.2, trained=result, thresholds="search") == pol  # deterministic

@@ -692,6 +692,53 @@ def _resolve_scores(scores_override, features: ExitFeatures, trained: EENetResul
     return override_scorer, scores
 
 
+def _search_rules(p: np.ndarray) -> dict:
+    """eenet-search's candidate threshold rules on the learned utilities, simplest first:
+    Algorithm 1's quotas, the geometric distribution, and coordinate ascent on accuracy
+    started from each (on a 64-quantile grid, and on a coarser 16-quantile grid that has
+    less room to fit noise)."""
+
+    def quota(ranking, costs, budget, correct):
+        return fit_distribution(ranking, costs, budget, p, rounding="round").thresholds
+
+    def geometric(ranking, costs, budget, correct):
+        return fit_geometric(ranking, costs, budget).thresholds
+
+    def searched(start, grid, rounds):
+        def rule(ranking, costs, budget, correct):
+            return search_thresholds(ranking, costs, budget, correct, start(ranking, costs, budget, correct),
+                                     grid=grid, rounds=rounds)
+        return rule
+
+    return {
+        "quota": quota,
+        "geometric": geometric,
+        "search-from-quota": searched(quota, 64, 4),
+        "search-from-geometric": searched(geometric, 64, 4),
+        "coarse-search-from-quota": searched(quota, 16, 2),
+        "coarse-search-from-geometric": searched(geometric, 16, 2),
+    }
+
+
+SEARCH_FOLDS = 5
+
+
+def _search_policy(ranking: Ranking, scores, correct, costs, budget: float, p, seed: int):
+    """eenet-search: the candidate rule with the best 5-fold cross-validated accuracy on the
+    validation rows, refitted on all of them (so the realised validation cost <= budget)."""
+    from eenet_cli.core.thresholds import cross_validated_choice
+
+    rules = _search_rules(np.asarray(p, dtype=np.float64))
+    chosen, figures = cross_validated_choice(rules, scores, correct, costs, budget, folds=SEARCH_FOLDS, seed=seed)
+    thr = rules[chosen](ranking, costs, budget, correct)
+    info = {
+        "selection": f"{SEARCH_FOLDS}-fold cross-validated accuracy" if figures else "too few rows to cross-validate",
+        "chosen_rule": chosen,
+        "cross_validated_accuracy": {key: float(v) for key, v in figures.items()},
+    }
+    return thr, info
+
+
 def fit_eenet_policy(
     features: ExitFeatures,
     costs,
@@ -710,8 +757,9 @@ def fit_eenet_policy(
     ``thresholds``: ``"quota"`` (Algorithm 1: the learned distribution's quotas filled by
     utility, with the realised-cost guarantee of :func:`fit_distribution`), ``"geometric"``
     (learned utilities, MSDNet's geometric distribution: the eenet-geometric ablation) or
-    ``"search"`` (coordinate ascent on validation accuracy started from the quota
-    thresholds: eenet-search). ``scores_override`` replaces the utilities used for the
+    ``"search"`` (eenet-search: among the quota and geometric thresholds and coordinate
+    ascent on validation accuracy started from each, the rule with the best
+    cross-validated accuracy, see :func:`_search_policy`). ``scores_override`` replaces the utilities used for the
     thresholds: a scorer dict (e.g. ``{"type": "maxprob"}``) or a ``(scorer, scores)``
     pair; the returned policy then carries that scorer. ``ranking`` is an optional
     precomputed :class:`Ranking` of the override's scores. ``trained`` reuses a training
@@ -751,18 +799,8 @@ def fit_eenet_policy(
         info["rounding"] = "round"
         thr, planned = fit.thresholds, fit.distribution
         if thresholds == "search":
-            # Coordinate ascent moves one threshold at a time, so with the budget binding it
-            # rarely leaves its start; start it from the quota thresholds and from the
-            # geometric ones (same scores) and keep the better on validation accuracy
-            # (ties: the cheaper, then the quota start).
-            starts = {"quota": fit.thresholds, "geometric": fit_geometric(ranking, costs, budget).thresholds}
-            best_key, best_val = None, None
-            for key, start in starts.items():
-                cand = search_thresholds(ranking, costs, budget, features.correct, start)
-                v = _validation(scores, cand, features, costs)
-                if best_val is None or (v["accuracy"], -v["avg_cost"]) > (best_val["accuracy"], -best_val["avg_cost"]):
-                    best_key, best_val, thr = key, v, cand
-            info["search_start"] = best_key
+            thr, choice = _search_policy(ranking, scores, features.correct, costs, budget, p, seed)
+            info.update(choice)
             planned = None
     validation = _validation(scores, thr, features, costs)
     if planned is None:
