@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from eenet_cli import api
+from eenet_cli.core.evaluate import evaluate_features
+from eenet_cli.core.policy import apply_to_features
 from eenet_cli.synthetic import make_predictions
 
 HERE = Path(__file__).resolve().parent
@@ -34,27 +36,43 @@ def datasets():
         yield name, api.predictions_from_arrays(d.logits, d.labels, split=d.split, costs=d.costs, unit="ms")
 
 
+def paired_se(a: np.ndarray, b: np.ndarray) -> float:
+    """Standard error (points) of the difference in accuracy of two policies on the same rows."""
+    d = a.astype(np.float64) - b.astype(np.float64)
+    return float(100 * d.std(ddof=1) / np.sqrt(d.size))
+
+
 def main() -> None:
     lines = ["# Policy accuracy by budget", "",
              "Test accuracy (%) of each method fitted on validation, at five budgets inside [c_1, c_K];",
              "`best base` is the best of maxprob, entropy, vote and patience at that budget. "
-             "Regenerate with `python benchmarks/results.py`.", ""]
+             "`± x` is the paired standard error of the difference on the test rows: a best-of-four "
+             "baseline on a few hundred test rows sits above each of its members by about that much "
+             "by chance alone. Regenerate with `python benchmarks/results.py`.", ""]
     summary = []
     for name, preds in datasets():
         costs = api.resolve_costs(preds, None)
         budgets = list(np.linspace(costs.values[0], costs.values[-1], 7)[1:-1])
+        val, test, _ = api.split_for_evaluation(preds)
         t = time.perf_counter()
-        doc = api.evaluate(preds, budgets=budgets, methods=METHODS, costs=costs)
+        records, policies = evaluate_features(val, test, costs.values, costs.unit, budgets, METHODS, keep_policies=True)
         seconds = time.perf_counter() - t
-        by = {(r["method"], round(r["budget"], 9)): r for r in doc["results"]}
-        lines += [f"## {name}", "", f"evaluate with {len(METHODS)} methods at 5 budgets: {seconds:.1f} s", "",
-                  "| budget | " + " | ".join(METHODS) + " | best base | eenet − best base | lookahead − eenet |",
-                  "|---:|" + "---:|" * (len(METHODS) + 3)]
+        by = {(r["method"], round(r["budget"], 9)): r for r in records}
+        right = {(p["method"], round(p["budget"]["value"], 9)): apply_to_features(p, test).correct for p in policies}
+        lines += [f"## {name}", "", f"evaluate with {len(METHODS)} methods at 5 budgets: {seconds:.1f} s "
+                  f"({val.num_samples} validation, {test.num_samples} test rows)", "",
+                  "| budget | " + " | ".join(METHODS) + " | best base | eenet − best base | eenet-search − best base "
+                  "| lookahead − eenet |",
+                  "|---:|" + "---:|" * (len(METHODS) + 4)]
         for b in budgets:
-            acc = {m: 100 * by[(m, round(b, 9))]["accuracy"] for m in METHODS}
-            best = max(acc[m] for m in BASELINES)
+            key = round(b, 9)
+            acc = {m: 100 * by[(m, key)]["accuracy"] for m in METHODS}
+            best_name = max(BASELINES, key=lambda m: acc[m])
+            best = acc[best_name]
             lines.append(f"| {b:.4g}{costs.unit} | " + " | ".join(f"{acc[m]:.2f}" for m in METHODS)
-                         + f" | {best:.2f} | {acc['eenet'] - best:+.2f} | {acc['lookahead'] - acc['eenet']:+.2f} |")
+                         + f" | {best:.2f} | {acc['eenet'] - best:+.2f} "
+                         + f"| {acc['eenet-search'] - best:+.2f} ± {paired_se(right[('eenet-search', key)], right[(best_name, key)]):.2f} "
+                         + f"| {acc['lookahead'] - acc['eenet']:+.2f} |")
             summary.append((name, acc["eenet"] - best, acc["eenet-search"] - best, acc["lookahead"] - acc["eenet"], acc["lookahead"] - best))
         lines.append("")
     arr = np.array([s[1:] for s in summary])
