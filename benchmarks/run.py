@@ -129,105 +129,210 @@ def machine() -> str:
             f"numpy {numpy.__version__}, torch {torch.__version__}")
 
 
+SECTIONS = ("read", "evaluate", "fit", "fit-big", "fit-long", "apply", "decision", "startup")
+
+
+def run_code(code: str) -> dict:
+    """Run ``code`` in a fresh interpreter; it prints one JSON object as its last line."""
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def small_policy(small: Path, quick: bool) -> Path:
+    """The EENet policy the apply and decision rows use (written by the small fit row)."""
+    pol = BENCH_DIR / "p.json"
+    if not pol.exists() or pol.stat().st_mtime < small.stat().st_mtime:
+        cli_time(["fit", str(small), "--budget", "50%", "-q", "-o", str(pol)], 1)
+    return pol
+
+
+# The apply rows: OnlinePolicy.run over 500 samples (whole samples, as many exits as each
+# needs), timed `repeats` times in one process; reported per sample.
+APPLY_CODE = """
+import json, statistics, time
+from eenet_cli.io import read_policy, read_predictions
+from eenet_cli.core.online import OnlinePolicy
+policy = read_policy({pol!r}); preds = read_predictions({data!r})
+x = preds.scores[:500]
+op = OnlinePolicy(policy)
+for i in range(500):  # warm-up
+    op.run(x[i])
+times = []
+for _ in range({repeats}):
+    t = time.perf_counter()
+    for i in range(500):
+        op.run(x[i])
+    times.append((time.perf_counter() - t) / 500)
+exits = [op.run(x[i])[0] for i in range(500)]
+print(json.dumps({{"times": times, "exits_per_sample": sum(e + 1 for e in exits) / 500}}))
+"""
+
+# One exit decision against the ResNet-56 exit-1 latency, in the same process, interleaved:
+# every round times the exit-1 prefix once (stage 1, head 1 and its max-prob decision, as
+# `eenet profile` does, torch on 1 thread as the profile row uses) and then `inner` EENet
+# decisions at exit 1 (OnlineSample.step on real C = 100 logits; per call).
+DECISION_CODE = """
+import json, statistics, time
+import numpy as np, torch
+from eenet_cli.io import read_policy, read_predictions
+from eenet_cli.core.online import OnlinePolicy
+from eenet_cli.models import ResNet56
+from eenet_cli.profiling import make_prefix
+torch.set_num_threads(1)
+policy = read_policy({pol!r}); preds = read_predictions({data!r})
+rows = [np.ascontiguousarray(preds.scores[i, 0]) for i in range(200)]
+sample = OnlinePolicy(policy).sample()
+net = ResNet56(num_classes=100).eval()
+prefix = make_prefix(net, 0)
+x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+inner = {inner}
+with torch.inference_mode():
+    for _ in range(20):  # warm-up
+        prefix(x)
+    for r in rows:
+        sample.reset(); sample.step(r)
+    model_s, decide_s = [], []
+    for i in range({repeats}):
+        t = time.perf_counter()
+        prefix(x)
+        model_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for r in rows[(i * inner) % 200 : (i * inner) % 200 + inner]:
+            sample.reset()
+            sample.step(r)
+        decide_s.append((time.perf_counter() - t) / inner)
+print(json.dumps({{"model": model_s, "decision": decide_s, "threads": torch.get_num_threads()}}))
+"""
+
+# Default EENet training against a much longer one (5x the steps and 5x the early-stopping
+# patience), same seed and budget, both applied to the test split.
+FIT_LONG_CODE = """
+import json, time
+from dataclasses import replace
+from eenet_cli.api import apply_policy, fit_policy, load_predictions, validation_rows
+from eenet_cli.core.eenet_train import EENetHyper
+preds = load_predictions({data!r})
+test = preds.rows(preds.split == "test")
+val_features = validation_rows(preds).features()
+default = EENetHyper()
+long = replace(default, max_steps={factor} * default.max_steps, patience={factor} * default.patience)
+out = {{}}
+for name, hyper in (("default", None), ("long", long)):
+    t = time.perf_counter()
+    policy = fit_policy(preds, {budget!r}, method="eenet", seed=0, hyper=hyper, features=val_features)
+    seconds = time.perf_counter() - t
+    s = apply_policy(policy, test).summary
+    out[name] = {{"seconds": seconds, "accuracy": s["accuracy"], "avg_cost": s["avg_cost"], "budget": s["budget"],
+                 "budget_met": s["budget_met"], "unit": s["unit"], "steps": policy["training"].get("steps"),
+                 "best_step": policy["training"].get("best_step"), "max_steps": (hyper or default).max_steps}}
+print(json.dumps(out))
+"""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     ap.add_argument("--no-write", action="store_true", help="do not update benchmarks/README.md")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", action="append", choices=SECTIONS, metavar="NAME",
+                    help=f"run only this group of rows (repeatable; one of {', '.join(SECTIONS)}); never writes README.md")
     args = ap.parse_args()
     r = args.repeats
+    only = set(args.only or SECTIONS)
     big_n, big_c = (4000, 100) if args.quick else (50_000, 1000)
     t = Table()
     print(f"eenet benchmarks on {machine()}\n")
 
-    # 1. reading predictions ---------------------------------------------------------
     big = dataset("imagenet", big_n, 5, big_c)
-    logits_mb = big_n * 5 * big_c * 4 / 2**20
-    arrow = probe("import pyarrow.parquet as pq", f"tbl = pq.read_table({str(big)!r})\ndel tbl", r)
-    ours = probe("from eenet_cli.io import read_predictions", f"p = read_predictions({str(big)!r})\ndel p", r)
-    a, o = statistics.median(arrow["times"]), statistics.median(ours["times"])
-    t.add(f"read {big_n}x5x{big_c} predictions (pyarrow read_table)", f"{a:.2f} s", "reference", None, f"peak {arrow['peak_mb']:.0f} MB")
-    t.add(f"read {big_n}x5x{big_c} predictions (eenet, validated)", f"{o:.2f} s ({o / a:.2f}x)", "<= 1.5x pyarrow", o <= 1.5 * a)
-    t.add("  peak memory of the eenet read / logits size", f"{ours['peak_mb']:.0f} MB ({ours['peak_mb'] / logits_mb:.2f}x)", "< 1.5x", ours["peak_mb"] < 1.5 * logits_mb, f"logits {logits_mb:.0f} MB")
-    naive = probe("import pandas as pd, numpy as np", f"df = pd.read_parquet({str(big)!r})\nx = np.stack([np.stack(df[f'exit_{{j}}'].to_list()) for j in range(5)], 1)\ndel df, x", 1)
-    nv = statistics.median(naive["times"])
-    t.add("  naive read (pandas rows of Python lists, np.stack)", f"{nv:.2f} s", "ratio", None, f"eenet is {nv / o:.1f}x faster, peak {naive['peak_mb']:.0f} MB")
+    small = dataset("fit", 10_000, 4, 100)  # 5,000 validation rows
+
+    # 1. reading predictions ---------------------------------------------------------
+    if "read" in only:
+        logits_mb = big_n * 5 * big_c * 4 / 2**20
+        arrow = probe("import pyarrow.parquet as pq", f"tbl = pq.read_table({str(big)!r})\ndel tbl", r)
+        ours = probe("from eenet_cli.io import read_predictions", f"p = read_predictions({str(big)!r})\ndel p", r)
+        a, o = statistics.median(arrow["times"]), statistics.median(ours["times"])
+        t.add(f"read {big_n}x5x{big_c} predictions (pyarrow read_table)", f"{a:.2f} s", "reference", None, f"peak {arrow['peak_mb']:.0f} MB")
+        t.add(f"read {big_n}x5x{big_c} predictions (eenet, validated)", f"{o:.2f} s ({o / a:.2f}x)", "<= 1.5x pyarrow", o <= 1.5 * a)
+        t.add("  peak memory of the eenet read / logits size", f"{ours['peak_mb']:.0f} MB ({ours['peak_mb'] / logits_mb:.2f}x)", "< 1.5x", ours["peak_mb"] < 1.5 * logits_mb, f"logits {logits_mb:.0f} MB")
+        naive = probe("import pandas as pd, numpy as np", f"df = pd.read_parquet({str(big)!r})\nx = np.stack([np.stack(df[f'exit_{{j}}'].to_list()) for j in range(5)], 1)\ndel df, x", 1)
+        nv = statistics.median(naive["times"])
+        t.add("  naive read (pandas rows of Python lists, np.stack)", f"{nv:.2f} s", "ratio", None, f"eenet is {nv / o:.1f}x faster, peak {naive['peak_mb']:.0f} MB")
 
     # 2. evaluate ----------------------------------------------------------------------
-    sec, peak = cli_time(["evaluate", str(big), "--methods", "maxprob,entropy,vote,patience,oracle", "--budgets", "1:5:0.2105263", "-q", "-o", str(BENCH_DIR / "r.json")], 1 if not args.quick else r)
-    t.add(f"evaluate 4 baselines + oracle, 20 budgets, {big_n}x5x{big_c}", f"{sec:.1f} s", "< 15 s", sec < 15, f"peak {peak:.0f} MB")
-    mid = dataset("mid", 4000, 4, 100)
-    sec, peak = cli_time(["evaluate", str(mid), "--methods", "maxprob,entropy,vote,patience,oracle", "-q", "-o", str(BENCH_DIR / "r2.json")], r)
-    t.add("evaluate 4 baselines + oracle, 10 budgets, 4000x4x100 (CLI)", f"{sec:.2f} s", "< 3 s", sec < 3, f"peak {peak:.0f} MB")
+    if "evaluate" in only:
+        sec, peak = cli_time(["evaluate", str(big), "--methods", "maxprob,entropy,vote,patience,oracle", "--budgets", "1:5:0.2105263", "-q", "-o", str(BENCH_DIR / "r.json")], 1 if not args.quick else r)
+        t.add(f"evaluate 4 baselines + oracle, 20 budgets, {big_n}x5x{big_c}", f"{sec:.1f} s", "< 15 s", sec < 15, f"peak {peak:.0f} MB")
+        mid = dataset("mid", 4000, 4, 100)
+        sec, peak = cli_time(["evaluate", str(mid), "--methods", "maxprob,entropy,vote,patience,oracle", "-q", "-o", str(BENCH_DIR / "r2.json")], r)
+        t.add("evaluate 4 baselines + oracle, 10 budgets, 4000x4x100 (CLI)", f"{sec:.2f} s", "< 3 s", sec < 3, f"peak {peak:.0f} MB")
 
     # 3./4. fit ---------------------------------------------------------------------------
-    small = dataset("fit", 10_000, 4, 100)  # 5,000 validation rows
-    sec, peak = cli_time(["fit", str(small), "--budget", "50%", "-q", "-o", str(BENCH_DIR / "p.json")], r)
-    t.add("fit eenet, 5000 val rows x 4 exits x 100 classes (CLI)", f"{sec:.1f} s", "< 10 s", sec < 10, f"peak {peak:.0f} MB")
-    sec, peak = cli_time(["fit", str(big), "--budget", "50%", "-q", "-o", str(BENCH_DIR / "pbig.json")], 1)
-    t.add(f"fit eenet, {big_n // 2} val rows x 5 x {big_c} (CLI)", f"{sec:.1f} s", "< 120 s", sec < 120, f"peak {peak:.0f} MB (target < 4096)")
+    if "fit" in only:
+        sec, peak = cli_time(["fit", str(small), "--budget", "50%", "-q", "-o", str(BENCH_DIR / "p.json")], r)
+        t.add("fit eenet, 5000 val rows x 4 exits x 100 classes (CLI)", f"{sec:.1f} s", "< 10 s", sec < 10, f"peak {peak:.0f} MB")
+    if "fit-big" in only:
+        sec, peak = cli_time(["fit", str(big), "--budget", "50%", "-q", "-o", str(BENCH_DIR / "pbig.json")], 1)
+        t.add(f"fit eenet, {big_n // 2} val rows x 5 x {big_c} (CLI)", f"{sec:.1f} s", "< 120 s", sec < 120, f"peak {peak:.0f} MB (target < 4096)")
+    if "fit-long" in only:
+        factor = 5
+        res = run_code(FIT_LONG_CODE.format(data=str(big), budget="50%", factor=factor))
+        d, lg = res["default"], res["long"]
+        gap = abs(d["accuracy"] - lg["accuracy"]) * 100
+        t.add(
+            f"  test accuracy of that fit vs {factor}x longer training",
+            f"{d['accuracy'] * 100:.2f}% vs {lg['accuracy'] * 100:.2f}% (gap {gap:.2f} pts)",
+            "<= 0.2 pts",
+            gap <= 0.2,
+            f"{big_n // 2} test rows, budget 50% = {d['budget']:.3g} {d['unit']}; default {d['seconds']:.0f} s, {d['steps']}/{d['max_steps']} steps; "
+            f"long {lg['seconds']:.0f} s, {lg['steps']}/{lg['max_steps']} steps (Python API, same seed)",
+        )
 
     # 5. applying a policy at batch size 1 -------------------------------------------------
-    pol = BENCH_DIR / "p.json"
-    one = probe(
-        f"""
-        import numpy as np
-        from eenet_cli.io import read_policy, read_predictions
-        from eenet_cli.core.online import OnlinePolicy
-        policy = read_policy({str(pol)!r}); preds = read_predictions({str(small)!r})
-        x = preds.scores[:500]
-        sp = OnlinePolicy(policy)
-        """,
-        "for i in range(500):\n    sp.run(x[i])",
-        r,
-    )
-    us = statistics.median(one["times"]) / 500 * 1e6
-    t.add("apply eenet policy, batch size 1, C=100 (numpy, per sample)", f"{us:.0f} us", "< 100 us", us < 100)
-    vec = probe(
-        f"""
-        from eenet_cli.io import read_policy, read_predictions
-        from eenet_cli.core.policy import apply_to_features
-        policy = read_policy({str(pol)!r}); preds = read_predictions({str(small)!r})
-        """,
-        "apply_to_features(policy, preds.features())",
-        r,
-    )
-    n_small = 10_000
-    vus = statistics.median(vec["times"]) / n_small * 1e6
-    t.add("  same policy vectorised over 10,000 samples (per sample)", f"{vus:.1f} us", "ratio", None, f"{us / vus:.0f}x faster than the per-sample loop")
-    first = probe(
-        f"""
-        from eenet_cli.io import read_policy, read_predictions
-        from eenet_cli.core.online import OnlinePolicy
-        policy = read_policy({str(pol)!r}); preds = read_predictions({str(small)!r})
-        policy["thresholds"][0] = -1e300  # every sample stops at exit 1: one decision each
-        x = preds.scores[:500]; sp = OnlinePolicy(policy)
-        """,
-        "for i in range(500):\n    sp.run(x[i])",
-        r,
-    )
-    dus = statistics.median(first["times"]) / 500 * 1e6
-    try:
-        prof = subprocess.run([sys.executable, "-m", "eenet_cli", "profile", "resnet56", "--input-shape", "3,32,32", "--repeats", "30",
-                               "--threads", "1", "--json", "-q", "-o", "-"], capture_output=True, text=True, cwd=ROOT, check=True)
-        c1_ms = json.loads(prof.stdout)["costs"][0]
+    if "apply" in only:
+        pol = small_policy(small, args.quick)
+        reps = max(15, 5 * r)
+        one = run_code(APPLY_CODE.format(pol=str(pol), data=str(small), repeats=reps))
+        us = statistics.median(one["times"]) * 1e6
+        t.add("apply eenet policy, batch size 1, C=100 (numpy, per sample)", f"{us:.0f} us", "< 100 us", us < 100,
+              f"median of {reps} x 500 samples, {one['exits_per_sample']:.2f} exits per sample (K=4)")
+        vec = probe(
+            f"""
+            from eenet_cli.io import read_policy, read_predictions
+            from eenet_cli.core.policy import apply_to_features
+            policy = read_policy({str(pol)!r}); preds = read_predictions({str(small)!r})
+            """,
+            "apply_to_features(policy, preds.features())",
+            r,
+        )
+        n_small = 10_000
+        vus = statistics.median(vec["times"]) / n_small * 1e6
+        t.add("  same policy vectorised over 10,000 samples (per sample)", f"{vus:.1f} us", "ratio", None, f"{us / vus:.1f}x faster than the per-sample loop")
+    if "decision" in only:
+        pol = small_policy(small, args.quick)
+        reps = 300 if args.quick else 1000
+        res = run_code(DECISION_CODE.format(pol=str(pol), data=str(small), repeats=reps, inner=20))
+        dus = statistics.median(res["decision"]) * 1e6
+        c1_ms = statistics.median(res["model"]) * 1e3
         share = dus / (c1_ms * 1000) * 100
-        t.add("one exit decision (eenet, C=100) vs ResNet-56 exit-1 latency", f"{dus:.0f} us / {c1_ms:.2f} ms = {share:.2f}%", "< 1%", share < 1)
-    except (subprocess.CalledProcessError, KeyError, ValueError) as e:  # pragma: no cover
-        t.add("one exit decision vs ResNet-56 exit-1 latency", f"{dus:.0f} us", "< 1%", None, f"profile failed: {e}")
+        t.add("one exit decision (eenet, C=100) vs ResNet-56 exit-1 latency", f"{dus:.1f} us / {c1_ms:.2f} ms = {share:.2f}%", "< 1%", share < 1,
+              f"same process, interleaved, {reps} rounds, torch {res['threads']} thread")
 
     # 6. start-up ---------------------------------------------------------------------------
-    times = []
-    for _ in range(5):
-        s = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "eenet_cli", "--help"], capture_output=True, check=True, cwd=ROOT)
-        times.append(time.perf_counter() - s)
-    heavy = subprocess.run([sys.executable, "-c", "import sys, eenet_cli.cli as c\ntry:\n c.main(['--help'])\nexcept SystemExit: pass\nprint([m for m in ('torch','pandas','matplotlib') if m in sys.modules])"],
-                           capture_output=True, text=True, cwd=ROOT).stdout.strip().splitlines()[-1]
-    st = statistics.median(times)
-    t.add("eenet --help start-up", f"{st:.2f} s", "< 0.5 s", st < 0.5, f"heavy imports: {heavy}")
+    if "startup" in only:
+        times = []
+        for _ in range(5):
+            s = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "eenet_cli", "--help"], capture_output=True, check=True, cwd=ROOT)
+            times.append(time.perf_counter() - s)
+        heavy = subprocess.run([sys.executable, "-c", "import sys, eenet_cli.cli as c\ntry:\n c.main(['--help'])\nexcept SystemExit: pass\nprint([m for m in ('torch','pandas','matplotlib') if m in sys.modules])"],
+                               capture_output=True, text=True, cwd=ROOT).stdout.strip().splitlines()[-1]
+        st = statistics.median(times)
+        t.add("eenet --help start-up", f"{st:.2f} s", "< 0.5 s", st < 0.5, f"heavy imports: {heavy}")
 
-    if not args.no_write and not args.quick:
+    if not args.no_write and not args.quick and args.only is None:
         text = (HERE / "README.md").read_text() if (HERE / "README.md").exists() else ""
         marker = "<!-- table -->"
         table = f"{marker}\nMeasured {time.strftime('%Y-%m-%d')} on {machine()}.\n\n{t.markdown()}\n{marker}"
