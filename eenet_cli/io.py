@@ -310,6 +310,8 @@ def parse_inline_costs(text: str) -> Costs:
 
 def load_costs(spec: str | None, predictions_meta: dict | None = None, predictions_source: str = "") -> Costs | None:
     """Costs by SPEC precedence: ``--costs FILE``, ``--costs 1,2,3ms``, the predictions' metadata."""
+    if spec is not None and not spec.strip():
+        raise InputError("is empty: give a costs file or an inline list like 1.2,2.5,3.7ms", field="--costs")
     if spec:
         path = Path(spec)
         if spec == "-" or path.suffix.lower() == ".json" or path.exists():

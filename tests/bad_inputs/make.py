@@ -151,6 +151,8 @@ def _costs_cases() -> list[Case]:
         e("costs_inline_negative", GOOD, "--costs", "-1,2,3ms", expect=("--costs -1,2,3ms", "positive")),
         e("costs_inline_unit", GOOD, "--costs", "1,2,3parsecs", expect=("--costs 1,2,3parsecs", "unit")),
         e("costs_inline_garbage", GOOD, "--costs", "fast,slow", expect=("fast,slow", "--costs")),
+        e("costs_empty", GOOD, "--costs", "", expect=("--costs", "empty")),
+        _fit("fit_costs_blank", GOOD, "--costs", " ", expect=("--costs", "empty")),
         _fit("fit_costs_flops_vs_time", GOOD, "--costs", c("flops"), expect=("--budget", "FLOP", "GFLOPs")),
         _fit("fit_costs_not_json", GOOD, "--costs", c("not_json"), expect=(c("not_json"), "JSON")),
     ]
