@@ -79,9 +79,13 @@ Parameters are cumulative per prefix. --unit flops|MFLOPs|GFLOPs writes the FLOP
 the costs instead of the latency.
 
 With --policy and --data it instead runs the policy for real (Algorithm 2: each sample
-stops computing at the exit the policy accepts) and reports the measured latency per
-sample and the accuracy beside the policy's budget and the offline estimate
-sum_k fraction_k * c_k.
+stops computing at the exit the policy accepts), --repeats passes over the data (default
+5), and reports the accuracy and the realised latency: each sample's median over the
+passes, averaged over the samples (the plain mean, p10 and p90 too). In the same passes,
+interleaved with the samples, it re-measures every exit's cost with the policy's own exit
+decision, and puts the offline estimate sum_k fraction_k * c_k from those costs and from
+the given costs (--costs, or the policy's) beside the realised latency, with the ratio
+realised / estimate. See docs/runtime.md.
 
 \b
 Examples:
@@ -89,7 +93,7 @@ Examples:
   eenet profile resnet56 --input-shape 3,32,32 --unit MFLOPs --repeats 5 -o -
   eenet profile my_pkg.models:build --weights ckpt.pt --input-shape 3,32,32 --threads 1 -o costs.json
   eenet fit sample_data/digits.parquet --budget 60% -o policy.json
-  eenet profile digits-cnn --weights sample_data/digits_model.safetensors --threads 1 --policy policy.json --data digits:test
+  eenet profile digits-cnn --weights sample_data/digits_model.safetensors --threads 1 --policy policy.json --data digits:test --repeats 5
   eenet profile path/to/hf_model --weights heads.safetensors --input-shape 32 --threads 1 -o costs.json
 
 For a text model (a Hugging Face model folder, see --exits) --input-shape is the number
@@ -147,6 +151,10 @@ def _text_options(loaded, tokenizer, text_column, label_column, max_length):
 # --------------------------------------------------------------------------- profile
 
 
+PROFILE_REPEATS = 200  # timed rounds of `profile` (each times every exit's prefix once)
+POLICY_REPEATS = 5  # timed passes over the data of `profile --policy`
+
+
 def _profile_table(doc: dict, title: str):
     from rich.table import Table
 
@@ -177,7 +185,15 @@ def profile_command(
     device: DeviceOpt = "cpu",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per timed call; costs are per call. With --policy: the runtime's batch size.")] = 1,
     threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads (default: torch's choice).")] = None,
-    repeats: Annotated[int, typer.Option("--repeats", help="Timed rounds (each runs every exit's prefix once).")] = 200,
+    repeats: Annotated[
+        Optional[int],
+        typer.Option(
+            "--repeats",
+            help="Timed rounds, each runs every exit's prefix once (default 200). With --policy: timed passes over --data "
+            "(default 5); each sample's latency is its median over the passes.",
+            show_default=False,
+        ),
+    ] = None,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed rounds first.")] = 20,
     unit: Annotated[str, typer.Option("--unit", help="Costs unit: ms, us, s (latency) or flops, MFLOPs, GFLOPs (FLOP counts).")] = "ms",
     output: OutputOpt = None,
@@ -199,12 +215,21 @@ def profile_command(
     unit = normalise_unit(unit, "--unit")
     if threads is not None and threads < 1:
         raise InputError(f"must be at least 1, got {threads}", field="--threads")
+    if repeats is not None and repeats < 1:
+        raise InputError(f"must be at least 1, got {repeats}", field="--repeats")
+    if warmup < 0:
+        raise InputError(f"must be 0 or more, got {warmup}", field="--warmup")
     if policy is not None:
         if data is None:
             raise InputError("--policy needs --data to run the policy on", field="--data")
         text = (tokenizer, text_column, label_column, max_length)
-        _profile_policy(model, weights, model_arg, device, policy, data, costs, batch_size, threads, warmup, output, json_out, quiet, exits, text)
+        _profile_policy(
+            model, weights, model_arg, device, policy, data, costs, batch_size, threads, warmup, output, json_out, quiet, exits, text,
+            repeats=POLICY_REPEATS if repeats is None else repeats,
+        )
         return
+    if repeats is None:
+        repeats = PROFILE_REPEATS
     if data is not None:
         raise InputError("--data is used only with --policy (profiling times random inputs of --input-shape)", field="--data")
     for name, value in (("--tokenizer", tokenizer), ("--text-column", text_column), ("--label-column", label_column), ("--max-length", max_length)):
@@ -252,7 +277,7 @@ def profile_command(
         stdout_console().print(_profile_table(doc, title))
 
 
-def _profile_policy(model, weights, model_arg, device, policy_path, data_spec, costs_spec, batch_size, threads, warmup, output, json_out, quiet, exits=None, text=(None, None, None, None)) -> None:
+def _profile_policy(model, weights, model_arg, device, policy_path, data_spec, costs_spec, batch_size, threads, warmup, output, json_out, quiet, exits=None, text=(None, None, None, None), *, repeats: int = POLICY_REPEATS) -> None:
     import torch
 
     from eenet_cli.errors import InputError
@@ -275,63 +300,146 @@ def _profile_policy(model, weights, model_arg, device, policy_path, data_spec, c
     if cost is not None and cost.num_exits != loaded.num_exits:
         raise InputError(f"has {cost.num_exits} costs but the model has {loaded.num_exits} exits", source=cost.source)
     src = load_data(data_spec, batch_size, text=_text_options(loaded, *text))
-    with progress_bar("running policy", src.num_samples, quiet) as update:
-        run = run_policy(loaded, pol, src, warmup=warmup, progress=lambda n: update(n))
-    fr = run.exit_fractions
-    doc: dict = {
-        "policy": str(policy_path),
-        "model": model,
-        "data": data_spec,
-        "n": run.n,
-        "batch_size": run.batch_size,
-        "threads": torch.get_num_threads(),
-        "device": loaded.device,
-        "accuracy": run.accuracy,
-        "exit_fractions": fr,
-        "measured_ms_per_sample": run.ms_per_sample,
-    }
-    if run.by_exit_ms:
-        doc["measured_median_ms_by_exit"] = run.by_exit_median()
-    budget = pol.get("budget")
-    if isinstance(budget, dict):
-        doc["budget"] = budget
-    if cost is not None:
-        est = float(sum(f * c for f, c in zip(fr, cost.values)))
-        doc["costs"] = cost.brief()
-        doc["offline_estimate"] = {"value": est, "unit": cost.unit}
-        means = (cost.extra.get("stats") or {}).get("mean")
-        if isinstance(means, list) and len(means) == len(fr):
-            doc["offline_estimate"]["value_from_means"] = float(sum(f * m for f, m in zip(fr, means)))
+    total = src.num_samples * repeats if src.num_samples is not None else None
+    with progress_bar(f"running policy ({repeats} passes)", total, quiet) as update:
+        run = run_policy(loaded, pol, src, repeats=repeats, warmup=warmup, progress=lambda n: update(n))
+    doc = policy_run_document(run, pol, cost, policy=str(policy_path), model=model, data=data_spec, device=loaded.device, threads=torch.get_num_threads())
     doc["created_by"] = CREATED_BY
     to_stdout = output == "-" or json_out or (output is None and not stdout_is_terminal())
     if output is not None:
         write_text(output, dumps(doc))
     if to_stdout and output != "-":
         typer.echo(dumps(doc), nl=False)
-    from rich.table import Table
-
-    t = Table(title=f"policy {policy_path} on {data_spec} (batch {run.batch_size})", title_style="bold")
-    t.add_column("what")
-    t.add_column("value", justify="right")
-    t.add_row("samples", str(run.n))
-    t.add_row("accuracy", f"{100 * run.accuracy:.2f}%")
-    t.add_row("exit fractions", "/".join(f"{f:.3f}" for f in fr))
-    t.add_row("measured latency", f"{run.ms_per_sample:.4g} ms/sample")
-    if run.by_exit_ms:
-        t.add_row("measured median by exit", "/".join("-" if v is None else f"{v:.3g}" for v in run.by_exit_median()) + " ms")
-    if cost is not None:
-        t.add_row("costs c_k", "/".join(f"{v:.3g}" for v in cost.values) + f" {cost.unit}")
-    if "offline_estimate" in doc:
-        t.add_row("offline estimate sum f_k c_k", f"{doc['offline_estimate']['value']:.4g} {cost.unit}")
-        if "value_from_means" in doc["offline_estimate"]:
-            t.add_row("  same with mean costs", f"{doc['offline_estimate']['value_from_means']:.4g} {cost.unit}")
-    if isinstance(budget, dict) and "value" in budget:
-        t.add_row("budget", f"{budget['value']:.4g} {budget.get('unit', '')}")
+    t = _policy_table(doc, f"policy {policy_path} on {data_spec} (batch {run.batch_size}, {doc['threads']} thread(s), {repeats} passes)")
     if to_stdout:
         if not quiet:
             stderr_console().print(t)
-    else:
+    elif stdout_is_terminal() or not quiet:  # as plain profile: -q -o FILE in a pipeline prints nothing
         stdout_console().print(t)
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else float(f"{v:.6g}")
+
+
+def policy_run_document(run, pol: dict, cost, *, policy: str, model: str, data: str, device: str, threads: int) -> dict:
+    """The JSON of ``profile --policy`` (docs/runtime.md describes every field)."""
+    from eenet_cli.io import unit_scale
+
+    fr = run.exit_fractions
+    realised = run.realised_ms_per_sample
+    p10, p50, p90 = run.per_sample_percentiles()
+    doc: dict = {
+        "policy": policy,
+        "model": model,
+        "data": data,
+        "n": run.n,
+        "batch_size": run.batch_size,
+        "threads": threads,
+        "device": device,
+        "repeats": run.repeats,
+        "warmup": run.warmup,
+        "accuracy": run.accuracy,
+        "exit_fractions": fr,
+        # kept from before: the plain mean over every timed call (now of every pass)
+        "measured_ms_per_sample": run.raw_mean_ms_per_sample,
+    }
+    if run.batch_size == 1:
+        doc["measured_median_ms_by_exit"] = run.by_exit_median()
+    doc["realised"] = {
+        "ms_per_sample": realised,
+        "statistic": "mean over samples of each sample's median latency over the passes"
+        if run.batch_size == 1
+        else "sum over batches of each batch's median latency over the passes, divided by the samples",
+        "raw_mean_ms_per_sample": run.raw_mean_ms_per_sample,
+        "p10_ms": p10,
+        "p50_ms": p50,
+        "p90_ms": p90,
+        "decisions_stable": run.decisions_stable,
+    }
+    if run.batch_size == 1:
+        doc["realised"]["mean_of_medians_ms_by_exit"] = run.by_exit_mean_of_medians()
+    doc["realised"]["per_call_median_ms"] = [_r(v) for v in run.call_median_ms]
+    doc["realised"]["call_sizes"] = [int(v) for v in run.call_sizes]
+    med = run.measured_costs
+    est = run.estimate_ms_per_sample
+    doc["costs_measured"] = {
+        "unit": "ms",
+        "costs": [_r(v) for v in med],
+        "statistic": "median",
+        "p10": [_r(v) for v in run.prefix_stat("p10")],
+        "p90": [_r(v) for v in run.prefix_stat("p90")],
+        "mean": [_r(v) for v in run.prefix_stat("mean")],
+        "mean_of_medians": [_r(v) for v in run.prefix_mean_of_medians()],
+        "timings": [int(t.size) for t in run.prefix_ms],
+        "batch_size": run.prefix_batch_size,
+        "decision": run.scorer,
+        "increasing": all(b > a for a, b in zip(med, med[1:])),
+    }
+    same = run.estimate_same_statistic_ms_per_sample
+    doc["estimate_measured"] = {
+        "value": est,
+        "unit": "ms",
+        "ratio": realised / est if est > 0 else None,
+        "value_same_statistic": same,
+        "ratio_same_statistic": realised / same if same > 0 else None,
+    }
+    budget = pol.get("budget")
+    if isinstance(budget, dict):
+        doc["budget"] = budget
+    if cost is not None:
+        value = float(sum(f * c for f, c in zip(fr, cost.values)))
+        doc["costs"] = cost.brief()
+        off: dict = {"value": value, "unit": cost.unit}
+        means = (cost.extra.get("stats") or {}).get("mean")
+        if isinstance(means, list) and len(means) == len(fr):
+            off["value_from_means"] = float(sum(f * m for f, m in zip(fr, means)))
+        dim, factor = unit_scale(cost.unit)
+        if dim == "time" and value > 0:
+            off["value_ms"] = value * factor * 1e3
+            off["ratio"] = realised / off["value_ms"]
+        if isinstance(cost.extra.get("batch_size"), int):
+            off["costs_batch_size"] = cost.extra["batch_size"]
+        doc["offline_estimate"] = off
+    return doc
+
+
+def _policy_table(doc: dict, title: str):
+    from rich.table import Table
+
+    def ms(values) -> str:
+        return "/".join("-" if v is None else f"{v:.3g}" for v in values) + " ms"
+
+    re_ = doc["realised"]
+    t = Table(title=title, title_style="bold")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_row("samples", str(doc["n"]))
+    t.add_row("accuracy", f"{100 * doc['accuracy']:.2f}%")
+    t.add_row("exit fractions", "/".join(f"{f:.3f}" for f in doc["exit_fractions"]))
+    t.add_row("realised latency (mean of per-sample medians)", f"{re_['ms_per_sample']:.4g} ms/sample")
+    t.add_row("  raw mean, p10, p50, p90", f"{re_['raw_mean_ms_per_sample']:.4g}, {re_['p10_ms']:.4g}, {re_['p50_ms']:.4g}, {re_['p90_ms']:.4g} ms")
+    if "mean_of_medians_ms_by_exit" in re_:
+        t.add_row("  by exit taken", ms(re_["mean_of_medians_ms_by_exit"]))
+    cm, em = doc["costs_measured"], doc["estimate_measured"]
+    t.add_row(f"costs measured in this run ({cm['decision']} decision)", ms(cm["costs"]) + ("" if cm["increasing"] else " (not increasing)"))
+    ratio = f" (realised/estimate {em['ratio']:.3f})" if em["ratio"] is not None else ""
+    t.add_row("estimate from them, sum f_k c_k", f"{em['value']:.4g} ms{ratio}")
+    if em["ratio_same_statistic"] is not None:
+        t.add_row("  same, c_k as mean of per-slot medians", f"{em['value_same_statistic']:.4g} ms (realised/estimate {em['ratio_same_statistic']:.3f})")
+    if "offline_estimate" in doc:
+        off, c = doc["offline_estimate"], doc["costs"]
+        t.add_row("costs c_k (given)", "/".join(f"{v:.3g}" for v in c["costs"]) + f" {c['unit']}")
+        ratio = f" (realised/estimate {off['ratio']:.3f})" if "ratio" in off else ""
+        t.add_row("offline estimate sum f_k c_k", f"{off['value']:.4g} {off['unit']}{ratio}")
+        if "value_from_means" in off:
+            t.add_row("  same with mean costs", f"{off['value_from_means']:.4g} {off['unit']}")
+    budget = doc.get("budget")
+    if isinstance(budget, dict) and "value" in budget:
+        t.add_row("budget", f"{budget['value']:.4g} {budget.get('unit', '')}")
+    if not re_["decisions_stable"]:
+        t.add_row("note", "the passes did not all take the same exits")
+    return t
 
 
 # --------------------------------------------------------------------------- dump
