@@ -1,13 +1,18 @@
 """Online (one exit at a time) decisions equal the offline ones for every scorer."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from eenet_cli.core.measures import exit_features
-from eenet_cli.core.methods import BASELINES, FitCache, fit_method
+from eenet_cli.api import apply_policy, load_predictions, predictions_from_arrays
+from eenet_cli.core.measures import exit_features, softmax
+from eenet_cli.core.methods import BASELINES, POLICY_METHODS, FitCache, fit_method
 from eenet_cli.core.online import OnlinePolicy
-from eenet_cli.core.policy import apply_to_features
+from eenet_cli.core.policy import apply_to_features, compute_scores
 from eenet_cli.synthetic import make_predictions
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 
 
 @pytest.mark.parametrize("method", BASELINES)
@@ -32,3 +37,120 @@ def test_online_matches_offline(method):
             exits[active[stop]] = j
             active = active[~stop]
         np.testing.assert_array_equal(exits, off.exits)
+
+
+# ---------------------------------------------------------------------------------------------
+# every policy method, sample by sample, on the shipped digits predictions and on C = 100
+
+
+@pytest.fixture(scope="module")
+def datasets():
+    digits = load_predictions(str(SAMPLE / "digits.parquet"))
+    d = make_predictions(1600, 4, 100, seed=3, miscalibration=0.5)
+    synth = predictions_from_arrays(d.logits, d.labels, split=d.split, costs=d.costs, unit="ms")
+    out = {}
+    for name, preds in (("digits", digits), ("synthetic-c100", synth)):
+        costs = np.asarray(preds.meta["costs"]["costs"], dtype=np.float64)
+        val = preds.rows(preds.split == "val")
+        out[name] = (preds, costs, FitCache(val.features()))
+    return out
+
+
+def _check_sample_by_sample(policy: dict, preds) -> None:
+    """``run`` and ``OnlineSample.step`` agree with ``apply_policy`` on every row, val and
+    test. The val rows include the samples whose scores are the thresholds: a score one ulp
+    off there flips the decision, so this checks the arithmetic, not only the logic."""
+    off = apply_policy(policy, preds)
+    offline_scores = compute_scores(policy["scorer"], preds.features())
+    scores = preds.scores
+    op = OnlinePolicy(policy)
+    thr = policy["thresholds"]
+    k = preds.num_exits
+    sample = op.sample()
+    bad = []
+    for i in range(scores.shape[0]):
+        exit_, pred = op.run(scores[i])
+        sample.reset()
+        for j in range(k):
+            stop = sample.step(scores[i, j])
+            if sample.score is not None:  # the exit's score, as the offline path computes it
+                np.testing.assert_allclose(sample.score, offline_scores[i, j], rtol=1e-12, atol=1e-12)
+            if stop:
+                break
+        if (exit_, pred) != (off.exits[i], off.preds[i]) or (sample.exit, sample.prediction) != (exit_, pred):
+            bad.append((i, exit_, pred, sample.exit, int(off.exits[i]), int(off.preds[i])))
+    assert not bad, f"{len(bad)} samples differ (row, online exit, pred, step exit, offline exit, pred): {bad[:5]}; thresholds {thr}"
+
+
+@pytest.mark.parametrize("method", POLICY_METHODS)
+@pytest.mark.parametrize("data", ["digits", "synthetic-c100"])
+def test_every_method_sample_by_sample(datasets, data, method):
+    preds, costs, cache = datasets[data]
+    for share in (0.35, 0.6):
+        budget = float(costs[0] + share * (costs[-1] - costs[0]))
+        policy = fit_method(method, cache, costs, budget, "ms")
+        assert any(t is not None for t in policy["thresholds"][:-1]) or method == "patience"
+        _check_sample_by_sample(policy, preds)
+
+
+@pytest.mark.parametrize("kind", ["maxprob", "entropy", "vote", "patience", "eenet"])
+def test_probabilities_input(datasets, kind):
+    """Heads that output probabilities: the same decisions as offline on ``probs`` scores."""
+    preds, costs, cache = datasets["synthetic-c100"]
+    method = "eenet" if kind == "eenet" else kind
+    policy = fit_method(method, cache, costs, float(costs.mean()), "ms")
+    probs = softmax(preds.scores.reshape(-1, preds.num_classes)).reshape(preds.scores.shape)
+    off = apply_to_features(policy, exit_features(probs, "probs"))
+    op = OnlinePolicy(policy)
+    single = np.array([op.run(probs[i], probs=True) for i in range(probs.shape[0])])
+    np.testing.assert_array_equal(single[:, 0], off.exits)
+    np.testing.assert_array_equal(single[:, 1], off.preds)
+
+
+def test_sample_api():
+    policy = {"num_exits": 3, "num_classes": 3, "thresholds": [None, 0.9, None], "scorer": {"type": "maxprob"}}
+    op = OnlinePolicy(policy)
+    s = op.sample()
+    assert s.step(np.array([9.0, 0.0, 0.0])) is False  # a null threshold never stops
+    assert s.step(np.array([0.0, 9.0, 0.0])) is True and (s.exit, s.prediction) == (1, 1)
+    s.reset()
+    assert [s.step(np.array([1.0, 0.0, 0.0])) for _ in range(3)] == [False, False, True]
+    with pytest.raises(ValueError, match="reset"):
+        s.step(np.array([1.0, 0.0, 0.0]))
+    # float64 and float16 scores are cast to float32 first, as the offline path does
+    assert op.run(np.array([[0, 0, 0], [0, 9, 0], [0, 0, 9]], dtype=np.float16)) == (1, 1)
+    assert op.run([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]) == (2, 2)
+
+
+def test_eenet_wide_scorer_matches_offline():
+    """A wider EENet scorer (C = 300: products big enough for OpenBLAS to block and thread
+    them) gives the offline scores and decisions, exit by exit."""
+    k, c = 3, 300
+    d = make_predictions(400, k, c, seed=11, miscalibration=0.5)
+    rng = np.random.default_rng(2)
+    exits = []
+    for j in range(k):
+        h = (c + 3 + j) // 2
+        exits.append({"shared_weight": (0.05 * rng.normal(size=(h, c + 3 + j))).tolist(), "shared_bias": (0.1 * rng.normal(size=h)).tolist(),
+                      "utility_weight": (0.1 * rng.normal(size=h)).tolist(), "utility_bias": 0.1,
+                      "assign_weight": [0.0] * h, "assign_bias": 0.0})
+    scorer = {"type": "eenet", "negative_slope": 0.01, "exits": exits}
+    f = exit_features(d.logits, "logits", d.labels)
+    offline = compute_scores(scorer, f)
+    thr = []
+    for j in range(k - 1):  # half-way between two scores near the median: no score sits on one
+        u = np.unique(offline[:, j])
+        thr.append(float((u[len(u) // 2] + u[len(u) // 2 + 1]) / 2))
+    policy = {"num_exits": k, "num_classes": c, "thresholds": thr + [None], "scorer": scorer}
+    off = apply_to_features(policy, f)
+    op = OnlinePolicy(policy)
+    s = op.sample()
+    for i in range(400):
+        s.reset()
+        for j in range(k):
+            stop = s.step(d.logits[i, j])
+            if s.score is not None:
+                np.testing.assert_allclose(s.score, offline[i, j], rtol=1e-12, atol=1e-12)
+            if stop:
+                break
+        assert (s.exit, s.prediction) == (off.exits[i], off.preds[i]) == op.run(d.logits[i])
