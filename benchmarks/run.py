@@ -300,12 +300,12 @@ def main() -> None:
         factor = 5
         res = run_code(FIT_LONG_CODE.format(data=str(big), budget="50%", factor=factor))
         d, lg = res["default"], res["long"]
-        gap = abs(d["accuracy"] - lg["accuracy"]) * 100
+        gap = (d["accuracy"] - lg["accuracy"]) * 100  # > 0: the default fit is the more accurate
         t.add(
             f"  test accuracy: default fit vs {factor}x longer training",
-            f"{d['accuracy'] * 100:.2f}% vs {lg['accuracy'] * 100:.2f}% (gap {gap:.2f} pts)",
-            "<= 0.2 pts",
-            gap <= 0.2,
+            f"{d['accuracy'] * 100:.2f}% vs {lg['accuracy'] * 100:.2f}% ({gap:+.2f} pts)",
+            "default >= long - 0.2 pts",
+            gap >= -0.2,
             f"{big_n // 2} test rows, budget 50% = {d['budget']:.3g} {d['unit']}; default {d['seconds']:.0f} s, {d['steps']}/{d['max_steps']} steps; "
             f"long {lg['seconds']:.0f} s, {lg['steps']}/{lg['max_steps']} steps (Python API, same seed; fit times exclude the features)",
         )
@@ -343,10 +343,13 @@ def main() -> None:
         warm = min_of_medians(parts["warm"]) * 1e6
         share = situ / (c1_ms * 1000) * 100
         all_situ, all_c1 = statistics.median(res["in_situ"]) * 1e6, statistics.median(res["model"]) * 1e3
-        t.add("one exit decision (eenet, C=100) vs ResNet-56 exit-1 latency", f"{situ:.0f} us / {c1_ms:.2f} ms = {share:.2f}%", "< 1%", share < 1,
-              f"in situ, right after the exit-1 forward (warm, 20 back to back: {warm:.0f} us = {warm / (c1_ms * 10):.2f}%); "
-              f"min over 5 blocks of the medians of {reps // 5} interleaved rounds (medians of all: {all_situ:.0f} us / {all_c1:.2f} ms "
-              f"= {all_situ / (all_c1 * 10):.2f}%), one process, torch {res['threads']} thread")
+        warm_share = warm / (c1_ms * 1000) * 100
+        t.add("one exit decision (eenet, C=100) vs ResNet-56 exit-1 latency", f"{warm:.0f} us / {c1_ms:.2f} ms = {warm_share:.2f}%", "< 1%",
+              warm_share < 1, f"decisions back to back (20 per round), as the per-sample apply row; min over 5 blocks of the medians of "
+              f"{reps // 5} interleaved rounds, one process, torch {res['threads']} thread")
+        t.add("  the same decision right after the exit-1 forward (in situ)", f"{situ:.0f} us / {c1_ms:.2f} ms = {share:.2f}%", "< 1%", share < 1,
+              f"the forward has just evicted the decision's code and weights from the caches (medians of all rounds: "
+              f"{all_situ:.0f} us / {all_c1:.2f} ms = {all_situ / (all_c1 * 10):.2f}%)")
 
     # 6. start-up ---------------------------------------------------------------------------
     if "startup" in only:
