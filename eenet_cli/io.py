@@ -14,7 +14,9 @@ import math
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -501,6 +503,102 @@ def _strings(col) -> np.ndarray:
     return values[idx]
 
 
+READ_THREADS = max(1, min(2, os.cpu_count() or 1))  # exit columns decoded at once (each holds a decoded temporary)
+
+
+class _ThreadHandles:
+    """One ``ParquetFile`` per file and thread: a file handle is not shared between threads
+    that read at the same time (the main thread keeps the handles already open)."""
+
+    def __init__(self, opened: dict):
+        self.main = threading.get_ident()
+        self.opened = opened
+        self.local = threading.local()
+
+    def get(self, f: Path, src: str):
+        if threading.get_ident() == self.main:
+            return self.opened[f]
+        mine = self.local.__dict__.setdefault("files", {})
+        if f not in mine:
+            mine[f] = _open_parquet(f, src)
+        return mine[f]
+
+
+def _fill_from_parts(pfs, files, source, cols, want, names, num_classes, scores, labels, split_parts, id_parts, executor) -> bool:
+    """Copy every part file's rows into the preallocated arrays (see :func:`read_predictions`);
+    returns whether every score is finite."""
+    import pyarrow as pa
+
+    k = len(cols)
+    handles = _ThreadHandles(dict(pfs))
+    nonfinite: list = []  # list.append is atomic: safe from the worker threads
+    row = 0
+    for f, pf in pfs:
+        src = source if len(files) == 1 else str(f)
+        pool = pa.default_memory_pool()
+
+        def read(g: int, columns: list[str], handle=pf):
+            try:
+                return handle.read_row_group(g, columns=columns)
+            except (pa.ArrowException, OSError) as e:
+                raise InputError(f"cannot read row group {g} ({str(e).splitlines()[0]})", source=src) from None
+
+        def copy_exit(g: int, j: int, start: int) -> None:
+            name = cols[j]
+            col = read(g, [name], handles.get(f, src)).column(0)
+            if col.null_count:
+                raise InputError(f"{col.null_count} rows have no scores (null)", source=src, field=name)
+            at = start
+            for chunk in col.chunks:
+                cm = len(chunk)
+                view = _fixed_list_view(chunk, num_classes, src, name)
+                scores[at : at + cm, j, :] = view
+                if not np.isfinite(view).all():  # while the block is in cache; reported later
+                    nonfinite.append((at, j))
+                at += cm
+            del col
+            pool.release_unused()
+
+        # one task per (row group, exit column), all queued at once: Arrow decodes and numpy
+        # copies without the GIL, so the columns are read in parallel with no core idle at a
+        # row group's end, while only the running tasks hold a decoded column (one exit's
+        # share of a row group each); the main thread reads the small columns meanwhile
+        starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]) + row
+        if executor is not None and k > 1:
+            futures = [executor.submit(copy_exit, g, j, int(starts[g])) for g in range(pf.num_row_groups) for j in range(k)]
+        else:
+            futures = []
+            for g in range(pf.num_row_groups):
+                for j in range(k):
+                    copy_exit(g, j, int(starts[g]))
+        try:
+            for g in range(pf.num_row_groups):
+                tbl = read(g, [c for c in want if c not in cols])
+                m = pf.metadata.row_group(g).num_rows
+                if labels is not None:
+                    lab = tbl.column("label")
+                    if lab.null_count:
+                        raise InputError(f"{lab.null_count} rows have no label", source=src, field="label")
+                    labels[row : row + m] = _ints(lab)
+                if "split" in names:
+                    sp = tbl.column("split")
+                    if sp.null_count:
+                        raise InputError(f"{sp.null_count} rows have no split", source=src, field="split")
+                    split_parts.append(_strings(sp))
+                if "sample_id" in names:
+                    sid = tbl.column("sample_id")
+                    id_parts.append(_ints(sid) if pa.types.is_integer(sid.type) else _strings(sid))
+                row += m
+                del tbl
+            for fut in futures:  # in (row group, exit) order: the first bad column is the one reported
+                fut.result()
+        finally:
+            for fut in futures:
+                fut.cancel()
+        pool.release_unused()  # hand decoded buffers back at once
+    return not nonfinite
+
+
 def read_predictions(path: str | os.PathLike, *, validate: bool = True) -> Predictions:
     """Read a predictions file or folder of part files into ``[N, K, C]`` float32.
 
@@ -549,48 +647,13 @@ def read_predictions(path: str | os.PathLike, *, validate: bool = True) -> Predi
     split_parts: list[np.ndarray] = []
     id_parts: list[np.ndarray] = []
     want = cols + [c for c in ("label", "split", "sample_id") if c in names]
-    row = 0
-    for f, pf in pfs:
-        src = source if len(files) == 1 else str(f)
-        pool = pa.default_memory_pool()
-
-        def read(g: int, columns: list[str]):
-            try:
-                return pf.read_row_group(g, columns=columns)
-            except (pa.ArrowException, OSError) as e:
-                raise InputError(f"cannot read row group {g} ({str(e).splitlines()[0]})", source=src) from None
-
-        for g in range(pf.num_row_groups):
-            # one exit column at a time: the decoded temporary is a fifth of a row group
-            tbl = read(g, [c for c in want if c not in cols])
-            m = pf.metadata.row_group(g).num_rows
-            for j, name in enumerate(cols):
-                col = read(g, [name]).column(0)
-                if col.null_count:
-                    raise InputError(f"{col.null_count} rows have no scores (null)", source=src, field=name)
-                at = row
-                for chunk in col.chunks:
-                    cm = len(chunk)
-                    scores[at : at + cm, j, :] = _fixed_list_view(chunk, num_classes, src, name)
-                    at += cm
-                del col
-                pool.release_unused()
-            if labels is not None:
-                lab = tbl.column("label")
-                if lab.null_count:
-                    raise InputError(f"{lab.null_count} rows have no label", source=src, field="label")
-                labels[row : row + m] = _ints(lab)
-            if "split" in names:
-                sp = tbl.column("split")
-                if sp.null_count:
-                    raise InputError(f"{sp.null_count} rows have no split", source=src, field="split")
-                split_parts.append(_strings(sp))
-            if "sample_id" in names:
-                sid = tbl.column("sample_id")
-                id_parts.append(_ints(sid) if pa.types.is_integer(sid.type) else _strings(sid))
-            row += m
-            del tbl
-            pool.release_unused()  # hand decoded buffers back at once
+    workers = min(k, READ_THREADS)
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eenet-read") if workers > 1 else None
+    try:
+        finite = _fill_from_parts(pfs, files, source, cols, want, names, num_classes, scores, labels, split_parts, id_parts, executor)
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
     preds = Predictions(
         scores=scores,
         labels=labels,
@@ -601,14 +664,15 @@ def read_predictions(path: str | os.PathLike, *, validate: bool = True) -> Predi
         files=files,
     )
     if validate:
-        validate_predictions(preds)
+        # the copy already checked finiteness; the full scan runs only to name the first bad score
+        validate_predictions(preds, check_finite=not finite)
     return preds
 
 
-def validate_predictions(p: Predictions) -> None:
+def validate_predictions(p: Predictions, *, check_finite: bool = True) -> None:
     src = p.source
     step = 8192  # rows per check, to keep the temporary boolean mask small
-    for start in range(0, p.num_samples, step):
+    for start in range(0, p.num_samples if check_finite else 0, step):
         block = p.scores[start : start + step]
         finite = np.isfinite(block)
         if not finite.all():

@@ -27,6 +27,28 @@ def test_round_trip_many_row_groups(tmp_path):
     assert p.meta["format"] == "predictions" and p.meta["num_exits"] == 3
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_first_non_finite_score_is_named_whatever_the_reading_order(tmp_path, monkeypatch, threads):
+    """Exit columns are decoded in parallel; the error still names the first bad score in
+    row order, and a clean file passes with the same figures either way."""
+    import eenet_cli.io as io
+
+    monkeypatch.setattr(io, "READ_THREADS", threads)
+    d = make_predictions(3000, 4, 6, seed=2)
+    logits = d.logits.copy()
+    logits[2100, 3, 4] = np.nan  # a later row group, the last exit
+    logits[2500, 0, 1] = np.inf  # a later row, an earlier exit
+    path = tmp_path / "bad.parquet"
+    write_predictions(path, logits, d.labels, row_group_size=500)
+    with pytest.raises(InputError, match=r"row 2100, class 4") as err:
+        read_predictions(path)
+    assert err.value.field == "exit_3"
+    clean = tmp_path / "clean.parquet"
+    write_predictions(clean, d.logits, d.labels, row_group_size=500)
+    np.testing.assert_array_equal(read_predictions(clean).scores, d.logits)
+    assert read_predictions(path, validate=False).scores.shape == (3000, 4, 6)
+
+
 def test_float16_is_accepted(tmp_path):
     d = make_predictions(100, 2, 4)
     path = tmp_path / "p16.parquet"
