@@ -8,7 +8,8 @@ renames it over the old one: nothing is modified in place.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) each rank runs every ``WORLD_SIZE``-th batch
 (batch ``i`` goes to rank ``i % WORLD_SIZE``) and writes ``OUTPUT/part-{rank:05d}.parquet``;
-the folder is one predictions input. Every rank still iterates the whole loader (it skips
+the folder is one predictions input (rank 0 removes part files of ranks ``>= WORLD_SIZE``
+left by an earlier, wider dump into the same folder). Every rank still iterates the whole loader (it skips
 the other ranks' batches without running the model) so sample ids are global positions in
 the data and never collide. Only ``--append`` needs the ranks to agree on where ids
 continue: then a ``gloo`` process group is started (from torchrun's ``MASTER_ADDR`` /
@@ -302,7 +303,24 @@ def dump_predictions(
             writer.abort(e)
         raise
     total = rows + (old.rows if old else 0)
+    if shard.active and shard.rank == 0 and not append:
+        removed = remove_stale_parts(path.parent, shard.world)
+        if removed and log:
+            log(f"removed {len(removed)} part file(s) left by an earlier dump with more ranks: {', '.join(removed)}")
     return DumpResult(path, rows, total, elapsed, k, c, correct.tolist() if correct is not None else [])
+
+
+def remove_stale_parts(folder: Path, world: int) -> list[str]:
+    """Delete ``part-NNNNN.parquet`` files whose rank is ``>= world``: no rank of this dump
+    writes them, so they can only be left from an earlier dump with more ranks, and the
+    folder would otherwise read back with their rows mixed in."""
+    removed = []
+    for p in sorted(folder.glob("part-*.parquet")):
+        tail = p.stem[len("part-"):]
+        if tail.isdigit() and int(tail) >= world:
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return removed
 
 
 def _id_type(old: _Existing | None):

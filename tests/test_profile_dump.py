@@ -216,6 +216,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_narrower_shard_dump_removes_the_parts_it_does_not_write(runner, tmp_path, monkeypatch):
+    out = tmp_path / "shards"
+    for world, ranks in ((3, (0, 1, 2)), (2, (1, 0))):
+        for rank in ranks:
+            monkeypatch.setenv("RANK", str(rank))
+            monkeypatch.setenv("WORLD_SIZE", str(world))
+            r = invoke(runner, "dump", f"{T}:tiny_staged", "--data", f"{T}:tiny_batches", "--split", "val", "-o", out, "-q")
+            assert r.exit_code == 0, r.output
+        if world == 3:
+            assert len(list(out.glob("part-*.parquet"))) == 3
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    # the 3-rank dump's part-00002 would have added its rows a second time
+    assert sorted(p.name for p in out.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    p = read_predictions(out)
+    assert p.num_samples == 40 and sorted(p.sample_id.tolist()) == list(range(40))
+
+
 def test_two_rank_shard_dump_reads_back_as_one(runner, tmp_path, monkeypatch):
     out = tmp_path / "shards"
     # first round: each rank's shard needs no coordination, so run the two ranks in-process
