@@ -71,8 +71,9 @@ and the worst cell.
 
 Results with these defaults (``python scripts/tune_eenet.py``, data seed 0): Δ per
 budget averaged over the 4 datasets +1.11 / +1.57 / +2.23 / +2.74 / +0.94, worst cell
-−0.76 (C=100 calibrated, where max-prob is already the right score); eenet-search worst
-cell −0.18. On data seeds 1 and 2 the means hold (+1.77, +1.91) but single calibrated
+−0.76 (C=100 calibrated, where max-prob is already the right score); eenet-search (its
+rule chosen by 5-fold cross-validation) worst cell −0.18, and −0.16 / −0.35 on data seeds
+1 / 2. On data seeds 1 and 2 the means hold (+1.77, +1.91) but single calibrated
 cells reach −1.19 and the lowest budget's mean +0.47: on calibrated predictions EENet
 ties max-prob, and one 5,000-row test split moves a cell by ±0.5-1 point.
 Speed (2 cores, one thread): 5,000 rows × 4 exits × 100 classes trains in 1-4 s (plus
