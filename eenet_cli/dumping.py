@@ -92,6 +92,7 @@ class _Existing:
     string_ids: bool
     fp16: bool
     rows: int
+    names: tuple = ()  # the file's column names
 
 
 def _existing(path: Path) -> _Existing:
@@ -124,7 +125,7 @@ def _existing(path: Path) -> _Existing:
         else:
             string_ids = True
     fp16 = "exit_0" in names and pa.types.is_float16(pf.schema_arrow.field("exit_0").type.value_type)
-    return _Existing(meta, next_id, string_ids, fp16, pf.metadata.num_rows)
+    return _Existing(meta, next_id, string_ids, fp16, pf.metadata.num_rows, tuple(names))
 
 
 def _shared_next_id(folder: Path, shard: Shard) -> int:

@@ -288,3 +288,13 @@ def test_dump_memory_is_flat_for_50k_samples(tmp_path):
     assert rc == "0", r.stderr
     assert int(kb) / 1024 < 500
     assert read_predictions(tmp_path / "big.parquet").num_samples == 50_000
+
+
+def test_append_target_is_checked_before_the_model_is_loaded(runner, tmp_path):
+    """A wrong --append target fails at once: the (here unloadable) model is never touched."""
+    bad = tmp_path / "notes.parquet"
+    bad.write_text("not parquet")
+    r = invoke(runner, "dump", "no_such_module_xyz:build", "--data", f"{T}:tiny_batches", "--split", "val", "-o", bad, "--append", "-q")
+    assert r.exit_code == 2
+    assert "not a readable Parquet file" in r.output and "no_such_module_xyz" not in r.output
+    assert bad.read_text() == "not parquet"

@@ -484,6 +484,7 @@ def dump_command(
     if not shard.active:
         check_output_path(output)
     cost = load_costs(costs) if costs else None
+    _check_split_column(output, shard, split, append)  # before any model or data is loaded
     if device == "cuda" and shard.active and os.environ.get("LOCAL_RANK"):
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     loaded = _load(model, weights, model_arg, device, exits)
@@ -494,7 +495,6 @@ def dump_command(
     from eenet_cli.modelspec import load_data
 
     src = load_data(data, batch_size, split_hint=split, text=_text_options(loaded, tokenizer, text_column, label_column, max_length))
-    _check_split_column(output, shard, split, append)
     label = f"dump {split or ''}".strip() + (f" [rank {shard.rank}/{shard.world}]" if shard.active else "")
     total = src.num_samples
     if total is not None and shard.active:
@@ -540,24 +540,20 @@ def dump_command(
 
 
 def _check_split_column(output: str, shard, split: Optional[str], append: bool) -> None:
-    """--append must keep the file's shape: a split column in both or neither."""
+    """--append needs a readable predictions file that keeps its shape (a split column in
+    both or neither); checked before the model runs, so a wrong target fails at once."""
     if not append:
         return
     from pathlib import Path
 
-    import pyarrow.parquet as pq
-
-    from eenet_cli.dumping import output_file
+    from eenet_cli.dumping import _existing, output_file
     from eenet_cli.errors import InputError
 
     path = Path(output) / f"part-{shard.rank:05d}.parquet" if shard.active else Path(output)
     if not path.is_file():
         output_file(output, shard)  # the right error for a folder/file mix-up
         raise InputError("--append: no such file to append to (drop --append to create it)", source=str(path), field="--output")
-    try:
-        has_split = "split" in pq.read_schema(path).names
-    except Exception:  # noqa: BLE001 - the reader reports it properly later
-        return
+    has_split = "split" in _existing(path).names
     if has_split and split is None:
         raise InputError("--append: the file has a split column; give --split for the new rows", source=str(path), field="--split")
     if not has_split and split is not None:
