@@ -57,6 +57,16 @@ def _kill_after(proc: subprocess.Popen, *, cpu: float, timeout: float = 60.0, mu
     return proc.returncode == -signal.SIGKILL
 
 
+def _reap(proc: subprocess.Popen) -> None:
+    """Kill the process if it still runs, and close the pipes it was given."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
 def _only_hidden_temps_besides(folder: Path, keep: set[str]) -> None:
     others = sorted(p.name for p in folder.iterdir() if p.name not in keep)
     stray = [n for n in others if not (n.startswith(".") and n.endswith(".tmp"))]
@@ -113,10 +123,7 @@ def test_killed_evaluate_keeps_the_old_results(tmp_path, big):
     try:
         assert _kill_after(proc, cpu=2.0)  # start-up is ~1 s of CPU; then it is reading and evaluating
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
+        _reap(proc)
     assert out.read_bytes() == old
     assert read_results(out)["results"][0]["method"] == "maxprob"
     _only_hidden_temps_besides(tmp_path, {"small.parquet", "results.json"})
@@ -159,11 +166,7 @@ def _kill_writer_midway(target: Path, groups: int = 5) -> None:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
+        _reap(proc)
 
 
 def test_killed_predictions_writer_leaves_no_file(tmp_path):
@@ -205,9 +208,7 @@ def test_killed_fit_leaves_the_old_policy_or_the_whole_new_one(tmp_path, big):
     try:
         _kill_after(proc, cpu=1.5, must_run=False)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _reap(proc)
     if json.loads(out.read_text()) != {"old": True}:
         from eenet_cli.io import read_policy
 
@@ -244,10 +245,7 @@ def test_killed_dump_keeps_the_old_predictions(tmp_path):
         start = _cpu_seconds(proc.pid)
         assert _kill_after(proc, cpu=start + 1.0)  # a second more of running the model
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
+        _reap(proc)
     assert out.read_bytes() == old
     assert read_predictions(out).num_samples == 100
     _only_hidden_temps_besides(tmp_path, {"images.npz", "preds.parquet"})
