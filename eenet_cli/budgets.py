@@ -16,33 +16,42 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 
 import numpy as np
 
 from eenet_cli.errors import BudgetError
-from eenet_cli.io import Costs, convert, normalise_unit
+from eenet_cli.io import Costs, normalise_unit, unit_factor
 
-_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+# one unambiguous pattern (no nested repeats), so a long bad value fails in linear time
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _RE = re.compile(rf"\s*({_NUM})\s*(%|[A-Za-zµμ]+)?\s*")
+MAX_VALUE_CHARS = 64  # one budget value; longer is refused before parsing
+MAX_BUDGETS = 10000
 
 
-def _parse_value(text: str, costs: Costs, option: str) -> float:
+def _parse_decimal(text: str, costs: Costs, option: str) -> Decimal:
+    """A budget as an exact decimal in the costs' unit (``120us`` in ms is exactly 0.12)."""
+    if len(text) > MAX_VALUE_CHARS:
+        raise BudgetError(f"a budget value is at most {MAX_VALUE_CHARS} characters, got {len(text)}", source=option)
     m = _RE.fullmatch(text)
     if not m:
         raise BudgetError(f"cannot read {text!r} as a budget; expected e.g. 6ms, 250us, 2GFLOPs or 60%", source=option)
-    value = float(m.group(1))
+    value = Decimal(m.group(1))
     unit = m.group(2)
-    if not math.isfinite(value):
-        raise BudgetError(f"budget {text!r} is not finite", source=option)
     if unit == "%":
-        if value <= 0:
-            raise BudgetError(f"budget {text!r} must be positive", source=option)
-        return value / 100.0 * float(costs.values[-1])
-    if unit:
-        value = convert(value, normalise_unit(unit, option), costs.unit, source=option)
+        value = value / 100 * Decimal(repr(float(costs.values[-1])))
+    elif unit:
+        value = value * unit_factor(normalise_unit(unit, option), costs.unit, source=option)
     if value <= 0:
         raise BudgetError(f"budget {text!r} must be positive", source=option)
+    if not math.isfinite(float(value)):
+        raise BudgetError(f"budget {text!r} is too large", source=option)
     return value
+
+
+def _parse_value(text: str, costs: Costs, option: str) -> float:
+    return float(_parse_decimal(text, costs, option))
 
 
 def check_feasible(budget: float, costs: Costs, option: str = "--budget") -> None:
@@ -69,17 +78,19 @@ def parse_budgets(text: str, costs: Costs, option: str = "--budgets") -> list[fl
         parts = text.split(":")
         if len(parts) != 3:
             raise BudgetError(f"a range is start:stop:step, got {text!r}", source=option)
-        start, stop, step = (_parse_value(p, costs, option) for p in parts)
+        start, stop, step = (_parse_decimal(p, costs, option) for p in parts)
         if stop < start:
             raise BudgetError(f"range {text!r} ends before it starts", source=option)
-        count = int(math.floor((stop - start) / step + 1e-9)) + 1
-        if count > 10000:
-            raise BudgetError(f"range {text!r} gives {count} budgets; at most 10000", source=option)
-        out = [round(start + i * step, 12) for i in range(count)]
+        count = int((stop - start) // step) + 1  # exact decimal arithmetic: the stop is kept when it is on the grid
+        if count > MAX_BUDGETS:
+            raise BudgetError(f"range {text!r} gives {count} budgets; at most {MAX_BUDGETS}", source=option)
+        out = [float(start + i * step) for i in range(count)]
     else:
         items = [t for t in text.split(",") if t.strip()]
         if not items:
             raise BudgetError("no budgets given", source=option)
+        if len(items) > MAX_BUDGETS:
+            raise BudgetError(f"{len(items)} budgets given; at most {MAX_BUDGETS}", source=option)
         out = [_parse_value(t, costs, option) for t in items]
     for b in out:
         check_feasible(b, costs, option)

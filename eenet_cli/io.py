@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from decimal import Decimal
 import json
 import math
 import os
@@ -212,17 +213,24 @@ def unit_scale(unit: str) -> tuple[str, float]:
     return "work", WORK_UNITS[key]
 
 
-def convert(value: float, from_unit: str, to_unit: str, source: str = "budget") -> float:
+def unit_factor(from_unit: str, to_unit: str, source: str = "budget"):
+    """The exact decimal factor from one canonical unit to another of the same dimension."""
+    from decimal import Decimal
+
     d1, f1 = unit_scale(from_unit)
     d2, f2 = unit_scale(to_unit)
     if d1 != d2:
         what = {"time": "a time", "work": "a FLOP count"}
         raise BudgetError(
-            f"{value:g}{from_unit} is {what[d1]} but the costs are {what[d2]} in {to_unit}; "
+            f"a value in {from_unit} is {what[d1]} but the costs are {what[d2]} in {to_unit}; "
             f"give the budget in {to_unit} (or as a percentage)",
             source=source,
         )
-    return value * f1 / f2
+    return Decimal(repr(f1)) / Decimal(repr(f2))
+
+
+def convert(value: float, from_unit: str, to_unit: str, source: str = "budget") -> float:
+    return float(Decimal(repr(float(value))) * unit_factor(from_unit, to_unit, source))
 
 
 @dataclass

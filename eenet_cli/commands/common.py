@@ -1,16 +1,38 @@
-"""Shared pieces of the commands: consoles, progress bars, option types."""
+"""Shared pieces of the commands: the one rule for stdout and stderr, consoles, progress
+bars and option types (docs/spec.md §4, "Streams").
+
+The rule, the same for every command:
+
+* A command has one *artifact* (costs, predictions, policy, per-sample exits, results, an
+  image). It goes to ``-o FILE``; with ``-o -``, or with no ``-o`` when stdout is not a
+  terminal, it goes to stdout, written only once it is complete. With no ``-o`` on a
+  terminal, a JSON artifact is not written and its human view is shown instead; a binary
+  artifact (Parquet, an image) is refused before any work.
+* ``--json`` asks for a JSON document on stdout. Two documents never share stdout: where
+  it would, the command refuses before any work.
+* Human views (tables) go to stdout only when stdout is a terminal and carries nothing
+  else; otherwise to stderr.
+* A one-line summary of what was done goes to stderr on every run, terminal or not.
+  Progress bars are drawn only when stderr is a terminal.
+* ``-q`` silences everything on stderr but errors and warnings; the artifact is still
+  written.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated, Optional
 
 import typer
 
-OutputOpt = Annotated[Optional[str], typer.Option("-o", "--output", help="Output file; '-' for stdout.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or log lines on stderr.")]
+OutputOpt = Annotated[
+    Optional[str],
+    typer.Option("-o", "--output", help="Output file; '-' for stdout (the default when stdout is not a terminal)."),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Nothing on stderr but errors and warnings.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 CostsOpt = Annotated[
     Optional[str],
@@ -19,56 +41,161 @@ CostsOpt = Annotated[
         help="Costs JSON file, or inline cumulative costs like 1.2,2.5,3.7ms. Default: the predictions' metadata.",
     ),
 ]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (same inputs + seed = same output).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed, 0 to 2**32-1 (same inputs + seed = same output).")]
+
+MAX_SEED = 2**32 - 1
+PIPE_WIDTH = 160  # a table written to a pipe or a log file gets this width (a terminal its own)
 
 
-def stderr_console(quiet: bool = False):
-    from rich.console import Console
+def check_seed(seed: int) -> int:
+    from eenet_cli.errors import InputError
 
-    return Console(stderr=True, quiet=quiet, highlight=False)
-
-
-def stdout_console():
-    from rich.console import Console
-
-    # a pipe gets a wide fixed layout rather than rich's 80-column default
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-
-
-def log(message: str, quiet: bool = False) -> None:
-    """One informational line on stderr, only when stderr is a terminal and not --quiet
-    (SPEC §4: logs disappear in pipelines)."""
-    if not quiet and sys.stderr.isatty():
-        sys.stderr.write(message.rstrip("\n") + "\n")
-
-
-def report(message: str, quiet: bool = False) -> None:
-    """A command's human-readable result on stderr (its data went to stdout or a file);
-    suppressed only by --quiet."""
-    if not quiet:
-        sys.stderr.write(message.rstrip("\n") + "\n")
+    if not 0 <= seed <= MAX_SEED:
+        raise InputError(f"must be between 0 and {MAX_SEED}, got {seed}", field="--seed")
+    return seed
 
 
 def stdout_is_terminal() -> bool:
     return sys.stdout.isatty()
 
 
-@contextlib.contextmanager
-def progress_bar(description: str, total: int | None, quiet: bool = False, fields: str = "") -> Iterator:
-    """A rich progress bar on stderr, shown only when stderr is a terminal and not --quiet.
+@dataclass(frozen=True)
+class Streams:
+    """Where one run's artifact, JSON document and human view go (decided before any work)."""
 
-    Yields ``update(advance=1, **fields)``.
+    artifact: str | None  # a path, "-" for stdout, or None (not written)
+    json: bool  # a JSON document (not the artifact) goes to stdout
+    quiet: bool
+
+    @property
+    def stdout_taken(self) -> bool:
+        return self.artifact == "-" or self.json
+
+    def view_console(self):
+        """The console for a human view (a table), or None when -q silences it."""
+        if self.stdout_taken or not stdout_is_terminal():
+            return None if self.quiet else stderr_console()
+        return stdout_console()
+
+    def summary(self, message: str) -> None:
+        summary(message, self.quiet)
+
+
+def plan_streams(
+    output: str | None,
+    *,
+    what: str,
+    binary: bool = False,
+    json_out: bool = False,
+    json_is_artifact: bool = False,
+    terminal_view: bool = True,
+    quiet: bool = False,
+) -> Streams:
+    """Resolve the stream rule for one run; refuses a conflict with one line (exit 2).
+
+    ``what`` names the artifact in messages ("policy", "predictions"). ``json_is_artifact``:
+    ``--json`` asks for the artifact itself as JSON on stdout (evaluate, profile); otherwise
+    ``--json`` is a separate summary document (apply, dump). ``terminal_view``: with no
+    ``-o`` on a terminal the command shows a human view instead of writing the artifact;
+    without one, a text artifact still goes to stdout and a binary one is refused.
+    """
+    from eenet_cli.errors import InputError
+    from eenet_cli.io import check_output_path
+
+    if output is not None and output != "-":
+        check_output_path(output)
+        return Streams(output, json_out, quiet)
+    if json_out:
+        if output == "-" and not json_is_artifact:
+            raise InputError(f"-o - and --json would both write to stdout; write the {what} to a file with -o FILE", field="--output")
+        return Streams(None, True, quiet)
+    terminal = stdout_is_terminal()
+    if output == "-" or not terminal or not terminal_view:
+        if binary and terminal:
+            raise InputError(f"the {what} is binary and stdout is a terminal; give -o FILE or redirect stdout", field="--output")
+        return Streams("-", False, quiet)
+    return Streams(None, False, quiet)
+
+
+def write_stdout_bytes(data: bytes) -> None:
+    """The artifact on stdout in one piece (only once it is complete)."""
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def stderr_console(quiet: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=True, quiet=quiet, highlight=False, width=None if sys.stderr.isatty() else PIPE_WIDTH)
+
+
+def stdout_console():
+    from rich.console import Console
+
+    return Console(highlight=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
+
+
+def summary(message: str, quiet: bool = False) -> None:
+    """A line on stderr saying what was done (or used); shown terminal or not, unless -q."""
+    if not quiet:
+        sys.stderr.write(message.rstrip("\n") + "\n")
+        sys.stderr.flush()
+
+
+# the older names, kept for the commands that still use them
+log = summary
+report = summary
+
+
+def warn(message: str) -> None:
+    """A warning on stderr; shown even with -q."""
+    sys.stderr.write(f"eenet: warning: {message.rstrip()}\n")
+
+
+def fit_table_columns(console, columns: list[tuple[str, str, int, list[str]]]):
+    """A rich Table of ``columns`` (header, justify, priority, cells) that fits the console:
+    at a narrow width the columns of the highest priority number go first; columns of
+    priority 0 are never dropped."""
+    from rich.table import Table
+
+    width = console.width if console is not None else PIPE_WIDTH
+    keep = list(columns)
+
+    def needed(cols) -> int:
+        # one space of padding each side plus a border per column, plus the outer border
+        return sum(max([len(h)] + [len(c) for c in cells]) + 3 for h, _, _, cells in cols) + 1
+
+    while needed(keep) > width:
+        droppable = [c for c in keep if c[2] > 0]
+        if not droppable:
+            break
+        keep.remove(max(droppable, key=lambda c: (c[2], keep.index(c))))
+    table = Table(title_style="bold")
+    for header, just, _, _ in keep:
+        table.add_column(header, justify=just, no_wrap=True, overflow="fold")
+    return table, [columns.index(c) for c in keep]
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None, quiet: bool = False, fields: dict[str, str] | None = None) -> Iterator:
+    """A rich progress bar on stderr, drawn only when stderr is a terminal and not -q.
+
+    ``fields`` maps extra fields (identifiers) to their labels; each is shown as
+    ``label value`` after the bar, "-" until its first update. Yields
+    ``update(advance=1, **fields)``.
     """
     if quiet or not sys.stderr.isatty():
         yield lambda advance=1, **kw: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    fields = dict(fields or {})
     cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
-    if fields:
-        cols.append(TextColumn(fields))
+    cols += [TextColumn(f"{label} {{task.fields[{name}]}}") for name, label in fields.items()]
     with Progress(*cols, console=stderr_console(), transient=True) as prog:
-        task = prog.add_task(description, total=total)
+        # the fields exist from the first render on: rich may draw before the first update
+        task = prog.add_task(description, total=total, **{name: "-" for name in fields})
 
         def update(advance: int = 1, **kw) -> None:
             prog.update(task, advance=advance, **kw)

@@ -8,13 +8,25 @@ from typing import Annotated, Optional
 import typer
 
 from eenet_cli.cli import app
-from eenet_cli.commands.common import CostsOpt, JsonOpt, OutputOpt, QuietOpt, SeedOpt, log, progress_bar, report
+from eenet_cli.commands.common import (
+    CostsOpt,
+    JsonOpt,
+    OutputOpt,
+    QuietOpt,
+    SeedOpt,
+    check_seed,
+    plan_streams,
+    progress_bar,
+    summary,
+    write_stdout_bytes,
+)
 
 FIT_HELP = """Learn an exit policy for an average per-sample budget; write it as JSON.
 
 The policy is fitted on the rows whose split is 'val' (every row when there is no split
-column). Without -o the policy JSON goes to stdout, so `eenet fit ... > policy.json`
-works; progress and a summary go to stderr.
+column). Without -o the policy JSON goes to stdout once it is complete, so
+`eenet fit ... > policy.json` and `eenet fit ... | jq .` work; a one-line summary goes to
+stderr (progress bars too, on a terminal).
 
 Methods: eenet (default; the learned utility network of the paper with Algorithm 1
 thresholds), eenet-search (the same scores with thresholds searched on validation
@@ -27,10 +39,12 @@ most the budget; the policy records what it realised.
 Budgets: 6ms, 250us, 1.5s, 2GFLOPs, 60% (of the full model's cost), or a bare number in
 the costs' unit. A budget under the first exit's cost is an error.
 
-\\b
 Examples:
+
+\b
   eenet fit sample_data/digits.parquet --budget 60% -o policy.json
-  eenet fit preds.parquet --budget 6ms --costs costs.json --method maxprob > policy.json
+  eenet fit sample_data/digits.parquet --budget 0.9ms --method maxprob > policy.json
+  eenet fit preds.parquet --budget 6ms --costs costs.json --method lookahead -o policy.json
 """
 
 
@@ -57,32 +71,43 @@ def fit_command(
     from eenet_cli import api
     from eenet_cli.budgets import parse_budget
     from eenet_cli.core.methods import POLICY_METHODS, check_method
-    from eenet_cli.io import check_output_path, write_json
+    from eenet_cli.io import dumps, write_text
 
     check_method(method, POLICY_METHODS)
-    check_output_path(output)
+    check_seed(seed)
+    streams = plan_streams(output, what="policy", terminal_view=False, quiet=quiet)
     preds = api.load_predictions(predictions)
     cost = api.resolve_costs(preds, costs)
     b = parse_budget(budget, cost)
     start = time.perf_counter()
-    with progress_bar(f"fitting {method}", None, quiet, fields="loss {task.fields[loss]}  E[cost] {task.fields[cost]}") as update:
-        update(0, loss="-", cost="-")
+    with progress_bar(f"fitting {method}", None, quiet, fields={"loss": "loss", "cost": "E[cost]"}) as update:
 
         def progress(step: int, total: int, info: dict) -> None:
-            update(0, completed=step, total=total, loss=f"{info.get('loss', float('nan')):.4f}", cost=f"{info.get('expected_cost', float('nan')):.4g}")
+            update(
+                0,
+                completed=step,
+                total=total,
+                loss=f"{info.get('loss', float('nan')):.4f}",
+                cost=f"{info.get('expected_cost', float('nan')):.4g}",
+            )
 
         policy = api.fit_policy(preds, b, method=method, costs=cost, seed=seed, progress=progress)
     seconds = time.perf_counter() - start
     if record_time:
         policy["training"]["seconds"] = round(seconds, 3)
-    write_json(output, policy)
-    # logged once the inputs have passed every check, so bad input gets exactly one line
-    log(f"costs: {cost.source} ({', '.join(f'{c:g}' for c in cost.values)} {cost.unit})", quiet)
+    text = dumps(policy)
+    if streams.artifact == "-":
+        write_stdout_bytes(text.encode("utf-8"))
+    else:
+        write_text(streams.artifact, text)
+    # said once the inputs have passed every check, so bad input gets exactly one line
+    summary(f"costs: {cost.source} ({', '.join(f'{c:g}' for c in cost.values)} {cost.unit})", quiet)
     v = policy["validation"]
-    log(
+    where = "stdout" if streams.artifact == "-" else streams.artifact
+    summary(
         f"{method} @ {b:g}{cost.unit}: validation accuracy {100 * v['accuracy']:.2f}%, average cost "
         f"{v['avg_cost']:.4g}{cost.unit} (n={v['n']}), exits {'/'.join(f'{x:.2f}' for x in v['exit_fractions'])}, "
-        f"fitted in {seconds:.1f}s",
+        f"fitted in {seconds:.1f}s; policy written to {where}",
         quiet,
     )
 
