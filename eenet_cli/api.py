@@ -24,6 +24,7 @@ import numpy as np
 
 from eenet_cli.budgets import default_budgets, parse_budget, parse_budgets
 from eenet_cli.core.measures import ExitFeatures
+from eenet_cli.core.methods import DEFAULT_EVALUATE_METHODS
 from eenet_cli.errors import InputError
 from eenet_cli.io import CREATED_BY, Costs, Predictions, load_costs, read_predictions, validate_costs, validate_predictions
 
@@ -245,6 +246,9 @@ def apply_policy(policy: dict, preds: Predictions, *, source: str = "policy") ->
     return Applied(exits=a.exits, exit_scores=a.exit_score(), preds=a.preds, correct=a.correct, summary=summary)
 
 
+DEFAULT_METHODS = tuple(DEFAULT_EVALUATE_METHODS)
+
+
 def evaluate(
     preds: Predictions,
     *,
@@ -259,7 +263,7 @@ def evaluate(
 ) -> dict:
     """Accuracy vs budget for each method (SPEC §2.5); returns the results document."""
     from eenet_cli.core.evaluate import evaluate_features
-    from eenet_cli.core.methods import ALL_METHODS, BASELINES, check_method
+    from eenet_cli.core.methods import ALL_METHODS, check_method
 
     cost = resolve_costs(preds, costs)
     if isinstance(budgets, str):
@@ -268,7 +272,7 @@ def evaluate(
         values = default_budgets(cost)
     else:
         values = [_budget_value(b, cost) for b in budgets]
-    methods = list(methods) if methods else BASELINES + ["eenet", "lookahead", "oracle"]
+    methods = list(methods) if methods else list(DEFAULT_METHODS)
     for m in methods:
         check_method(m, ALL_METHODS)
     val, tst, how = split_for_evaluation(preds, test, val_fraction, seed)
@@ -285,6 +289,7 @@ def evaluate(
         "costs": cost.brief(),
         "costs_source": cost.source,
         "split": how,
+        "val_fraction": val_fraction if test is None else None,
         "seed": seed,
         "results": records,
     }

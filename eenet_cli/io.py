@@ -115,8 +115,15 @@ def read_bytes(path: str | os.PathLike, *, limit: int = MAX_JSON_BYTES) -> bytes
     return data
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    return loads_strict(read_bytes(path), display(path))
+PARQUET_MAGIC = b"PAR1"
+
+
+def read_json(path: str | os.PathLike, *, what: str = "JSON file", hint: str = "") -> Any:
+    """Parse a JSON artifact; a Parquet file given by mistake is named as such."""
+    data = read_bytes(path)
+    if data[:4] == PARQUET_MAGIC:
+        raise InputError(f"this looks like a predictions file (Parquet), not a {what}{hint}", source=display(path))
+    return loads_strict(data, display(path))
 
 
 def dumps(obj: Any) -> str:
@@ -138,6 +145,30 @@ def check_output_path(path: str | os.PathLike | None) -> None:
         raise InputError(f"{parent} is not a folder", source=str(path))
     if not os.access(parent, os.W_OK):
         raise InputError(f"output folder {parent} is not writable", source=str(path))
+
+
+def refuse_output_onto_inputs(output: str | os.PathLike | None, inputs: list[tuple[str, str | os.PathLike | None]]) -> None:
+    """Refuse (exit 2) an output that is one of the command's inputs: the same file (inode,
+    symlinks followed) or a file inside an input folder of part files."""
+    if output is None or str(output) == "-":
+        return
+    out = Path(output)
+    try:
+        out_stat = out.stat()
+    except OSError:
+        out_stat = None
+    out_real = os.path.realpath(out)
+    for label, given in inputs:
+        if given is None or str(given) == "-":
+            continue
+        try:
+            st = os.stat(given)
+        except (OSError, ValueError):
+            continue  # not a file (an inline value) or missing: its reader says so
+        if out_stat is not None and (st.st_dev, st.st_ino) == (out_stat.st_dev, out_stat.st_ino):
+            raise InputError(f"is also the {label}; writing there would destroy it. Choose another output file", source=str(output), field="--output")
+        if os.path.isdir(given) and os.path.commonpath([out_real, os.path.realpath(given)]) == os.path.realpath(given):
+            raise InputError(f"is inside the {label} folder {given}; choose an output outside it", source=str(output), field="--output")
 
 
 @contextlib.contextmanager
@@ -1010,10 +1041,12 @@ POLICY_KEYS = {
 }
 
 
-def read_policy(path: str | os.PathLike) -> dict:
-    """Read and check a policy JSON (SPEC §2.4): version, keys, thresholds, scorer."""
+def read_policy(path: str | os.PathLike, *, role: str | None = None) -> dict:
+    """Read and check a policy JSON (docs/spec.md §2.4): version, keys, thresholds, scorer.
+
+    ``role`` names the command-line argument, for the hint when the arguments are swapped."""
     source = display(path)
-    doc = read_json(path)
+    doc = read_json(path, what="policy JSON", hint=f"; {role} comes first" if role else "")
     validate_policy(doc, source)
     return doc
 

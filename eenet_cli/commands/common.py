@@ -90,6 +90,7 @@ def plan_streams(
     json_is_artifact: bool = False,
     terminal_view: bool = True,
     quiet: bool = False,
+    inputs: list[tuple[str, str | None]] = (),
 ) -> Streams:
     """Resolve the stream rule for one run; refuses a conflict with one line (exit 2).
 
@@ -98,12 +99,14 @@ def plan_streams(
     ``--json`` is a separate summary document (apply, dump). ``terminal_view``: with no
     ``-o`` on a terminal the command shows a human view instead of writing the artifact;
     without one, a text artifact still goes to stdout and a binary one is refused.
+    ``inputs`` are (label, path) pairs the output must not overwrite.
     """
     from eenet_cli.errors import InputError
-    from eenet_cli.io import check_output_path
+    from eenet_cli.io import check_output_path, refuse_output_onto_inputs
 
     if output is not None and output != "-":
         check_output_path(output)
+        refuse_output_onto_inputs(output, list(inputs))
         return Streams(output, json_out, quiet)
     if json_out:
         if output == "-" and not json_is_artifact:
@@ -112,7 +115,7 @@ def plan_streams(
     terminal = stdout_is_terminal()
     if output == "-" or not terminal or not terminal_view:
         if binary and terminal:
-            raise InputError(f"the {what} is binary and stdout is a terminal; give -o FILE or redirect stdout", field="--output")
+            raise InputError(f"will not write the {what} (binary) to a terminal; give -o FILE or redirect stdout", field="--output")
         return Streams("-", False, quiet)
     return Streams(None, False, quiet)
 

@@ -75,7 +75,9 @@ def fit_command(
 
     check_method(method, POLICY_METHODS)
     check_seed(seed)
-    streams = plan_streams(output, what="policy", terminal_view=False, quiet=quiet)
+    streams = plan_streams(
+        output, what="policy", terminal_view=False, quiet=quiet, inputs=[("predictions", predictions), ("costs file", costs)]
+    )
     preds = api.load_predictions(predictions)
     cost = api.resolve_costs(preds, costs)
     b = parse_budget(budget, cost)
@@ -114,57 +116,79 @@ def fit_command(
 
 APPLY_HELP = """Run a policy over predictions with numpy alone (Algorithm 2, offline).
 
-Writes, per sample, the exit taken (0-based, as in the exit_k columns), its score, the
-prediction and whether it is right, as Parquet (or CSV by extension) with -o. A summary
-(accuracy, average cost, exit fractions, budget met) goes to stderr, or to stdout as JSON
-with --json.
+Writes, per sample, the exit taken (the file's 0-based exit index, as in the exit_k
+columns), its score, the prediction and whether it is right, as Parquet (or CSV by the
+extension of -o). Rows: the test split when the predictions have a split column
+(--split val, or --split all for every row), else every row. A one-line summary
+(accuracy, average cost, exit fractions, budget met) goes to stderr; --json prints it as
+JSON on stdout instead of the per-sample table.
 
-\\b
 Examples:
-  eenet apply policy.json sample_data/digits.parquet --split test --json
-  eenet apply policy.json preds.parquet -o exits.parquet
+
+\b
+  eenet fit sample_data/digits.parquet --budget 60% -o policy.json
+  eenet apply policy.json sample_data/digits.parquet --json
+  eenet apply policy.json sample_data/digits.parquet --split all -o exits.parquet
 """
 
 
 @app.command("apply", help=APPLY_HELP)
 def apply_command(
     policy_path: Annotated[str, typer.Argument(metavar="POLICY", help="Policy JSON from `eenet fit`.", show_default=False)],
-    predictions: Annotated[str, typer.Argument(help="Predictions Parquet file or folder.", show_default=False)],
+    predictions: Annotated[str, typer.Argument(help="Predictions Parquet file or folder ('-' for stdin).", show_default=False)],
     output: OutputOpt = None,
-    split: Annotated[Optional[str], typer.Option("--split", help="Only rows of this split (val or test).")] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="Rows of this split (val, test, ...) or all. Default: test when there is a split column.")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     from eenet_cli import api
     from eenet_cli.errors import InputError
-    from eenet_cli.io import check_output_path, dumps, read_policy
+    from eenet_cli.io import dumps, read_policy
 
     if output is not None and output != "-" and not output.lower().endswith((".parquet", ".csv")):
         raise InputError("use a .parquet or .csv file name for the per-sample output", source=output, field="--output")
-    check_output_path(output)
-    policy = read_policy(policy_path)
+    streams = plan_streams(
+        output,
+        what="per-sample exits",
+        binary=True,
+        json_out=json_out,
+        quiet=quiet,
+        inputs=[("policy", policy_path), ("predictions", predictions)],
+    )
+    policy = read_policy(policy_path, role="POLICY")
     preds = api.load_predictions(predictions)
-    if split is not None:
-        if preds.split is None:
-            raise InputError("has no split column, so --split cannot select rows", source=preds.source, field="split")
-        mask = preds.split == split
-        if not mask.any():
-            raise InputError(f"no rows with split {split!r}", source=preds.source, field="split")
-        preds = preds.rows(mask)
+    preds = select_split(preds, split)
     result = api.apply_policy(policy, preds, source=policy_path)
-    if output is not None:
-        _write_exits(output, preds, result)
+    if streams.artifact is not None:
+        _write_exits(streams.artifact, preds, result)
     s = result.summary
     if json_out:
-        typer.echo(dumps(s), nl=False)
-    else:
-        acc = "n/a" if s["accuracy"] is None else f"{100 * s['accuracy']:.2f}%"
-        met = "" if s["budget"] is None else f" (budget {s['budget']:g}{s['unit']}: {'met' if s['budget_met'] else 'OVERRUN'})"
-        report(
-            f"{s['method']}: {s['n']} samples, accuracy {acc}, average cost {s['avg_cost']:.4g}{s['unit']}{met}, "
-            f"exits {'/'.join(f'{x:.3f}' for x in s['exit_fractions'])}",
-            quiet,
-        )
+        write_stdout_bytes(dumps(s).encode("utf-8"))
+    acc = "n/a" if s["accuracy"] is None else f"{100 * s['accuracy']:.2f}%"
+    met = "" if s["budget"] is None else f" (budget {s['budget']:g}{s['unit']}: {'met' if s['budget_met'] else 'OVERRUN'})"
+    rows = "every row" if preds.split is None else f"split {', '.join(sorted(set(preds.split.tolist())))}"
+    summary(
+        f"{s['method']}: {s['n']} samples ({rows}), accuracy {acc}, average cost {s['avg_cost']:.4g}{s['unit']}{met}, "
+        f"exits {'/'.join(f'{x:.3f}' for x in s['exit_fractions'])}",
+        quiet,
+    )
+
+
+def select_split(preds, split: str | None):
+    """The rows a policy is reported on: ``split`` (``all`` for every row), by default the
+    test rows when there is a split column, else every row (the rule of apply and plot)."""
+    from eenet_cli.errors import InputError
+
+    if split == "all" or (split is None and preds.split is None):
+        return preds
+    if preds.split is None:
+        raise InputError("has no split column, so --split cannot select rows (use --split all)", source=preds.source, field="split")
+    want = split or "test"
+    mask = preds.split == want
+    if not mask.any():
+        have = ", ".join(sorted(set(preds.split.tolist())))
+        raise InputError(f"no rows with split {want!r} (the file has {have}; --split all takes every row)", source=preds.source, field="split")
+    return preds.rows(mask)
 
 
 def _write_exits(path: str, preds, result) -> None:
@@ -185,19 +209,15 @@ def _write_exits(path: str, preds, result) -> None:
         cols["label"] = pa.array(preds.labels)
         cols["correct"] = pa.array(result.correct)
     table = pa.table(cols)
+    import pyarrow.parquet as pq
+
     if path == "-":
-        import sys
-
-        import pyarrow.parquet as pq
-
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
-        sys.stdout.buffer.write(sink.getvalue().to_pybytes())
+        write_stdout_bytes(sink.getvalue().to_pybytes())
         return
     with atomic_path(path) as tmp:
         if path.lower().endswith(".csv"):
             table.to_pandas().to_csv(tmp, index=False)
         else:
-            import pyarrow.parquet as pq
-
             pq.write_table(table, tmp)

@@ -13,12 +13,29 @@ from typing import Annotated, Optional
 import typer
 
 from eenet_cli.cli import app
-from eenet_cli.commands.common import CostsOpt, JsonOpt, OutputOpt, QuietOpt, log, progress_bar, stderr_console, stdout_console, stdout_is_terminal
+from eenet_cli.commands.common import (
+    CostsOpt,
+    JsonOpt,
+    OutputOpt,
+    QuietOpt,
+    log,
+    plan_streams,
+    progress_bar,
+    stderr_console,
+    stdout_console,
+    stdout_is_terminal,
+    summary,
+    warn,
+    write_stdout_bytes,
+)
 
 MODEL_HELP = (
     "A built-in model (digits-cnn, resnet56, mlp), an import string package.module:factory "
     "(called with the --model-arg pairs, returns a torch.nn.Module), a torch.export .pt2 file, "
-    "or a Hugging Face model folder (a BERT-like text encoder with exit heads; see --exits and docs/text.md)."
+    "or a Hugging Face model folder (a BERT-like text encoder with exit heads; see --exits and docs/text.md). "
+    "An import string imports and runs that module's code, as `python -m` would: name only code you trust. "
+    "Installed packages come before the working folder on the import path. Model and weight files are inspected "
+    "before loading and never unpickled."
 )
 ModelArg = Annotated[str, typer.Argument(help=MODEL_HELP, show_default=False)]
 WeightsOpt = Annotated[
@@ -165,7 +182,7 @@ def _profile_table(doc: dict, title: str):
         t.add_column(col, justify="right", no_wrap=True)
     for k in range(len(doc["costs"])):
         t.add_row(
-            str(k),
+            str(k + 1),  # exits are numbered from 1 for people (docs/spec.md §4)
             f"{stats['median'][k]:.4g}",
             f"{stats['p10'][k]:.4g}",
             f"{stats['p90'][k]:.4g}",
@@ -209,9 +226,8 @@ def profile_command(
     quiet: QuietOpt = False,
 ) -> None:
     from eenet_cli.errors import InputError
-    from eenet_cli.io import check_output_path, normalise_unit
+    from eenet_cli.io import normalise_unit
 
-    check_output_path(output)
     unit = normalise_unit(unit, "--unit")
     if threads is not None and threads < 1:
         raise InputError(f"must be at least 1, got {threads}", field="--threads")
@@ -219,6 +235,16 @@ def profile_command(
         raise InputError(f"must be at least 1, got {repeats}", field="--repeats")
     if warmup < 0:
         raise InputError(f"must be 0 or more, got {warmup}", field="--warmup")
+    if batch_size < 1:
+        raise InputError(f"must be at least 1, got {batch_size}", field="--batch-size")
+    streams = plan_streams(
+        output,
+        what="costs" if policy is None else "policy run",
+        json_out=json_out,
+        json_is_artifact=True,
+        quiet=quiet,
+        inputs=[("model", model), ("weights", weights), ("policy", policy), ("data", data), ("costs file", costs)],
+    )
     if policy is not None:
         if data is None:
             raise InputError("--policy needs --data to run the policy on", field="--data")
@@ -258,23 +284,39 @@ def profile_command(
     doc = costs_document(res, unit=unit, model=model)
     for k in res.noisy_exits():
         med, p10, p90 = res.stat("median")[k], res.stat("p10")[k], res.stat("p90")[k]
-        sys.stderr.write(
-            f"eenet: warning: exit {k} timing is noisy: p10 {p10:.4g} ms, median {med:.4g} ms, p90 {p90:.4g} ms "
-            f"((p90-p10)/median = {(p90 - p10) / med:.2f} > 0.2); consider --threads 1, more --repeats or a quieter machine\n"
+        advice = ["more --repeats", "a quieter machine"] if threads == 1 else ["--threads 1", "more --repeats", "a quieter machine"]
+        warn(
+            f"exit {k + 1} timing is noisy: p10 {p10:.4g} ms, median {med:.4g} ms, p90 {p90:.4g} ms "
+            f"((p90-p10)/median = {(p90 - p10) / med:.2f} > 0.2); consider {', '.join(advice[:-1])} or {advice[-1]}"
         )
-    to_stdout = output == "-" or json_out or (output is None and not stdout_is_terminal())
-    if output is not None:
-        write_text(output, dumps(doc))
-        if output != "-":
-            log(f"wrote {output} ({doc['unit']}: {', '.join(f'{v:g}' for v in doc['costs'])})", quiet)
-    if to_stdout and output != "-":
-        typer.echo(dumps(doc), nl=False)
+    write_artifact(streams, dumps(doc))
     title = f"{model}: cumulative cost per exit (batch {res.batch_size}, {res.threads} thread(s), {res.device})"
-    if to_stdout:
-        if not quiet:
-            stderr_console().print(_profile_table(doc, title))
-    elif stdout_is_terminal() or not quiet:
-        stdout_console().print(_profile_table(doc, title))
+    console = streams.view_console()
+    if console is not None:
+        console.print(_profile_table(doc, title))
+    summary(
+        f"profiled {model}: {len(doc['costs'])} exits, costs {', '.join(f'{v:g}' for v in doc['costs'])} {doc['unit']} "
+        f"(batch {res.batch_size}, {res.threads} thread(s), {res.device}){_where(streams)}",
+        quiet,
+    )
+
+
+def write_artifact(streams, text: str) -> None:
+    """A JSON artifact to its file or to stdout, once complete."""
+    from eenet_cli.io import write_text
+
+    if streams.artifact == "-" or (streams.json and streams.artifact is None):
+        write_stdout_bytes(text.encode("utf-8"))
+    elif streams.artifact is not None:
+        write_text(streams.artifact, text)
+        if streams.json:
+            write_stdout_bytes(text.encode("utf-8"))
+
+
+def _where(streams) -> str:
+    if streams.artifact is None and not streams.json:
+        return ""
+    return "; written to stdout" if streams.artifact in (None, "-") else f"; written to {streams.artifact}"
 
 
 def _profile_policy(model, weights, model_arg, device, policy_path, data_spec, costs_spec, batch_size, threads, warmup, output, json_out, quiet, exits=None, text=(None, None, None, None), *, repeats: int = POLICY_REPEATS) -> None:
@@ -453,7 +495,7 @@ def dump_command(
     output: OutputOpt = None,
     append: Annotated[bool, typer.Option("--append", help="Add the rows to an existing file (writes a new file = old rows + new rows).")] = False,
     fp16: Annotated[bool, typer.Option("--fp16", help="Store scores as float16 (half the size).")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size for .npz/.pt/built-in data (a loader keeps its own).")] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size for .npz/.pt/built-in data (a loader keeps its own).")] = 256,
     costs: CostsOpt = None,
     weights: WeightsOpt = None,
     model_arg: ModelArgsOpt = None,
@@ -468,12 +510,26 @@ def dump_command(
     quiet: QuietOpt = False,
 ) -> None:
     from eenet_cli.errors import InputError
-    from eenet_cli.io import check_output_path, load_costs
+    from eenet_cli.io import load_costs
 
     if data is None:
         raise InputError("missing --data (an import string, .npz, .pt, .csv/.parquet text or digits:val); see eenet dump --help", field="--data")
-    if output is None or output == "-":
-        raise InputError("give an output file with -o (Parquet is not written to stdout)", field="--output")
+    streams = plan_streams(
+        output,
+        what="predictions",
+        binary=True,
+        json_out=json_out,
+        terminal_view=False,
+        quiet=quiet,
+        inputs=[("model", model), ("weights", weights), ("data", data), ("costs file", costs)],
+    )
+    to_stdout = streams.artifact == "-"
+    if streams.artifact is None:
+        raise InputError("--json prints a summary; give the predictions file with -o FILE", field="--output")
+    if to_stdout and append:
+        raise InputError("--append needs a file to append to; give -o FILE", field="--output")
+    if batch_size < 1:
+        raise InputError(f"must be at least 1, got {batch_size}", field="--batch-size")
     if scores not in ("logits", "probs"):
         raise InputError(f"expected logits or probs, got {scores!r}", field="--scores")
     if split is not None and not split.strip():
@@ -481,8 +537,13 @@ def dump_command(
     from eenet_cli.dumping import shard_from_env
 
     shard = shard_from_env()
-    if not shard.active:
-        check_output_path(output)
+    if to_stdout and shard.active:
+        raise InputError("a sharded dump writes a folder of part files; give -o FOLDER", field="--output")
+    if to_stdout:
+        import tempfile
+
+        spool = tempfile.TemporaryDirectory(prefix="eenet-dump-")
+        output = os.path.join(spool.name, "predictions.parquet")
     cost = load_costs(costs) if costs else None
     _check_split_column(output, shard, split, append)  # before any model or data is loaded
     if device == "cuda" and shard.active and os.environ.get("LOCAL_RANK"):
@@ -513,10 +574,15 @@ def dump_command(
             progress=lambda n, rate: update(n, description=f"{label} {rate:,.0f} samples/s"),
             log=lambda m: log(m, quiet),
         )
+    if to_stdout:
+        with open(res.path, "rb") as fh:
+            data_bytes = fh.read()
+        spool.cleanup()
+        write_stdout_bytes(data_bytes)
     acc = ", ".join(f"{a:.3f}" for a in res.exit_accuracy)
-    log(
-        f"wrote {res.path}: {res.rows} new rows ({res.total_rows} in all), {res.num_exits} exits x {res.num_classes} classes, "
-        f"{res.samples_per_second:,.0f} samples/s; exit accuracies {acc}",
+    summary(
+        f"wrote {'stdout' if to_stdout else res.path}: {res.rows} new rows ({res.total_rows} in all), {res.num_exits} exits x "
+        f"{res.num_classes} classes, {res.samples_per_second:,.0f} samples/s; exit accuracies {acc}",
         quiet,
     )
     if json_out:
@@ -525,7 +591,7 @@ def dump_command(
         typer.echo(
             dumps(
                 {
-                    "output": str(res.path),
+                    "output": "-" if to_stdout else str(res.path),
                     "rows": res.rows,
                     "total_rows": res.total_rows,
                     "num_exits": res.num_exits,

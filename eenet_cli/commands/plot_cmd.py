@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from eenet_cli.cli import app
-from eenet_cli.commands.common import QuietOpt, report
+from eenet_cli.commands.common import QuietOpt, stdout_is_terminal
 
 KINDS = ("tradeoff", "exits", "scores", "separation")
 RESULT_KINDS = ("tradeoff", "exits")
@@ -34,8 +34,10 @@ What is drawn follows from the inputs (or --kind):
               for the --classes most frequent classes (paper Figure 3).
 
 The image format follows the extension of -o: .png, .svg or .pdf ('-' writes PNG to
-stdout). The same inputs give the same bytes. --split picks the rows of the
-predictions (default: test when there is a split column, else every row), or the
+stdout, which must not be a terminal). One line on stderr says what was written (-q
+drops it). The same inputs give the same bytes. The default title names the data, the
+kind and the split; --title replaces it (drawn as plain text). --split picks the rows of
+the predictions (default: test when there is a split column, else every row), or the
 figures of a results file (default test; val uses the validation columns).
 
 \b
@@ -216,7 +218,28 @@ def _check_result_split(doc: dict, split: str, source: str) -> None:
         raise InputError("records have no validation figures (val_accuracy, val_avg_cost) for --split val", source=source, field="val_accuracy")
 
 
-def _results_figure(kind: str, path: str, *, title, budget_text, split, quiet):
+def data_name(path: str) -> str:
+    """A short name for the data in ``path``: the file (or folder) name without its extension."""
+    p = Path(path.rstrip("/\\") or path)
+    return p.stem or p.name or path
+
+
+def _results_data_name(doc: dict, path: str) -> str:
+    """The predictions a results file was made from, when its header says so; else its own name."""
+    source = doc.get("costs_source")
+    tail = " (metadata eenet.costs)"  # evaluate took the costs from the predictions' metadata
+    if isinstance(source, str) and source.endswith(tail) and source[: -len(tail)].strip():
+        return data_name(source[: -len(tail)].strip())
+    return data_name(path)
+
+
+def _count(n: int, what: str, plural: str | None = None) -> str:
+    """``1 method``, ``7 methods``."""
+    return f"{n} {what}" if n == 1 else f"{n} {plural or what + 's'}"
+
+
+def _results_figure(kind: str, path: str, *, title, budget_text, split):
+    """(figure, summary) for a results file; the summary goes in the line on stderr."""
     from eenet_cli import plotting
     from eenet_cli.io import read_results
 
@@ -225,12 +248,21 @@ def _results_figure(kind: str, path: str, *, title, budget_text, split, quiet):
     _check_result_split(doc, split, path)
     costs, unit = _results_costs(doc)
     target = _parse_plot_budget(budget_text, costs, unit, path) if budget_text else None
+    data = _results_data_name(doc, path)
+    which = "validation" if split == "val" else "test"
+    records = doc["results"]
     if kind == "tradeoff":
-        return plotting.tradeoff_figure(doc["results"], unit=unit, costs=costs, split=split, title=title, budget=target)
-    chosen = plotting.nearest_budget(doc["results"], target)
+        head = title if title is not None else f"{data}: accuracy vs. average cost, all methods ({which})"
+        fig = plotting.tradeoff_figure(records, unit=unit, costs=costs, split=split, title=head, budget=target)
+        methods = {str(r["method"]) for r in records}
+        return fig, f"tradeoff, {_count(len(methods), 'method')}, {which}"
+    chosen = plotting.nearest_budget(records, target)
     how = "median budget" if target is None else f"nearest to {target:g}{unit}"
-    report(f"exit distribution at budget {chosen:g}{unit} ({how})", quiet)
-    return plotting.exits_figure(doc["results"], chosen, unit=unit, split=split, title=title)
+    at = f"{chosen:.4g} {unit}".strip()
+    head = title if title is not None else f"{data}: exits taken at a budget of {at} ({which})"
+    fig = plotting.exits_figure(records, chosen, unit=unit, split=split, title=head)
+    methods = {str(r["method"]) for r in records if float(r["budget"]) == chosen}
+    return fig, f"exits, {_count(len(methods), 'method')}, {which}, budget {chosen:g}{unit} ({how})"
 
 
 def _select_rows(preds, split: str | None):
@@ -252,7 +284,8 @@ def _select_rows(preds, split: str | None):
     return preds.rows(mask), f"split {split}"
 
 
-def _policy_figure(kind: str, policy_path: str, preds_path: str, *, title, split, classes, quiet):
+def _policy_figure(kind: str, policy_path: str, preds_path: str, *, title, split, classes):
+    """(figure, summary) for a policy applied to predictions."""
     import numpy as np
 
     from eenet_cli import api, plotting
@@ -277,32 +310,35 @@ def _policy_figure(kind: str, policy_path: str, preds_path: str, *, title, split
     if isinstance(budget, dict) and isinstance(budget.get("value"), (int, float)):
         where += f" at {budget['value']:.4g} {budget.get('unit', '')}".rstrip()
     n = preds.num_samples
-    report(f"{kind}: {where}, {n} samples ({which}) of {preds.source}", quiet)
+    data = data_name(preds_path)
+    summary = f"{kind}, {where}, {_count(n, 'sample')}, {which} of {data}"
     if kind == "scores":
-        head = title if title is not None else f"Exit scores per class: {where} ({which}, n={n})"
-        return plotting.scores_figure(
+        head = title if title is not None else f"{data}: exit scores per class, {where} ({which}, n={n})"
+        fig = plotting.scores_figure(
             scores, preds.labels, correct, exits, thresholds, scorer_type=scorer_type, num_classes=preds.num_classes,
             class_names=names, title=head,
         )
+        return fig, summary
     counts = np.bincount(preds.labels, minlength=preds.num_classes)
     top = np.lexsort((np.arange(preds.num_classes), -counts))[: min(classes, preds.num_classes)]
     top = top[counts[top] > 0]
     hits = np.bincount(preds.labels, weights=correct[:, -1].astype(np.float64), minlength=preds.num_classes)
     class_acc = hits / np.maximum(counts, 1)
     shown = sorted(top.tolist(), key=lambda c: (class_acc[c], c))
-    head = title if title is not None else f"Right vs wrong at exit 1: max-prob vs {where} ({which})"
-    return plotting.separation_figure(
+    head = title if title is not None else f"{data}: separation of right and wrong at exit 1, max-prob vs. {where} ({which})"
+    fig = plotting.separation_figure(
         feats.max_prob[:, 0], scores[:, 0], preds.labels, correct[:, 0], shown, class_acc=class_acc,
         scorer_type=scorer_type, threshold=thresholds[0] if preds.num_exits > 1 else None, class_names=names, title=head,
     )
+    return fig, f"{summary}, {_count(len(shown), 'class', 'classes')}"
 
 
 @app.command("plot", help=PLOT_HELP)
 def plot_command(
     inputs: Annotated[Optional[list[str]], typer.Argument(metavar="INPUT", help="A results file, or a policy JSON and a predictions file.", show_default=False)] = None,
-    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Image file: .png, .svg or .pdf ('-' for PNG on stdout).", show_default=False)] = None,
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Image file: .png, .svg or .pdf ('-' for PNG on stdout, not a terminal).", show_default=False)] = None,
     kind: Annotated[Optional[str], typer.Option("--kind", "-k", help="tradeoff or exits (results); scores or separation (policy + predictions).", show_default=False)] = None,
-    title: Annotated[Optional[str], typer.Option("--title", help="Figure title (default: says what is shown).", show_default=False)] = None,
+    title: Annotated[Optional[str], typer.Option("--title", help="Figure title, drawn as plain text (default: the data, kind and split).", show_default=False)] = None,
     dpi: Annotated[int, typer.Option("--dpi", help="Resolution of PNG output (and of dense point clouds in SVG/PDF).")] = 150,
     budget: Annotated[Optional[str], typer.Option("--budget", "-b", help="exits: show the budget nearest this (e.g. 2ms, 60%); tradeoff: draw it as a vertical line.", show_default=False)] = None,
     split: Annotated[Optional[str], typer.Option("--split", help="val or test: predictions rows to use, or which figures of a results file.", show_default=False)] = None,
@@ -315,6 +351,8 @@ def plot_command(
     if output is None:
         raise InputError("missing -o FILE (.png, .svg or .pdf); see eenet plot --help", field="--output")
     fmt = _output_format(output)
+    if output == "-" and stdout_is_terminal():
+        raise InputError("stdout is a terminal, and a PNG image is binary: give -o FILE", field="-o -")
     check_output_path(output)
     if not 20 <= dpi <= 1200:
         raise InputError(f"must be between 20 and 1200, got {dpi}", field="--dpi")
@@ -325,9 +363,9 @@ def plot_command(
     roles = classify(list(inputs or []))
     chosen = _choose_kind(kind, roles)
     if chosen in RESULT_KINDS:
-        fig = _results_figure(chosen, roles["results"], title=title, budget_text=budget, split=split, quiet=quiet)
+        fig, summary = _results_figure(chosen, roles["results"], title=title, budget_text=budget, split=split)
     else:
-        fig = _policy_figure(chosen, roles["policy"], roles["predictions"], title=title, split=split, classes=classes, quiet=quiet)
+        fig, summary = _policy_figure(chosen, roles["policy"], roles["predictions"], title=title, split=split, classes=classes)
 
     from eenet_cli.plotting import save_figure
 
@@ -338,7 +376,10 @@ def plot_command(
         save_figure(fig, buf, fmt, dpi)
         sys.stdout.buffer.write(buf.getvalue())
         sys.stdout.buffer.flush()
-        return
-    with atomic_path(output) as tmp:
-        save_figure(fig, str(tmp), fmt, dpi)
-    report(f"wrote {output} ({chosen})", quiet)
+        where = "PNG to stdout"
+    else:
+        with atomic_path(output) as tmp:
+            save_figure(fig, str(tmp), fmt, dpi)
+        where = output
+    if not quiet:  # the one line on stderr: the image itself went to the file or stdout
+        sys.stderr.write(f"wrote {where} ({summary})\n")

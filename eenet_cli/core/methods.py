@@ -28,14 +28,15 @@ from eenet_cli.core.thresholds import Ranking, apply_thresholds, fit_geometric, 
 BASELINES = ["maxprob", "entropy", "vote", "patience"]
 EENET_METHODS = ["eenet", "eenet-maxprob", "eenet-geometric", "eenet-search"]
 POLICY_METHODS = BASELINES + EENET_METHODS + ["lookahead"]
+DEFAULT_EVALUATE_METHODS = BASELINES + ["eenet", "lookahead", "oracle"]
 ALL_METHODS = POLICY_METHODS + ["oracle"]
 
 
-def check_method(name: str, allowed: list[str] = ALL_METHODS) -> str:
+def check_method(name: str, allowed: list[str] = ALL_METHODS, field: str = "--method") -> str:
     from eenet_cli.errors import InputError
 
     if name not in allowed:
-        raise InputError(f"unknown method {name!r}; expected one of {', '.join(allowed)}", field="--method")
+        raise InputError(f"unknown method {name!r}; expected one of {', '.join(allowed)}", field=field)
     return name
 
 
