@@ -32,7 +32,7 @@ KNOWN_SPLITS = ("train", "val", "test")
 
 
 def load_predictions(path: str) -> Predictions:
-    """Read and validate a predictions file or folder of part files (SPEC §2.1)."""
+    """Read and validate a predictions file or folder of part files (docs/spec.md §2.1)."""
     return read_predictions(path)
 
 
@@ -62,7 +62,7 @@ def predictions_from_arrays(
 
 
 def resolve_costs(preds: Predictions, spec: str | Costs | Sequence[float] | None) -> Costs:
-    """Costs by SPEC §2.2 precedence, checked against the predictions' exits."""
+    """Costs by docs/spec.md §2.2 precedence, checked against the predictions' exits."""
     if isinstance(spec, Costs):
         costs = spec
     elif spec is not None and not isinstance(spec, str):
@@ -125,7 +125,7 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarr
 def split_for_evaluation(
     preds: Predictions, test_preds: Predictions | None = None, val_fraction: float | None = None, seed: int = 0
 ) -> tuple[ExitFeatures, ExitFeatures, str]:
-    """(validation features, test features, how the split was made), following SPEC §2.1.
+    """(validation features, test features, how the split was made), following docs/spec.md §2.1.
 
     Features are computed once over the whole file and then split by row, so the logits
     are never copied per split.
@@ -183,7 +183,7 @@ def fit_policy(
     progress: Callable | None = None,
     features: ExitFeatures | None = None,
 ) -> dict:
-    """Fit a policy for ``budget`` on the validation rows; returns the policy dict (SPEC §2.4)."""
+    """Fit a policy for ``budget`` on the validation rows; returns the policy dict (docs/spec.md §2.4)."""
     from eenet_cli.core.methods import POLICY_METHODS, FitCache, check_method, fit_method
 
     check_method(method, POLICY_METHODS)
@@ -261,7 +261,7 @@ def evaluate(
     hyper=None,
     on_step: Callable[[str, float], None] | None = None,
 ) -> dict:
-    """Accuracy vs budget for each method (SPEC §2.5); returns the results document."""
+    """Accuracy vs budget for each method (docs/spec.md §2.5); returns the results document."""
     from eenet_cli.core.evaluate import evaluate_features
     from eenet_cli.core.methods import ALL_METHODS, check_method
 

@@ -1,4 +1,4 @@
-"""Budgets (SPEC §2.3): ``6ms``, ``250us``, ``2GFLOPs``, ``60%`` of the full model, bare
+"""Budgets (docs/spec.md §2.3): ``6ms``, ``250us``, ``2GFLOPs``, ``60%`` of the full model, bare
 numbers in the costs' unit, lists ``4ms,5ms`` and inclusive ranges ``4ms:8ms:0.5ms``.
 
 >>> import numpy as np

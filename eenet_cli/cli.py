@@ -22,7 +22,7 @@ _state = {"debug": False}
 
 
 class _Group(TyperGroup):
-    """Turns the library's errors into one stderr line and their exit code (SPEC §4)."""
+    """Turns the library's errors into one stderr line and their exit code (docs/spec.md §4)."""
 
     def invoke(self, ctx: typer.Context):
         try:

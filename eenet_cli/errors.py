@@ -1,7 +1,7 @@
 """The one exception family of eenet.
 
 Library code raises these; the command line turns them into one line on stderr and an
-exit code (SPEC §4): 2 for bad usage or bad input, 1 for a failed check or failed work.
+exit code (docs/spec.md §4): 2 for bad usage or bad input, 1 for a failed check or failed work.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reading and writing eenet's artifacts (SPEC §2): the only module that touches files.
+"""Reading and writing eenet's artifacts (docs/spec.md §2): the only module that touches files.
 
 Every write is atomic: the bytes go to a hidden temporary file in the destination folder,
 which is renamed over the final name only once complete, so an interrupted command never
@@ -266,7 +266,7 @@ def convert(value: float, from_unit: str, to_unit: str, source: str = "budget") 
 
 @dataclass
 class Costs:
-    """Cumulative per-exit costs (SPEC §2.2)."""
+    """Cumulative per-exit costs (docs/spec.md §2.2)."""
 
     values: np.ndarray  # [K] float64, positive, strictly increasing
     unit: str
@@ -350,7 +350,7 @@ def parse_inline_costs(text: str) -> Costs:
 
 
 def load_costs(spec: str | None, predictions_meta: dict | None = None, predictions_source: str = "") -> Costs | None:
-    """Costs by SPEC precedence: ``--costs FILE``, ``--costs 1,2,3ms``, the predictions' metadata."""
+    """Costs by the precedence of docs/spec.md §2.2: ``--costs FILE``, ``--costs 1,2,3ms``, the predictions' metadata."""
     if spec is not None and not spec.strip():
         raise InputError("is empty: give a costs file or an inline list like 1.2,2.5,3.7ms", field="--costs")
     if spec:
@@ -373,7 +373,7 @@ EXIT_PREFIX = "exit_"
 
 @dataclass
 class Predictions:
-    """Per-exit scores of N samples, as read from a predictions file (SPEC §2.1)."""
+    """Per-exit scores of N samples, as read from a predictions file (docs/spec.md §2.1)."""
 
     scores: np.ndarray  # [N, K, C] float32
     labels: np.ndarray | None  # [N] int64
@@ -938,7 +938,7 @@ def results_format(path: str | os.PathLike | None) -> str:
 
 
 def write_results(path: str | os.PathLike | None, doc: dict) -> None:
-    """Results as JSON, Parquet or CSV chosen by the extension (SPEC §2.5)."""
+    """Results as JSON, Parquet or CSV chosen by the extension (docs/spec.md §2.5)."""
     fmt = results_format(path)
     if fmt == "json":
         write_json(path, doc)

@@ -1,6 +1,6 @@
 """Built-in multi-exit models and the built-in ``digits`` dataset.
 
-Every model here is *staged* (SPEC §5): ``stages`` and ``heads`` are two
+Every model here is *staged* (docs/spec.md §5): ``stages`` and ``heads`` are two
 ``nn.ModuleList`` of K modules, and exit k's logits are
 ``heads[k](stages[k](... stages[0](x)))``. ``forward(x)`` returns the K logits as a list.
 

@@ -1,4 +1,4 @@
-"""Naming models, weights and data on the command line (SPEC §5), and loading them safely.
+"""Naming models, weights and data on the command line (docs/spec.md §5), and loading them safely.
 
 A *model spec* is one of
 

@@ -15,9 +15,14 @@ palette (Okabe & Ito, 2008):
   policy's score (right) of right and wrong predictions for a few classes.
 
 Nothing here reads files or knows about the command line; figures are built on
-``matplotlib.figure.Figure`` directly (no pyplot, no global state) and
-:func:`save_figure` writes one with fixed metadata so the bytes are reproducible.
-Randomness (jitter, subsampling) comes from a fixed seed.
+``matplotlib.figure.Figure`` directly (no pyplot, no global state) with an Agg canvas
+attached (so ``fig.canvas.get_renderer()`` works), and :func:`save_figure` writes one with
+fixed metadata so the bytes are reproducible. Randomness (jitter, subsampling) comes from
+a fixed seed.
+
+Text that comes from files or the command line (method names, units, class names,
+titles) is drawn as plain text: mathtext and TeX are off (``$`` is just a dollar sign).
+Exits are numbered for people, 1..K ("exit 1" is the first exit).
 
 >>> fig = tradeoff_figure([
 ...     {"method": "maxprob", "budget": 2.0, "accuracy": 0.8, "avg_cost": 2.0, "budget_met": True},
@@ -30,13 +35,18 @@ Randomness (jitter, subsampling) comes from a fixed seed.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO
 
 import matplotlib
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
+from matplotlib.text import Text
+from matplotlib.ticker import ScalarFormatter
 
 # --------------------------------------------------------------------------- style
 
@@ -53,7 +63,7 @@ OKABE_ITO = {
 }
 RIGHT_COLOUR = OKABE_ITO["blue"]
 WRONG_COLOUR = OKABE_ITO["vermillion"]
-OVERRUN_COLOUR = OKABE_ITO["vermillion"]
+OVERRUN_COLOUR = "#D00000"  # red: not to be mistaken for the orange of maxprob or the vermillion of "wrong"
 EXITED_COLOUR = "#BBBBBB"
 THRESHOLD_COLOUR = "#222222"
 REFERENCE_COLOUR = "#777777"
@@ -97,6 +107,10 @@ STYLE: dict[str, Any] = {
     "svg.fonttype": "path",
     "pdf.fonttype": 42,
     "path.simplify": True,
+    # text from files (method names, units, class names, titles) is plain text, never math
+    "text.usetex": False,
+    "text.parse_math": False,
+    "axes.formatter.useoffset": False,
 }
 
 DEFAULT_SIZE = (7.0, 4.5)  # inches; at the default 150 dpi: 1050 x 675 pixels
@@ -105,12 +119,14 @@ MAX_POINTS = 5000  # per panel of the score figures
 MANY_CLASSES = 30  # above this, classes are sorted by full-model accuracy, not labelled one by one
 FORMATS = ("png", "svg", "pdf")
 
-SCORER_LABELS = {
-    "maxprob": "max-prob score (eq. 5)",
-    "entropy": "entropy score (eq. 6)",
-    "vote": "vote score (eq. 7)",
-    "patience": "patience (run length)",
-    "eenet": "EENet utility (pre-sigmoid)",
+#: Each scorer's name on an axis, and a short note on what its values are.
+SCORER_NAMES: dict[str, tuple[str, str]] = {
+    "maxprob": ("max-prob", ""),
+    "entropy": ("entropy", ""),
+    "vote": ("vote", ""),
+    "patience": ("patience", "run length"),
+    "eenet": ("eenet", "pre-sigmoid utility"),
+    "lookahead": ("lookahead", "minus the best gain of going on"),
 }
 ACCEPT_ALL_BELOW = -1e299  # a threshold at or below this stops every sample (core.thresholds.ACCEPT_ALL)
 
@@ -118,6 +134,19 @@ ACCEPT_ALL_BELOW = -1e299  # a threshold at or below this stops every sample (co
 def style_context():
     """``with style_context(): ...`` builds or saves a figure in the house style."""
     return matplotlib.rc_context(STYLE)
+
+
+def score_label(scorer_type: str, exit_number: int | None = None) -> str:
+    """Axis label naming a policy's exit score, e.g. ``"entropy score at exit 1"``.
+
+    ``exit_number`` counts from 1. Unknown scorers are named as given; none at all gives
+    ``"exit score"``.
+    """
+    name, note = SCORER_NAMES.get(scorer_type, (scorer_type, ""))
+    label = f"{name} score" if name else "exit score"
+    if exit_number is not None:
+        label += f" at exit {exit_number}"
+    return f"{label} ({note})" if note else label
 
 
 def method_style(method: str, index: int = 0) -> tuple[str, str, str]:
@@ -142,11 +171,58 @@ def save_figure(fig: Figure, target: str | BinaryIO, fmt: str, dpi: float = DEFA
         "pdf": {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None},
     }[fmt]
     with style_context():
+        _plain_text(fig)
         fig.savefig(target, format=fmt, dpi=dpi, metadata=metadata)
 
 
 def _new_figure(size: tuple[float, float] = DEFAULT_SIZE) -> Figure:
-    return Figure(figsize=size, layout="constrained")
+    fig = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(fig)  # a renderer to measure text with, before any file is written
+    return fig
+
+
+def _plain_text(fig: Figure) -> Figure:
+    """Draw every text of ``fig`` literally: no mathtext, no TeX (``$`` stays ``$``)."""
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
+        text.set_usetex(False)
+    return fig
+
+
+def _suptitle(fig: Figure, text: str) -> None:
+    """The figure title, each line wrapped to the figure's width (long file names, long --title)."""
+    size = FontProperties(size=matplotlib.rcParams["figure.titlesize"]).get_size_in_points()
+    width = max(20, int(fig.get_figwidth() * 72.0 / (0.6 * size)))
+    lines = [textwrap.fill(line, width, break_long_words=False, break_on_hyphens=False) or line for line in text.split("\n")]
+    fig.suptitle("\n".join(lines))
+
+
+def _plain_numbers(axis) -> None:
+    """Plain tick labels on ``axis``: no offset (``1e-5+1.92``) and no ×10^n text."""
+    formatter = ScalarFormatter(useOffset=False, useMathText=False)
+    formatter.set_scientific(False)
+    axis.set_major_formatter(formatter)
+
+
+def _layout(fig: Figure):
+    """Lay ``fig`` out (constrained layout included) and return its renderer."""
+    with style_context():
+        _plain_text(fig)
+        fig.draw_without_rendering()
+    return fig.canvas.get_renderer()
+
+
+def _crowded(boxes: Sequence, pad: float = 2.0) -> bool:
+    """Whether any two of the display boxes ``boxes`` come closer than ``pad`` pixels."""
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            if a.x0 < b.x1 + pad and b.x0 < a.x1 + pad and a.y0 < b.y1 + pad and b.y0 < a.y1 + pad:
+                return True
+    return False
+
+
+def _tick_label_boxes(ax, renderer) -> list:
+    return [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
 
 
 def _fmt_budget(value: float, unit: str) -> str:
@@ -196,7 +272,7 @@ def tradeoff_figure(
 ) -> Figure:
     """Accuracy (%) against realised average cost, one line with markers per method.
 
-    ``records`` are evaluation results (SPEC §2.5); ``split='val'`` plots the validation
+    ``records`` are evaluation results (docs/spec.md §2.5); ``split='val'`` plots the validation
     figures instead of the test ones. ``costs`` (cumulative, per exit) mark the exits on
     the x axis and locate the full-model accuracy; ``budget`` draws a vertical line.
     """
@@ -243,11 +319,13 @@ def tradeoff_figure(
             pad = 0.03 * (float(costs[-1]) - float(costs[0]) or 1.0)
             ax.set_xlim(min(lo, float(costs[0]) - pad), max(hi, float(costs[-1]) + pad))
         which = "validation" if split == "val" else "test"
+        _plain_numbers(ax.xaxis)
+        _plain_numbers(ax.yaxis)
         ax.set_xlabel(f"average cost per sample ({unit}, {which})" if unit else f"average cost per sample ({which})")
         ax.set_ylabel(f"{which} accuracy (%)")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-        fig.suptitle(title if title is not None else "Accuracy vs. average cost")
-    return fig
+        _suptitle(fig, title if title is not None else "Accuracy vs. average cost")
+    return _plain_text(fig)
 
 
 def nearest_budget(records: Sequence[Mapping], target: float | None) -> float:
@@ -299,16 +377,22 @@ def exits_figure(
                     dark = j >= k / 2
                     ax.text(rect.get_x() + rect.get_width() / 2, b + v / 2, f"{v:.0f}%", ha="center", va="center", fontsize=7, color="white" if dark else "black")
             bottoms += shares[:, j]
+        notes = []
         for i, m in enumerate(methods):
             r = by_method[m]
             acc, cost = r.get(acc_key), r.get(cost_key)
             over = r.get(met_key) is False
             lines = [] if acc is None else [f"{100 * float(acc):.1f}%"]
             if cost is not None:
-                lines.append(f"{float(cost):#.3g} {unit}".strip() + (" (over)" if over else ""))
-            elif over:
+                lines.append(f"{float(cost):#.3g} {unit}".strip())
+            if over:
                 lines.append("over budget")
-            ax.text(i, 101.5, "\n".join(lines), ha="center", va="bottom", fontsize=7, color=OVERRUN_COLOUR if over else "black")
+            if lines:
+                notes.append(ax.annotate(
+                    "\n".join(lines), xy=(i, 100.0), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
+                    fontsize=7, linespacing=1.15, color=OVERRUN_COLOUR if over else "black", annotation_clip=False,
+                    gid=f"bar-note-{i}",
+                ))
         ax.set_xticks(x, labels=methods, rotation=30 if len(methods) > 6 else 0, ha="right" if len(methods) > 6 else "center")
         ax.set_ylim(0, 116)
         ax.set_yticks(np.arange(0, 101, 20))
@@ -317,8 +401,38 @@ def exits_figure(
         ax.set_xlabel("method (accuracy and average cost above each bar; red: over budget)")
         handles, labels = ax.get_legend_handles_labels()
         ax.legend(handles[::-1], labels[::-1], loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, title="leaves at")
-        fig.suptitle(title if title is not None else f"Where samples exit at a budget of {_fmt_budget(budget, unit)}")
-    return fig
+        _suptitle(fig, title if title is not None else f"Where samples exit at a budget of {_fmt_budget(budget, unit)}")
+    _stagger_notes(fig, ax, notes)
+    return _plain_text(fig)
+
+
+def _stagger_notes(fig: Figure, ax, notes: Sequence) -> None:
+    """Lay the notes above the bars out in rows so that no two overlap.
+
+    Each note sits over its bar (bars are one data unit apart). When the widest note is
+    wider than that, the notes go into as many rows as it takes, neighbours in different
+    rows, and the y axis grows so the top row stays inside the axes.
+    """
+    if len(notes) < 2:
+        return
+    renderer = _layout(fig)
+    widths = [t.get_window_extent(renderer).width for t in notes]
+    heights = [t.get_window_extent(renderer).height for t in notes]
+    step = abs(ax.transData.transform((1.0, 0.0))[0] - ax.transData.transform((0.0, 0.0))[0])
+    rows = max(1, math.ceil((max(widths) + 6.0) / max(step, 1e-9)))
+    if rows > 1:
+        rows = min(rows, len(notes))
+        row_height = max(heights) * 72.0 / fig.dpi + 2.0  # points
+        for t in notes:
+            t.xyann = (0, 3 + (int(round(t.xy[0])) % rows) * row_height)
+    for _ in range(4):  # grow the y axis until the top note is inside (converges quickly)
+        renderer = _layout(fig)
+        top_px = max(t.get_window_extent(renderer).y1 for t in notes)
+        top = ax.transData.inverted().transform((0.0, top_px))[1]
+        lo, hi = ax.get_ylim()
+        if top <= hi:
+            break
+        ax.set_ylim(lo, top + 0.02 * (top - lo))
 
 
 # --------------------------------------------------------------------------- scores
@@ -460,8 +574,9 @@ def scores_figure(
             ax.set_title(f"exit {j + 1}: {100 * shares[j]:.1f}% exit here\n{acc_txt}{reach:,} reach it", fontsize=8.5, linespacing=1.3)
             _class_ticks(ax, num_classes, class_names, order)
             ax.grid(axis="x", visible=False)
+            _plain_numbers(ax.yaxis)
             if j % ncols == 0:
-                ax.set_ylabel(SCORER_LABELS.get(scorer_type, "exit score"))
+                ax.set_ylabel(score_label(scorer_type))
             if j // ncols == nrows - 1 or j + ncols >= k:
                 ax.set_xlabel("class, sorted by full-model accuracy (hardest first)" if many else "true class")
         for j in range(k, nrows * ncols):
@@ -476,8 +591,8 @@ def scores_figure(
         head = title if title is not None else "Exit scores per class at each exit"
         if m < n:
             head += f"\n(a seeded sample of {m:,} of {n:,} samples shown; shares use all)"
-        fig.suptitle(head)
-    return fig
+        _suptitle(fig, head)
+    return _plain_text(fig)
 
 
 def separation_figure(
@@ -515,10 +630,13 @@ def separation_figure(
         fig = _new_figure()
         axes = fig.subplots(1, 2)
         panels = [
-            (max_prob, SCORER_LABELS["maxprob"], "max-prob"),
-            (policy_scores, SCORER_LABELS.get(scorer_type, "policy exit score"),
+            (max_prob, score_label("maxprob", 1), "max-prob"),
+            (policy_scores, score_label(scorer_type, 1) if scorer_type else "policy's score at exit 1",
              f"policy's score ({scorer_type or 'policy'}{', same as left' if scorer_type == 'maxprob' else ''})"),
         ]
+        names = [str(class_names[c]) if class_names else str(c) for c in classes]
+        stacked = names if class_acc is None else [f"{nm}\n{100 * class_acc[c]:.0f}%" for nm, c in zip(names, classes)]
+        one_line = names if class_acc is None else [f"{nm} ({100 * class_acc[c]:.0f}%)" for nm, c in zip(names, classes)]
         for p, (values, ylabel, name) in enumerate(panels):
             ax = axes[p]
             v = np.asarray(values, dtype=np.float64)[sel]
@@ -527,10 +645,8 @@ def separation_figure(
             auc = _auroc(v, ok)
             ax.set_title(f"{name}: AUROC {auc:.3f}" if auc is not None else f"{name}: AUROC n/a", fontsize=8.5)
             ax.set_ylabel(ylabel)
-            names = [str(class_names[c]) if class_names else str(c) for c in classes]
-            if class_acc is not None:
-                names = [f"{nm}\n{100 * class_acc[c]:.0f}%" for nm, c in zip(names, classes)]
-            ax.set_xticks(np.arange(len(classes)), labels=names, fontsize=7)
+            _plain_numbers(ax.yaxis)
+            ax.set_xticks(np.arange(len(classes)), labels=stacked, fontsize=7)
             ax.set_xlim(-0.6, len(classes) - 0.4)
             ax.grid(axis="x", visible=False)
             ax.set_xlabel("class (full-model accuracy)" if class_acc is not None else "class")
@@ -543,5 +659,31 @@ def separation_figure(
         if threshold is not None and not _is_accept_all(threshold):
             handles.append(Line2D([], [], color=THRESHOLD_COLOUR, lw=1.2, ls="--", label="exit-1 threshold"))
         fig.legend(handles=handles, loc="outside lower center", ncol=len(handles))
-        fig.suptitle(title if title is not None else "Separation of right and wrong predictions at exit 1")
-    return fig
+        _suptitle(fig, title if title is not None else "Separation of right and wrong predictions at exit 1")
+    _fit_class_labels(fig, list(axes), one_line)
+    return _plain_text(fig)
+
+
+def _fit_class_labels(fig: Figure, axes: Sequence, one_line: Sequence[str]) -> None:
+    """Make the class tick labels of ``axes`` readable without overlapping.
+
+    First as set (horizontal); if any two touch, vertical and on one line each
+    (``one_line``); if even those touch, only every n-th class is labelled.
+    """
+    renderer = _layout(fig)
+    if not any(_crowded(_tick_label_boxes(ax, renderer)) for ax in axes):
+        return
+    for ax in axes:
+        ax.set_xticks(ax.get_xticks(), labels=list(one_line), rotation=90, ha="center", va="top", fontsize=7)
+    renderer = _layout(fig)
+    step = 1
+    for ax in axes:
+        boxes = _tick_label_boxes(ax, renderer)
+        if len(boxes) < 2 or not _crowded(boxes):
+            continue
+        spacing = abs(boxes[1].x0 - boxes[0].x0) if len(boxes) > 1 else 1.0
+        step = max(step, math.ceil((max(b.width for b in boxes) + 3.0) / max(spacing, 1e-9)))
+    if step > 1:
+        for ax in axes:
+            ax.set_xticks(ax.get_xticks(), labels=[t if i % step == 0 else "" for i, t in enumerate(one_line)],
+                          rotation=90, ha="center", va="top", fontsize=7)

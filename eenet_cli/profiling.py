@@ -1,6 +1,6 @@
 """Measuring what each exit of a staged model costs (``eenet profile``).
 
-Exit k's cost is that of a sample that stops at exit k (SPEC §2.2): stages 0..k, heads
+Exit k's cost is that of a sample that stops at exit k (docs/spec.md §2.2): stages 0..k, heads
 0..k and the exit decision at each of those heads. :func:`profile_model` times exactly
 what the runtime (:class:`~eenet_cli.runtime.EarlyExitModel`) runs for such a sample,
 with a max-prob decision (softmax, max, comparison with a threshold) at each head,
@@ -230,7 +230,7 @@ def profile_model(
 
 
 def costs_document(res: ProfileResult, *, unit: str = "ms", model: str | None = None, strict: bool = True) -> dict:
-    """The costs JSON of SPEC §2.2. Raises :class:`WorkFailed` when the costs would not be
+    """The costs JSON of docs/spec.md §2.2. Raises :class:`WorkFailed` when the costs would not be
     strictly increasing (rather than silently fixing measured numbers)."""
     from eenet_cli.io import CREATED_BY, normalise_unit, unit_scale
 

@@ -1,7 +1,7 @@
 """Running a policy for real on a staged model (Algorithm 2 of the paper).
 
 :class:`EarlyExitModel` wraps a staged multi-exit model (``stages`` and ``heads``) and a
-policy (the JSON dict of SPEC §2.4). For each batch it runs stage k and head k only for
+policy (the JSON dict of docs/spec.md §2.4). For each batch it runs stage k and head k only for
 the samples still running, asks the policy (numpy, :class:`~eenet_cli.core.online.OnlinePolicy`,
 from exits 1..k only) which of them stop, and carries only the others on to stage k+1.
 At batch size 1 it simply stops computing at the accepted exit.

@@ -2,7 +2,7 @@
 
 **The model.** :func:`build_text_model` turns a BERT-like encoder (``embeddings`` and a
 stack of layers ``encoder.layer``: BERT, MiniLM, RoBERTa, XLM-R, ELECTRA, ...) into a
-*staged* multi-exit model (SPEC §5) with exits after the encoder layers ``exits``
+*staged* multi-exit model (docs/spec.md §5) with exits after the encoder layers ``exits``
 (1-based, e.g. ``3,6,9,12``; by default ``K = min(4, L)`` exits evenly spaced over the
 ``L`` layers, ``round(k·L/K)`` for ``k = 1..K``: ``3,6,9,12`` for BERT-base as in the paper's
 BERT experiments, ``2,3,5,6`` for a 6-layer MiniLM):
@@ -286,7 +286,7 @@ def _encoder_parts(encoder: nn.Module) -> tuple[nn.Module, list[nn.Module], nn.M
 class TextStagedModel(nn.Module):
     """A staged multi-exit text classifier over a BERT-like encoder (see the module docstring).
 
-    ``stages[k]`` and ``heads[k]`` follow SPEC §5; ``forward(x)`` returns the K exit logits.
+    ``stages[k]`` and ``heads[k]`` follow docs/spec.md §5; ``forward(x)`` returns the K exit logits.
     ``exits`` are the 1-based encoder layers the exits sit after.
     """
 

@@ -31,10 +31,12 @@ def test_evaluate_default_budgets_span_the_cost_range(runner, synth):
     assert len(budgets) == 10 and budgets[0] == 1.0 and budgets[-1] == 4.0
 
 
-def test_evaluate_table_on_stdout_without_json(runner, synth):
+def test_evaluate_piped_results_on_stdout_table_on_stderr(runner, synth):
     r = invoke(runner, "evaluate", synth, "--methods", "maxprob,oracle", "--budgets", "2ms")
     assert r.exit_code == 0
-    assert "maxprob" in r.stdout and "oracle" in r.stdout and "test acc" in r.stdout
+    doc = json.loads(r.stdout)  # stdout is not a terminal: the results, as JSON
+    assert [x["method"] for x in doc["results"]] == ["maxprob", "oracle"]
+    assert "maxprob" in r.stderr and "oracle" in r.stderr and "test acc" in r.stderr
 
 
 def test_evaluate_val_test_files_and_val_fraction(runner, tmp_path):
@@ -94,7 +96,7 @@ def test_fit_to_stdout_and_apply_reproduce_validation_figures(runner, synth, tmp
     assert s["avg_cost"] == policy["validation"]["avg_cost"]
     assert s["exit_fractions"] == policy["validation"]["exit_fractions"]
     out = tmp_path / "exits.parquet"
-    r = invoke(runner, "apply", path, synth, "-o", out, "-q")
+    r = invoke(runner, "apply", path, synth, "--split", "all", "-o", out, "-q")
     assert r.exit_code == 0
     import pandas as pd
 

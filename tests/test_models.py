@@ -1,4 +1,4 @@
-"""Built-in models, the built-in digits data, and loading models/weights/data from specs (SPEC §5)."""
+"""Built-in models, the built-in digits data, and loading models/weights/data from specs (docs/spec.md §5)."""
 
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ Examples:
 
 \b
   eenet evaluate sample_data/digits.parquet --methods maxprob,oracle --budgets 50%,75%
-  eenet evaluate sample_data/digits.parquet --budgets 0.5ms:1.5ms:0.25ms -o results.json
+  eenet evaluate sample_data/digits.parquet --budgets 0.5ms:1.5ms:0.5ms -o results.json
   eenet evaluate sample_data/digits.parquet --check results.json --tolerance 0.005
 """
 

@@ -44,7 +44,7 @@ Examples:
 \b
   eenet fit sample_data/digits.parquet --budget 60% -o policy.json
   eenet fit sample_data/digits.parquet --budget 0.9ms --method maxprob > policy.json
-  eenet fit preds.parquet --budget 6ms --costs costs.json --method lookahead -o policy.json
+  eenet fit sample_data/digits.parquet --budget 1ms --costs sample_data/digits_costs.json --method lookahead -o policy.json
 """
 
 

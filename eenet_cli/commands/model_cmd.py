@@ -104,13 +104,18 @@ decision, and puts the offline estimate sum_k fraction_k * c_k from those costs 
 the given costs (--costs, or the policy's) beside the realised latency, with the ratio
 realised / estimate. See docs/runtime.md.
 
+Examples (on the shipped sample model):
+
 \b
-Examples:
   eenet profile digits-cnn --weights sample_data/digits_model.safetensors --repeats 50 -o costs.json
-  eenet profile resnet56 --input-shape 3,32,32 --unit MFLOPs --repeats 5 -o -
-  eenet profile my_pkg.models:build --weights ckpt.pt --input-shape 3,32,32 --threads 1 -o costs.json
+  eenet profile resnet56 --input-shape 3,32,32 --unit MFLOPs --repeats 5 -o resnet56_flops.json
   eenet fit sample_data/digits.parquet --budget 60% -o policy.json
-  eenet profile digits-cnn --weights sample_data/digits_model.safetensors --threads 1 --policy policy.json --data digits:test --repeats 5
+  eenet profile digits-cnn --weights sample_data/digits_model.safetensors --threads 1 --policy policy.json --data digits:test --repeats 2
+
+Your own model (an import string runs its module's code):
+
+\b
+  eenet profile my_pkg.models:build --weights ckpt.pt --input-shape 3,32,32 --threads 1 -o costs.json
   eenet profile path/to/hf_model --weights heads.safetensors --input-shape 32 --threads 1 -o costs.json
 
 For a text model (a Hugging Face model folder, see --exits) --input-shape is the number
@@ -132,10 +137,16 @@ OUTPUT/part-RRRRR.parquet; the folder is one predictions input for fit and evalu
 
 --scores probs stores softmax(outputs) instead of the raw outputs.
 
+Examples (on the shipped sample model):
+
 \b
-Examples:
   eenet dump digits-cnn --weights sample_data/digits_model.safetensors --data digits:val --split val --costs sample_data/digits_costs.json -o preds.parquet
   eenet dump digits-cnn --weights sample_data/digits_model.safetensors --data digits:test --split test -o preds.parquet --append
+  eenet dump digits-cnn --weights sample_data/digits_model.safetensors --data digits:val --split val --costs sample_data/digits_costs.json -q | eenet fit - --budget 60% -o policy.json
+
+Your own model (an import string runs its module's code):
+
+\b
   eenet dump my_pkg.models:build --weights ckpt.pt --data my_pkg.data:val_loader --split val --costs costs.json -o preds.parquet
   eenet dump path/to/hf_model --weights heads.safetensors --data val.csv --text-column text --label-column label --split val -o preds.parquet
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from eenet_cli.cli import app
-from eenet_cli.commands.common import QuietOpt, stdout_is_terminal
+from eenet_cli.commands.common import QuietOpt, plan_streams, summary, write_stdout_bytes
 
 KINDS = ("tradeoff", "exits", "scores", "separation")
 RESULT_KINDS = ("tradeoff", "exits")
@@ -33,9 +32,9 @@ What is drawn follows from the inputs (or --kind):
   separation  policy JSON + predictions: max-prob vs the policy's score at exit 1
               for the --classes most frequent classes (paper Figure 3).
 
-The image format follows the extension of -o: .png, .svg or .pdf ('-' writes PNG to
-stdout, which must not be a terminal). One line on stderr says what was written (-q
-drops it). The same inputs give the same bytes. The default title names the data, the
+The image format follows the extension of -o: .png, .svg or .pdf. With -o -, or no
+-o when stdout is not a terminal, PNG bytes go to stdout; a terminal is refused (give -o
+FILE). One line on stderr says what was written (-q drops it). The same inputs give the same bytes. The default title names the data, the
 kind and the split; --title replaces it (drawn as plain text). --split picks the rows of
 the predictions (default: test when there is a split column, else every row), or the
 figures of a results file (default test; val uses the validation columns).
@@ -163,10 +162,10 @@ def _choose_kind(kind: str | None, roles: dict[str, str]) -> str:
     )
 
 
-def _output_format(output: str) -> str:
+def _output_format(output: str | None) -> str:
     from eenet_cli.errors import InputError
 
-    if output == "-":
+    if output is None or output == "-":
         return "png"
     fmt = IMAGE_FORMATS.get(Path(output).suffix.lower())
     if fmt is None:
@@ -252,7 +251,7 @@ def _results_figure(kind: str, path: str, *, title, budget_text, split):
     which = "validation" if split == "val" else "test"
     records = doc["results"]
     if kind == "tradeoff":
-        head = title if title is not None else f"{data}: accuracy vs. average cost, all methods ({which})"
+        head = title if title is not None else f"{data}: accuracy vs. average cost ({which})"
         fig = plotting.tradeoff_figure(records, unit=unit, costs=costs, split=split, title=head, budget=target)
         methods = {str(r["method"]) for r in records}
         return fig, f"tradeoff, {_count(len(methods), 'method')}, {which}"
@@ -325,7 +324,7 @@ def _policy_figure(kind: str, policy_path: str, preds_path: str, *, title, split
     hits = np.bincount(preds.labels, weights=correct[:, -1].astype(np.float64), minlength=preds.num_classes)
     class_acc = hits / np.maximum(counts, 1)
     shown = sorted(top.tolist(), key=lambda c: (class_acc[c], c))
-    head = title if title is not None else f"{data}: separation of right and wrong at exit 1, max-prob vs. {where} ({which})"
+    head = title if title is not None else f"{data}: right vs. wrong at exit 1, max-prob vs. {where} ({which})"
     fig = plotting.separation_figure(
         feats.max_prob[:, 0], scores[:, 0], preds.labels, correct[:, 0], shown, class_acc=class_acc,
         scorer_type=scorer_type, threshold=thresholds[0] if preds.num_exits > 1 else None, class_names=names, title=head,
@@ -336,7 +335,7 @@ def _policy_figure(kind: str, policy_path: str, preds_path: str, *, title, split
 @app.command("plot", help=PLOT_HELP)
 def plot_command(
     inputs: Annotated[Optional[list[str]], typer.Argument(metavar="INPUT", help="A results file, or a policy JSON and a predictions file.", show_default=False)] = None,
-    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Image file: .png, .svg or .pdf ('-' for PNG on stdout, not a terminal).", show_default=False)] = None,
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Image file: .png, .svg or .pdf; '-' for PNG on stdout (the default when stdout is not a terminal).", show_default=False)] = None,
     kind: Annotated[Optional[str], typer.Option("--kind", "-k", help="tradeoff or exits (results); scores or separation (policy + predictions).", show_default=False)] = None,
     title: Annotated[Optional[str], typer.Option("--title", help="Figure title, drawn as plain text (default: the data, kind and split).", show_default=False)] = None,
     dpi: Annotated[int, typer.Option("--dpi", help="Resolution of PNG output (and of dense point clouds in SVG/PDF).")] = 150,
@@ -346,14 +345,12 @@ def plot_command(
     quiet: QuietOpt = False,
 ) -> None:
     from eenet_cli.errors import InputError
-    from eenet_cli.io import atomic_path, check_output_path
+    from eenet_cli.io import atomic_path
 
-    if output is None:
-        raise InputError("missing -o FILE (.png, .svg or .pdf); see eenet plot --help", field="--output")
     fmt = _output_format(output)
-    if output == "-" and stdout_is_terminal():
-        raise InputError("stdout is a terminal, and a PNG image is binary: give -o FILE", field="-o -")
-    check_output_path(output)
+    # the image goes to -o FILE, else to stdout; a terminal gets no binary (one line, exit 2)
+    streams = plan_streams(output, what="PNG image", binary=True, terminal_view=False, quiet=quiet,
+                           inputs=[("input", path) for path in inputs or []])
     if not 20 <= dpi <= 1200:
         raise InputError(f"must be between 20 and 1200, got {dpi}", field="--dpi")
     if classes < 1:
@@ -363,23 +360,21 @@ def plot_command(
     roles = classify(list(inputs or []))
     chosen = _choose_kind(kind, roles)
     if chosen in RESULT_KINDS:
-        fig, summary = _results_figure(chosen, roles["results"], title=title, budget_text=budget, split=split)
+        fig, what = _results_figure(chosen, roles["results"], title=title, budget_text=budget, split=split)
     else:
-        fig, summary = _policy_figure(chosen, roles["policy"], roles["predictions"], title=title, split=split, classes=classes)
+        fig, what = _policy_figure(chosen, roles["policy"], roles["predictions"], title=title, split=split, classes=classes)
 
     from eenet_cli.plotting import save_figure
 
-    if output == "-":
+    if streams.artifact == "-":
         import io
 
         buf = io.BytesIO()
         save_figure(fig, buf, fmt, dpi)
-        sys.stdout.buffer.write(buf.getvalue())
-        sys.stdout.buffer.flush()
+        write_stdout_bytes(buf.getvalue())  # nothing else ever goes to stdout
         where = "PNG to stdout"
     else:
-        with atomic_path(output) as tmp:
+        with atomic_path(streams.artifact) as tmp:
             save_figure(fig, str(tmp), fmt, dpi)
-        where = output
-    if not quiet:  # the one line on stderr: the image itself went to the file or stdout
-        sys.stderr.write(f"wrote {where} ({summary})\n")
+        where = streams.artifact
+    summary(f"wrote {where} ({what})", quiet)  # the one line on stderr (sys.stderr.write), unless -q

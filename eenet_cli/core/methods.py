@@ -1,6 +1,6 @@
 """Exit policies by name: fitting each on validation features, as a policy dict.
 
-Baselines (SPEC §3):
+Baselines (docs/spec.md §3):
 
 - ``maxprob`` (MSDNet), ``entropy`` (BranchyNet), ``vote`` (the paper's PABEE column):
   a confidence measure with thresholds that make exits follow MSDNet's geometric

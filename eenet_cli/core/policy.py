@@ -1,6 +1,6 @@
 """Policies as plain data, and applying them with numpy alone.
 
-A policy is the JSON object of SPEC §2.4 (a ``dict``). Its ``scorer`` says how the
+A policy is the JSON object of docs/spec.md §2.4 (a ``dict``). Its ``scorer`` says how the
 per-exit stopping scores are computed from the predictions; its ``thresholds`` say where
 each exit stops (see :mod:`eenet_cli.core.thresholds`). No torch, no pickle, no code from
 the file: a scorer is one of the names in :data:`SCORERS`, and EENet's is a small network
