@@ -27,6 +27,11 @@ class _Group(TyperGroup):
     def invoke(self, ctx: typer.Context):
         try:
             return super().invoke(ctx)
+        except MemoryError:
+            if _state["debug"]:
+                raise
+            typer.echo("eenet: error: out of memory; use a smaller input or a machine with more memory", err=True)
+            ctx.exit(1)
         except EenetError as e:
             if _state["debug"]:
                 raise
@@ -76,8 +81,25 @@ def _root(
         _state["debug"] = True
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwind like Ctrl-C, so temporary files are removed."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum, frame) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
+    import signal
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, _on_signal)
     args = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in args:  # accepted anywhere on the line, not only before the command
         args = [a for a in args if a != "--debug"]
@@ -89,6 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.stderr.write("eenet: interrupted\n")
         sys.exit(130)
+    except Terminated as t:
+        import signal
+
+        sys.stderr.write(f"eenet: stopped by {signal.Signals(t.signum).name}\n")
+        sys.exit(128 + t.signum)
 
 
 from eenet_cli import commands  # noqa: E402,F401  (registers the subcommands on `app`)

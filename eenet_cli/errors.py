@@ -7,6 +7,13 @@ exit code (docs/spec.md §4): 2 for bad usage or bad input, 1 for a failed check
 from __future__ import annotations
 
 
+def shorten(text: str, limit: int = 120) -> str:
+    """A long name or value cut in the middle, so that an error stays one readable line."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 30]}…{text[-20:]} ({len(text)} characters)"
+
+
 class EenetError(Exception):
     """Base class: something the user can fix. ``exit_code`` is what the CLI returns."""
 
@@ -21,7 +28,7 @@ class InputError(EenetError):
         self.field = field
         parts = []
         if source:
-            parts.append(str(source))
+            parts.append(shorten(str(source)))
         if field:
             parts.append(field)
         prefix = ": ".join(parts)

@@ -8,11 +8,13 @@ leaves a half-written file and never damages an existing one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
-from decimal import Decimal
 import json
 import math
 import os
+import re
+import stat
 import sys
 import tempfile
 import threading
@@ -20,16 +22,19 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
 
 from eenet_cli._version import __version__
-from eenet_cli.errors import BudgetError, InputError, VersionError
+from eenet_cli.errors import BudgetError, InputError, VersionError, WorkFailed, shorten
 
 CREATED_BY = f"eenet {__version__}"
 MAX_METADATA_BYTES = 16 * 1024 * 1024  # one metadata value; larger is refused
 MAX_JSON_BYTES = 256 * 1024 * 1024
+MAX_JSON_DEPTH = 64  # nesting of arrays and objects; eenet's own artifacts need 6
+MAX_COST = 1e100  # a cost or budget above this is refused: averages over many samples must stay finite
 
 SUPPORTED_VERSIONS = {"predictions": 1, "costs": 1, "policy": 1, "results": 1}
 
@@ -75,6 +80,20 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a valid JSON number")
 
 
+_BRACKETS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def json_depth(text: str | bytes) -> int:
+    """The deepest nesting of arrays and objects in JSON text, strings skipped; found in one
+    linear scan before parsing, so a hostile file cannot exhaust the parser's stack."""
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if b"[" not in data and b"{" not in data:
+        return 0
+    tokens = np.frombuffer(b"".join(m.group(0)[:1] for m in _BRACKETS.finditer(data)), dtype=np.uint8)
+    steps = np.where((tokens == ord("[")) | (tokens == ord("{")), 1, np.where((tokens == ord("]")) | (tokens == ord("}")), -1, 0))
+    return int(np.cumsum(steps).max(initial=0))
+
+
 def loads_strict(text: str | bytes, source: str) -> Any:
     """Parse JSON refusing NaN/Infinity literals and duplicate keys."""
 
@@ -86,8 +105,13 @@ def loads_strict(text: str | bytes, source: str) -> Any:
             out[k] = v
         return out
 
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise InputError(f"JSON nested {depth} levels deep; at most {MAX_JSON_DEPTH}", source=source)
     try:
         return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=no_dupes)
+    except RecursionError:
+        raise InputError(f"JSON nested too deeply; at most {MAX_JSON_DEPTH} levels", source=source) from None
     except (ValueError, UnicodeDecodeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InputError(f"not valid JSON ({msg})", source=source) from None
@@ -99,9 +123,8 @@ def read_bytes(path: str | os.PathLike, *, limit: int = MAX_JSON_BYTES) -> bytes
         data = sys.stdin.buffer.read(limit + 1)
     else:
         p = Path(path)
-        if not p.exists():
-            raise InputError("no such file", source=str(path))
-        if p.is_dir():
+        st = _stat_input(p, str(path))
+        if stat.S_ISDIR(st.st_mode):
             raise InputError("is a directory, expected a file", source=str(path))
         try:
             with open(p, "rb") as fh:
@@ -131,20 +154,76 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
 
 
+def _exists(path: Path) -> bool:
+    """``path.exists()`` that is False, not an error, for names the system refuses (too long)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def _stat_input(path: Path, source: str):
+    """``os.stat`` of an input with one-line errors: no such file, a dangling link, a link loop."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise InputError(f"is a symbolic link to {os.readlink(path)}, which does not exist", source=source) from None
+        raise InputError("no such file", source=source) from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InputError("is a symbolic link loop", source=source) from None
+        if e.errno == errno.ENAMETOOLONG:
+            raise InputError("file name too long", source=source) from None
+        raise InputError(f"cannot read ({e.strerror})", source=source) from None
+
+
+def output_target(path: str | os.PathLike) -> Path:
+    """Where writing ``path`` really lands: a symbolic link's target (the link is kept)."""
+    p = Path(path)
+    if p.is_symlink():
+        return Path(os.path.realpath(p))
+    return p
+
+
 def check_output_path(path: str | os.PathLike | None) -> None:
     """Fail before any work if the output cannot be written where asked."""
     if path is None or str(path) == "-":
         return
-    p = Path(path)
-    if p.is_dir():
-        raise InputError("is a directory, expected a file name for the output", source=str(path))
-    parent = p.parent if str(p.parent) else Path(".")
+    text = str(path)
+    if text.endswith(("/", os.sep)):
+        raise InputError("ends with a slash; expected a file name, not a folder", source=text)
+    given = Path(path)
+    for p in (given, None):
+        if p is None:
+            try:
+                p = output_target(path)
+            except OSError as e:
+                raise InputError(f"cannot follow the link ({e.strerror})", source=text) from None
+        name_bytes = len(p.name.encode("utf-8", "surrogateescape"))
+        parent = p.parent if str(p.parent) else Path(".")
+        try:
+            name_max = os.pathconf(parent, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            name_max = 255
+        if name_bytes > name_max:
+            raise InputError(f"file name is {name_bytes} bytes long; this file system allows {name_max}", source=text)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InputError("is a symbolic link loop", source=text) from None
+        raise InputError(f"cannot be written ({e.strerror})", source=text) from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise InputError("is a directory, expected a file name for the output", source=text)
     if not parent.exists():
-        raise InputError(f"output folder {parent} does not exist", source=str(path))
+        raise InputError(f"output folder {parent} does not exist", source=text)
     if not parent.is_dir():
-        raise InputError(f"{parent} is not a folder", source=str(path))
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"output folder {parent} is not writable", source=str(path))
+        raise InputError(f"{parent} is not a folder", source=text)
+    if not os.access(parent, os.W_OK) and (st is None or stat.S_ISREG(st.st_mode)):
+        raise InputError(f"output folder {parent} is not writable", source=text)
 
 
 def refuse_output_onto_inputs(output: str | os.PathLike | None, inputs: list[tuple[str, str | os.PathLike | None]]) -> None:
@@ -152,12 +231,11 @@ def refuse_output_onto_inputs(output: str | os.PathLike | None, inputs: list[tup
     symlinks followed) or a file inside an input folder of part files."""
     if output is None or str(output) == "-":
         return
-    out = Path(output)
     try:
-        out_stat = out.stat()
-    except OSError:
+        out_stat = os.stat(output)
+    except (OSError, ValueError):
         out_stat = None
-    out_real = os.path.realpath(out)
+    out_real = os.path.realpath(output)
     for label, given in inputs:
         if given is None or str(given) == "-":
             continue
@@ -167,37 +245,72 @@ def refuse_output_onto_inputs(output: str | os.PathLike | None, inputs: list[tup
             continue  # not a file (an inline value) or missing: its reader says so
         if out_stat is not None and (st.st_dev, st.st_ino) == (out_stat.st_dev, out_stat.st_ino):
             raise InputError(f"is also the {label}; writing there would destroy it. Choose another output file", source=str(output), field="--output")
-        if os.path.isdir(given) and os.path.commonpath([out_real, os.path.realpath(given)]) == os.path.realpath(given):
+        real = os.path.realpath(given)
+        if stat.S_ISDIR(st.st_mode) and os.path.commonpath([out_real, real]) == real:
             raise InputError(f"is inside the {label} folder {given}; choose an output outside it", source=str(output), field="--output")
+
+
+def _write_failed(e: OSError, path) -> WorkFailed:
+    return WorkFailed(f"cannot write ({e.strerror or e}); nothing was changed", source=str(path))
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` only on success."""
-    final = Path(path)
-    check_output_path(final)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent if str(final.parent) else ".")
+    """Yield a path to write; the result appears under ``path`` only on success.
+
+    A regular file (or a new name) is written to a temporary file beside it and renamed
+    over it at the end, so an interrupted or failed write leaves the old file intact. A
+    symbolic link's target is replaced, not the link. A character device, FIFO or socket
+    (``/dev/null``, a named pipe) is written directly: renaming over it would replace a
+    device for the whole machine. A failed write (disk full, file-size limit) is one
+    line, exit 1.
+    """
+    check_output_path(path)
+    final = output_target(path)
+    try:
+        st = os.stat(final)
+    except OSError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        try:
+            yield final
+        except OSError as e:
+            raise _write_failed(e, path) from None
+        return
+    folder = final.parent if str(final.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".eenet-", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise _write_failed(e, path) from None
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; artifacts get the usual mode
+    mode = stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~umask  # a replaced file keeps its mode
     try:
+        os.chmod(tmp_path, mode)  # mkstemp makes 0600; artifacts get the usual mode
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, final)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(e, OSError) and not isinstance(e, BrokenPipeError):
+            raise _write_failed(e, path) from None
         raise
 
 
 def write_text(path: str | os.PathLike | None, text: str) -> None:
     """Write text atomically; ``-`` or ``None`` writes to stdout."""
     if path is None or str(path) == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise _write_failed(e, "<stdout>") from None
         return
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -288,6 +401,11 @@ class Costs:
         return {"unit": self.unit, "costs": [float(v) for v in self.values]}
 
 
+def _brief(values: np.ndarray, limit: int = 8) -> str:
+    shown = ", ".join(f"{v:g}" for v in values[:limit])
+    return f"[{shown}]" if values.size <= limit else f"[{shown}, … {values.size} values]"
+
+
 def validate_costs(values: Any, unit: Any, source: str, field_name: str = "costs") -> Costs:
     if not isinstance(unit, str):
         raise InputError(f"expected a unit string, got {unit!r}", source=source, field="unit")
@@ -295,15 +413,17 @@ def validate_costs(values: Any, unit: Any, source: str, field_name: str = "costs
     if not isinstance(values, list) or not values:
         raise InputError("expected a non-empty list of numbers", source=source, field=field_name)
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
-        raise InputError(f"expected numbers, got {values!r}", source=source, field=field_name)
+        raise InputError(f"expected numbers, got {shorten(repr(values))}", source=source, field=field_name)
     if not all(finite_number(v) for v in values):
         raise InputError("costs must be finite", source=source, field=field_name)
     arr = np.asarray(values, dtype=np.float64)
     if np.any(arr <= 0):
-        raise InputError(f"costs must be positive, got {arr.tolist()}", source=source, field=field_name)
+        raise InputError(f"costs must be positive, got {_brief(arr)}", source=source, field=field_name)
+    if np.any(arr > MAX_COST):
+        raise InputError(f"costs must be at most {MAX_COST:g} (sums of many would overflow), got {arr.max():g}", source=source, field=field_name)
     if np.any(np.diff(arr) <= 0):
         raise InputError(
-            f"costs must be strictly increasing (cumulative cost to each exit), got {arr.tolist()}",
+            f"costs must be strictly increasing (cumulative cost to each exit), got {_brief(arr)}",
             source=source,
             field=field_name,
         )
@@ -330,6 +450,8 @@ def parse_inline_costs(text: str) -> Costs:
     """``1.2,2.5,3.7ms`` (one unit at the end, or on every number)."""
     import re
 
+    if len(text) > 10_000:
+        raise InputError(f"an inline cost list is at most 10000 characters, got {len(text)}", field="--costs")
     parts = [p.strip() for p in text.split(",") if p.strip()]
     src = f"--costs {text}"
     if not parts:
@@ -337,7 +459,7 @@ def parse_inline_costs(text: str) -> Costs:
     vals: list[float] = []
     units: set[str] = set()
     for p in parts:
-        m = re.fullmatch(r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-zµμ]*)", p)
+        m = re.fullmatch(r"([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-zµμ]*)", p)
         if not m:
             raise InputError(f"cannot read {p!r} as a cost", source=src)
         vals.append(float(m.group(1)))
@@ -355,7 +477,9 @@ def load_costs(spec: str | None, predictions_meta: dict | None = None, predictio
         raise InputError("is empty: give a costs file or an inline list like 1.2,2.5,3.7ms", field="--costs")
     if spec:
         path = Path(spec)
-        if spec == "-" or path.suffix.lower() == ".json" or path.exists():
+        if spec == "-" and predictions_source == "<stdin>":
+            raise InputError("stdin already carries the predictions; give the costs as a file or inline", field="--costs")
+        if spec == "-" or path.suffix.lower() == ".json" or _exists(path):
             return parse_costs_json(read_json(spec), display(spec))
         if any(ch.isdigit() for ch in spec) and "," in spec or spec.replace(".", "", 1).rstrip("smuµμ").isdigit():
             return parse_inline_costs(spec)
@@ -458,8 +582,7 @@ def _part_files(path: Path, source: str) -> list[Path]:
         if not parts:
             raise InputError("folder holds no .parquet part files", source=source)
         return parts
-    if not path.exists():
-        raise InputError("no such file or folder", source=source)
+    _stat_input(path, source)
     return [path]
 
 
@@ -492,6 +615,10 @@ def _check_schema(schema, source: str) -> tuple[list[str], int, bool]:
                 source=source,
                 field=name,
             )
+    if "sample_id" in names:
+        t = schema.field("sample_id").type
+        if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)):
+            raise InputError(f"expected integers or strings, got {t}", source=source, field="sample_id")
     if "label" in names and not pa.types.is_integer(schema.field("label").type):
         raise InputError(f"expected int64 labels, got {schema.field('label').type}", source=source, field="label")
     if "split" in names and not (pa.types.is_string(schema.field("split").type) or pa.types.is_large_string(schema.field("split").type) or pa.types.is_dictionary(schema.field("split").type)):
@@ -519,10 +646,26 @@ def _signed_ids():
     return {pa.int8().id, pa.int16().id, pa.int32().id, pa.int64().id}
 
 
-def _ints(col) -> np.ndarray:
-    """An integer column as int64 straight from its buffers (nulls are checked by the caller)."""
+def _no_nulls(col, first_row: int, source: str, name: str) -> None:
+    """Refuse a null in a column that needs a value in every row, naming the first such row."""
+    if col.null_count:
+        import pyarrow.compute as pc
+
+        at = int(pc.index(pc.is_null(col), True).as_py())
+        raise InputError(f"row {first_row + at} has no value (null); {col.null_count} row(s) in all", source=source, field=name)
+
+
+def _ints(col, first_row: int = 0, source: str = "", name: str = "") -> np.ndarray:
+    """An integer column as int64 straight from its buffers (nulls are checked by the
+    caller); an unsigned value beyond the int64 range is refused, not wrapped."""
     parts = [_array_ints(chunk) for chunk in col.chunks]
-    return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
+    if not parts:
+        return np.empty(0, np.int64)
+    out = np.concatenate(parts)
+    if out.dtype == np.uint64 and out.size and out.max() > np.iinfo(np.int64).max:
+        at = int(np.argmax(out > np.iinfo(np.int64).max))
+        raise InputError(f"value {int(out[at])} at row {first_row + at} is beyond the int64 range", source=source, field=name)
+    return out.astype(np.int64)
 
 
 def _array_ints(arr) -> np.ndarray:
@@ -549,9 +692,10 @@ class _ThreadHandles:
     """One ``ParquetFile`` per file and thread: a file handle is not shared between threads
     that read at the same time (the main thread keeps the handles already open)."""
 
-    def __init__(self, opened: dict):
+    def __init__(self, opened: dict, reopen=None):
         self.main = threading.get_ident()
         self.opened = opened
+        self.reopen = reopen or _open_parquet
         self.local = threading.local()
 
     def get(self, f: Path, src: str):
@@ -559,17 +703,17 @@ class _ThreadHandles:
             return self.opened[f]
         mine = self.local.__dict__.setdefault("files", {})
         if f not in mine:
-            mine[f] = _open_parquet(f, src)
+            mine[f] = self.reopen(f, src)
         return mine[f]
 
 
-def _fill_from_parts(pfs, files, source, cols, want, names, num_classes, scores, labels, split_parts, id_parts, executor) -> bool:
+def _fill_from_parts(pfs, files, source, cols, want, names, num_classes, scores, labels, split_parts, id_parts, executor, reopen=None) -> bool:
     """Copy every part file's rows into the preallocated arrays (see :func:`read_predictions`);
     returns whether every score is finite."""
     import pyarrow as pa
 
     k = len(cols)
-    handles = _ThreadHandles(dict(pfs))
+    handles = _ThreadHandles(dict(pfs), reopen)
     nonfinite: list = []  # list.append is atomic: safe from the worker threads
     row = 0
     for f, pf in pfs:
@@ -591,8 +735,10 @@ def _fill_from_parts(pfs, files, source, cols, want, names, num_classes, scores,
             for chunk in col.chunks:
                 cm = len(chunk)
                 view = _fixed_list_view(chunk, num_classes, src, name)
-                scores[at : at + cm, j, :] = view
-                if not np.isfinite(view).all():  # while the block is in cache; reported later
+                dest = scores[at : at + cm, j, :]
+                with np.errstate(over="ignore"):
+                    dest[...] = view  # float64 beyond the float32 range becomes inf here
+                if not np.isfinite(dest).all():  # checked after the cast, while the block is in cache
                     nonfinite.append((at, j))
                 at += cm
             del col
@@ -616,9 +762,8 @@ def _fill_from_parts(pfs, files, source, cols, want, names, num_classes, scores,
                 m = pf.metadata.row_group(g).num_rows
                 if labels is not None:
                     lab = tbl.column("label")
-                    if lab.null_count:
-                        raise InputError(f"{lab.null_count} rows have no label", source=src, field="label")
-                    labels[row : row + m] = _ints(lab)
+                    _no_nulls(lab, row, src, "label")
+                    labels[row : row + m] = _ints(lab, row, src, "label")
                 if "split" in names:
                     sp = tbl.column("split")
                     if sp.null_count:
@@ -626,7 +771,8 @@ def _fill_from_parts(pfs, files, source, cols, want, names, num_classes, scores,
                     split_parts.append(_strings(sp))
                 if "sample_id" in names:
                     sid = tbl.column("sample_id")
-                    id_parts.append(_ints(sid) if pa.types.is_integer(sid.type) else _strings(sid))
+                    _no_nulls(sid, row, src, "sample_id")
+                    id_parts.append(_ints(sid, row, src, "sample_id") if pa.types.is_integer(sid.type) else _strings(sid))
                 row += m
                 del tbl
             for fut in futures:  # in (row group, exit) order: the first bad column is the one reported
@@ -648,16 +794,33 @@ def read_predictions(path: str | os.PathLike, *, validate: bool = True) -> Predi
 
     source = display(path)
     if str(path) == "-":
+        # stdin is read whole into memory (Parquet needs its footer first); no copy on disk
+        import pyarrow as pa
+
         buf = sys.stdin.buffer.read()
-        tmpdir = tempfile.mkdtemp(prefix="eenet-stdin-")
-        p = Path(tmpdir) / "stdin.parquet"
-        p.write_bytes(buf)
-        files = [p]
+        if not buf:
+            raise InputError("stdin is empty; expected a predictions Parquet file", source=source)
+        sha = hashlib.sha256(buf).hexdigest()
+        files = [Path("-")]
+        pfs = [(files[0], _open_parquet(pa.BufferReader(buf), source))]
+
+        def reopen(f, src):
+            return _open_parquet(pa.BufferReader(buf), src)
     else:
+        sha = reopen = None
         files = _part_files(Path(path), source)
-    pfs = [(f, _open_parquet(f, source if len(files) == 1 else str(f))) for f in files]
+        pfs = [(f, _open_parquet(f, source if len(files) == 1 else str(f))) for f in files]
     first_schema = pfs[0][1].schema_arrow
     meta = _decode_meta(first_schema.metadata, source)
+    for f, pf in pfs[1:]:  # every part must declare what the first declares
+        part_meta = _decode_meta(pf.schema_arrow.metadata, str(f))
+        for key in ("format", "version", "num_exits", "num_classes", "scores"):
+            if part_meta.get(key) != meta.get(key):
+                raise InputError(
+                    f"part file declares {key} {part_meta.get(key)!r} but {files[0].name} declares {meta.get(key)!r}",
+                    source=str(f),
+                    field=f"eenet.{key}",
+                )
     fmt = meta.get("format", "predictions")
     if fmt != "predictions":
         raise InputError(f"expected eenet.format 'predictions', got {fmt!r}", source=source, field="eenet.format")
@@ -689,7 +852,7 @@ def read_predictions(path: str | os.PathLike, *, validate: bool = True) -> Predi
     workers = min(k, READ_THREADS)
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eenet-read") if workers > 1 else None
     try:
-        finite = _fill_from_parts(pfs, files, source, cols, want, names, num_classes, scores, labels, split_parts, id_parts, executor)
+        finite = _fill_from_parts(pfs, files, source, cols, want, names, num_classes, scores, labels, split_parts, id_parts, executor, reopen)
     finally:
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
@@ -700,8 +863,10 @@ def read_predictions(path: str | os.PathLike, *, validate: bool = True) -> Predi
         sample_id=np.concatenate(id_parts) if id_parts else None,
         meta=meta,
         source=source,
-        files=files,
+        files=[] if sha is not None else files,
     )
+    if sha is not None:
+        preds._sha = sha
     if validate:
         # the copy already checked finiteness; the full scan runs only to name the first bad score
         validate_predictions(preds, check_finite=not finite)

@@ -122,9 +122,16 @@ def plan_streams(
 
 def write_stdout_bytes(data: bytes) -> None:
     """The artifact on stdout in one piece (only once it is complete)."""
-    sys.stdout.flush()
-    sys.stdout.buffer.write(data)
-    sys.stdout.buffer.flush()
+    from eenet_cli.errors import WorkFailed
+
+    try:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise WorkFailed(f"cannot write ({e.strerror or e})", source="<stdout>") from None
 
 
 def stderr_console(quiet: bool = False):

@@ -7,9 +7,11 @@ that folder, which is the working directory of the subprocess, so the messages n
 exactly the paths the case gave.
 
 Each case says what the one ``eenet: error:`` line on stderr must contain: the file or
-option, the field, and a word of what was expected. Cases for ``dump``/``profile`` and
-``plot`` appear only when those commands exist in the tree. A case with ``xfail`` records
-a known product bug outside this suite's files; it turns into a pass once fixed.
+option, the field, and a word of what was expected. Every command has cases, ``dump``,
+``profile`` and ``plot`` included (they need torch and matplotlib, which are required
+dependencies: a broken import fails those cases, it does not drop them). A case with
+``xfail`` records a known product bug outside this suite's files; it turns into a pass
+once fixed.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ POLICY = "in/policy.json"
 RESULTS = "in/results.json"
 OLD_OUTPUT = b'{"previous": "output", "must": "survive"}\n'
 
+# chmod 000 does not stop root from reading (CI runs as root); see _unreadable_case
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
 
 @dataclass(frozen=True)
 class Case:
@@ -43,7 +48,6 @@ class Case:
     output: str | None = None  # the -o target, relative to the corpus folder
     existing: bool = False  # the output file exists before the run (and must survive)
     usage: bool = False  # a click usage error: a few lines are fine
-    root_skip: bool = False  # meaningless when running as root (chmod does not block root)
     xfail: str | None = None  # a known product bug outside this suite's reach (the reason names it)
 
 
@@ -95,7 +99,7 @@ def _predictions_cases() -> list[Case]:
         e("pq_label_missing", p("no_label"), expect=(p("no_label"), "label", "label column")),
         e("pq_label_negative", p("label_negative"), expect=(p("label_negative"), "label", "outside [0, 5)")),
         e("pq_label_too_big", p("label_big"), expect=(p("label_big"), "label", "outside [0, 5)")),
-        e("pq_label_null", p("label_null"), expect=(p("label_null"), "label", "no label")),
+        e("pq_label_null", p("label_null"), expect=(p("label_null"), "label", "row 4 has no value (null)")),
         e("pq_duplicate_ids", p("dup_ids"), expect=(p("dup_ids"), "sample_id", "more than once")),
         e("pq_no_val_rows", p("no_val"), expect=(p("no_val"), "split", "'val'")),
         e("pq_no_test_rows", p("no_test"), expect=(p("no_test"), "split", "'test'")),
@@ -110,8 +114,9 @@ def _predictions_cases() -> list[Case]:
         e("pq_empty_folder", "in/empty_dir", expect=("in/empty_dir", "no .parquet")),
         e("pq_parts_disagree", "in/parts_disagree", expect=("in/parts_disagree", "schema differs")),
         e("pq_missing_file", "in/no_such.parquet", expect=("in/no_such.parquet", "no such file")),
-        e("pq_broken_symlink", "in/dangling.parquet", expect=("in/dangling.parquet", "no such file")),
-        e("pq_unreadable", p("unreadable"), expect=(p("unreadable"), "permission denied"), root_skip=True),
+        e("pq_broken_symlink", "in/dangling.parquet", expect=("in/dangling.parquet", "which does not exist")),
+        _unreadable_case(),
+        e("pq_part_is_a_directory", "in/part_dir", expect=("in/part_dir/part-1.parquet", "is a directory")),
         e("pq_pickle", p("pickle"), expect=(p("pickle"), "Parquet")),
         e("pq_policy_as_predictions", POLICY, expect=(POLICY, "Parquet")),
         e("pq_existing_output_kept", p("nan_scores"), expect=(p("nan_scores"), "non-finite"), existing=True),
@@ -128,6 +133,16 @@ def _predictions_cases() -> list[Case]:
         _apply("apply_predictions_other_k", POLICY, p("k4"), expect=(POLICY, "num_exits", "3 exits", "4")),
         _apply("apply_predictions_other_c", POLICY, p("c7"), expect=(POLICY, "num_classes", "5 classes", "7")),
     ]
+
+
+def _unreadable_case() -> Case:
+    """A predictions file the operating system refuses to read. For other users it is a file
+    with mode 000. Root reads those anyway, so as root it is a folder whose one part file is
+    itself a folder: opening that as a file fails (EISDIR) for every user, root included."""
+    path = "in/unreadable.parquet"
+    if IS_ROOT:
+        return _evaluate("pq_unreadable", path, expect=(path, "is a directory"))
+    return _evaluate("pq_unreadable", path, expect=(path, "permission denied"))
 
 
 def _costs_cases() -> list[Case]:
@@ -275,15 +290,8 @@ def _adjust(cases: list[Case]) -> list[Case]:
 
 
 def model_cases() -> list[Case]:
-    """profile / dump / plot cases, only when those commands exist in this tree."""
-    import importlib.util
-
-    out: list[Case] = []
-    if importlib.util.find_spec("eenet_cli.commands.model_cmd") is not None:
-        out += _model_cases()
-    if importlib.util.find_spec("eenet_cli.commands.plot_cmd") is not None:
-        out += _plot_cases()
-    return out
+    """profile / dump / plot cases: always part of the corpus."""
+    return _model_cases() + _plot_cases()
 
 
 TINY = "in/model_tiny.npz"  # 8 digits-shaped samples: a case that does run the model ends fast
@@ -477,7 +485,13 @@ def _predictions_inputs(d: Path) -> None:
     put("meta_costs", lambda c, m: m.update(costs=json.dumps({"format": "costs", "version": 1, "unit": "ms", "costs": [3, 2, 1]})))
     put("k4", arrays=_base_arrays(k=4))
     put("c7", arrays=_base_arrays(c=7))
-    put("unreadable").chmod(0)
+    if IS_ROOT:
+        (d / "unreadable.parquet" / "part-0.parquet").mkdir(parents=True)
+    else:
+        put("unreadable").chmod(0)
+    (d / "part_dir").mkdir()
+    put("part_dir/part-0")
+    (d / "part_dir" / "part-1.parquet").mkdir()
     os.symlink(d / "gone.parquet", d / "dangling.parquet")
     (d / "empty_dir").mkdir()
     parts = d / "parts_disagree"
