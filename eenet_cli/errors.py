@@ -15,15 +15,14 @@ def shorten(text: str, limit: int = 120) -> str:
 
 
 class EenetError(Exception):
-    """Base class: something the user can fix. ``exit_code`` is what the CLI returns."""
+    """Base class: something the user can fix. ``exit_code`` is what the CLI returns.
+
+    The message reads ``source: field: message`` when a file (source) or an option or
+    column (field) is named."""
 
     exit_code = 2
 
-
-class InputError(EenetError):
-    """A file, field or option is not what was expected (exit 2)."""
-
-    def __init__(self, message: str, *, source: str | None = None, field: str | None = None):
+    def __init__(self, message: str = "", *, source: str | None = None, field: str | None = None):
         self.source = source
         self.field = field
         parts = []
@@ -33,6 +32,10 @@ class InputError(EenetError):
             parts.append(field)
         prefix = ": ".join(parts)
         super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+class InputError(EenetError):
+    """A file, field or option is not what was expected (exit 2)."""
 
 
 class VersionError(InputError):

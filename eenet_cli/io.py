@@ -479,7 +479,7 @@ def load_costs(spec: str | None, predictions_meta: dict | None = None, predictio
         path = Path(spec)
         if spec == "-" and predictions_source == "<stdin>":
             raise InputError("stdin already carries the predictions; give the costs as a file or inline", field="--costs")
-        if spec == "-" or path.suffix.lower() == ".json" or _exists(path):
+        if spec == "-" or path.suffix.lower() == ".json" or _exists(path) or os.path.islink(spec):
             return parse_costs_json(read_json(spec), display(spec))
         if any(ch.isdigit() for ch in spec) and "," in spec or spec.replace(".", "", 1).rstrip("smuµμ").isdigit():
             return parse_inline_costs(spec)

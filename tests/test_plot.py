@@ -8,6 +8,7 @@ functions return.
 
 from __future__ import annotations
 
+import io
 import json
 import shlex
 from pathlib import Path
@@ -97,7 +98,7 @@ def test_policy_and_predictions_give_scores_in_any_order(runner, files, tmp_path
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     r = invoke(runner, "plot", files["policy"], files["preds"], "-o", a)
     assert r.exit_code == 0, r.output
-    assert "scores:" in r.stderr and "split test" in r.stderr
+    assert "(scores, " in r.stderr and "split test" in r.stderr
     assert invoke(runner, "plot", files["preds"], files["policy"], "-o", b, "-q").exit_code == 0
     _png_ok(a)
     assert a.read_bytes() == b.read_bytes()  # seeded jitter: same picture
@@ -220,7 +221,7 @@ def test_exits_figure_single_method():
     rec = [{"method": "maxprob", "budget": 2.0, "accuracy": 0.8, "avg_cost": 2.1, "budget_met": False, "exit_fractions": [0.4, 0.6]}]
     fig = plotting.exits_figure(rec, plotting.nearest_budget(rec, None), unit="ms")
     assert len(fig.axes[0].patches) == 2
-    assert any("2.10 ms (over)" in t.get_text() for t in fig.axes[0].texts)
+    assert any(t.get_text() == "80.0%\n2.10 ms\nover budget" for t in fig.axes[0].texts)
 
 
 def _scores_inputs(preds_path, policy):
@@ -340,7 +341,6 @@ def bad_files(files):
     (["{out}/nothing.json", "-o", "{out}/x.png"], ["nothing.json: no such file"]),
     (["{results}", "-o", "{out}/x.jpg"], ["x.jpg", "use a .png, .svg or .pdf"]),
     (["{results}", "-o", "{out}/missing/x.png"], ["does not exist"]),
-    (["{results}"], ["missing -o"]),
     (["{results}", "{results}", "-o", "{out}/x.png"], ["two results files"]),
     (["{results}", "{preds}", "-o", "{out}/x.png"], ["plotted on its own"]),
     (["{policy}", "{three}", "-o", "{out}/x.png"], ["policy is for 4 exits but the predictions have 3"]),
@@ -394,3 +394,283 @@ def test_help_examples_run(runner, tmp_path, monkeypatch):
         assert r.exit_code == 0, (line, r.output)
     for name in ("tradeoff.png", "exits.svg", "scores.png", "separation.pdf"):
         assert (tmp_path / name).stat().st_size > 5_000
+
+
+# --------------------------------------------------------------------------- readable labels, titles and output
+
+
+def _renderer(fig):
+    """Lay ``fig`` out as it is saved and return the renderer that measured it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if hasattr(fig.canvas, "get_renderer") else FigureCanvasAgg(fig)
+    with plotting.style_context():
+        canvas.draw()
+    return canvas.get_renderer()
+
+
+def _touching(boxes) -> list[tuple[int, int]]:
+    """Pairs of display boxes that intersect."""
+    return [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes)) if boxes[i].overlaps(boxes[j])]
+
+
+def _all_texts(fig) -> list:
+    from matplotlib.text import Text
+
+    return [t for t in fig.findobj(Text) if t.get_text()]
+
+
+@pytest.fixture
+def capture_figures(monkeypatch):
+    """Figures the CLI saves, in order (the real save still happens)."""
+    saved = []
+    real = plotting.save_figure
+
+    def spy(fig, target, fmt, dpi=plotting.DEFAULT_DPI):
+        saved.append(fig)
+        real(fig, target, fmt, dpi)
+
+    monkeypatch.setattr(plotting, "save_figure", spy)
+    return saved
+
+
+def test_separation_class_labels_do_not_overlap_and_y_labels_name_the_scores(rng):
+    n = 900
+    labels = rng.integers(0, 10, n)
+    max_prob = rng.random(n)
+    correct = rng.random(n) < 0.7
+    names = ["airplane-long", "automobile", "bird-of-prey", "catamaran", "deer-hunter", "doghouse", "frog-pond", "horse-race",
+             "ship-wreck", "truck-stop"]
+    fig = plotting.separation_figure(max_prob, 2 * max_prob, labels, correct, list(range(8)), class_acc=rng.random(10),
+                                     scorer_type="entropy", class_names=names, threshold=0.5)
+    renderer = _renderer(fig)
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticklabels() if t.get_text()]
+        assert len(ticks) == 8
+        boxes = [t.get_window_extent(renderer) for t in ticks]
+        assert _touching(boxes) == [], [t.get_text() for t in ticks]
+    left, right = fig.axes
+    assert left.get_ylabel() == "max-prob score at exit 1"
+    assert right.get_ylabel() == "entropy score at exit 1"
+    # short labels stay horizontal, with the accuracy under the class
+    fig = plotting.separation_figure(max_prob, max_prob, labels, correct, [3, 1, 7], class_acc=np.full(10, 0.5), scorer_type="maxprob")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["3\n50%", "1\n50%", "7\n50%"]
+    assert all(t.get_rotation() == 0 for t in fig.axes[0].get_xticklabels())
+
+
+@pytest.mark.parametrize("scorer_type, expected", [
+    ("maxprob", "max-prob score"), ("entropy", "entropy score"), ("vote", "vote score"),
+    ("patience", "patience score (run length)"), ("eenet", "eenet score (pre-sigmoid utility)"),
+])
+def test_score_labels_name_the_scorer_without_equation_numbers(files, scorer_type, expected):
+    policy = json.loads(files["policy"].read_text())
+    scores, labels, correct, exits = _scores_inputs(files["preds"], policy)
+    fig = plotting.scores_figure(scores, labels, correct, exits, policy["thresholds"], scorer_type=scorer_type)
+    assert fig.axes[0].get_ylabel() == expected
+    sep = plotting.separation_figure(scores[:, 0], scores[:, 0], labels, correct[:, 0], [0, 1], scorer_type=scorer_type)
+    assert sep.axes[1].get_ylabel().startswith(f"{expected.split(' (')[0]} at exit 1")
+    for f in (fig, sep):
+        assert not [t.get_text() for t in _all_texts(f) if "eq." in t.get_text()]
+
+
+def test_tiny_score_range_has_plain_tick_labels_and_no_offset_text(rng):
+    n, k = 400, 3
+    scores = 1.9218 + 1e-5 * rng.random((n, k))
+    labels = rng.integers(0, 5, n)
+    correct = rng.random((n, k)) < 0.6
+    exits = np.full(n, k - 1)
+    figs = [
+        plotting.scores_figure(scores, labels, correct, exits, [None, None, None], scorer_type="eenet"),
+        plotting.separation_figure(scores[:, 0], scores[:, 0], labels, correct[:, 0], [0, 1, 2], scorer_type="eenet"),
+    ]
+    for fig in figs:
+        _renderer(fig)
+        labelled = 0
+        for ax in [a for a in fig.axes if a.get_visible()]:
+            assert ax.yaxis.get_offset_text().get_text() == ""
+            ticks = [t.get_text() for t in ax.get_yticklabels() if t.get_text() and t.get_visible()]
+            assert all(t.replace("\N{MINUS SIGN}", "-").replace(".", "").lstrip("-").isdigit() for t in ticks), ticks
+            assert len(set(ticks)) == len(ticks)  # enough decimals to tell the ticks apart
+            labelled += bool(ticks)
+        assert labelled >= 1
+
+
+def _over_budget_records(methods: list[str]) -> list[dict]:
+    return [{"method": m, "budget": 1.0, "accuracy": 0.80 + 0.01 * i, "avg_cost": 0.6543 + 0.0101 * i, "budget_met": False,
+             "exit_fractions": [0.4, 0.3, 0.2, 0.1]} for i, m in enumerate(methods)]
+
+
+@pytest.mark.parametrize("count", [3, 7, 10])
+def test_exits_over_budget_notes_do_not_overlap(count):
+    methods = ["eenet", "eenet-search", "eenet-maxprob", "eenet-geometric", "maxprob", "entropy", "vote", "patience",
+               "lookahead", "oracle"][:count]
+    fig = plotting.exits_figure(_over_budget_records(methods), 1.0, unit="ms")
+    renderer = _renderer(fig)
+    ax = fig.axes[0]
+    notes = [t for t in ax.texts if "over" in t.get_text()]
+    assert len(notes) == count
+    boxes = [t.get_window_extent(renderer) for t in notes]
+    assert _touching(boxes) == []
+    figure_box = fig.bbox
+    assert all(b.x0 >= figure_box.x0 and b.x1 <= figure_box.x1 and b.y1 <= figure_box.y1 for b in boxes)  # all on the page
+    top_of_bars = ax.transData.transform((0, 100.0))[1]
+    assert all(b.y0 >= top_of_bars for b in boxes)  # above the bars, not over them
+
+
+def _is_red(colour) -> bool:
+    from matplotlib.colors import to_rgb
+
+    r, g, b = to_rgb(colour)
+    return r >= 0.7 and g <= 0.15 and b <= 0.15
+
+
+def test_overrun_marks_and_notes_are_red():
+    rec = [{"method": "maxprob", "budget": 2.0, "accuracy": 0.8, "avg_cost": 2.2, "budget_met": False, "exit_fractions": [0.5, 0.5]},
+           {"method": "maxprob", "budget": 3.0, "accuracy": 0.9, "avg_cost": 2.9, "budget_met": True, "exit_fractions": [0.2, 0.8]}]
+    ax = plotting.tradeoff_figure(rec, unit="ms").axes[0]
+    marks = [c for c in ax.collections if c.get_label().startswith("budget overrun")]
+    assert len(marks) == 1 and len(marks[0].get_offsets()) == 1
+    assert all(_is_red(c) for c in marks[0].get_edgecolor())
+    legend_mark = [h for h, t in zip(ax.get_legend().legend_handles, ax.get_legend().get_texts()) if t.get_text().startswith("budget overrun")]
+    assert legend_mark and all(_is_red(c) for c in legend_mark[0].get_edgecolor())
+    note = [t for t in plotting.exits_figure(rec, 2.0, unit="ms").axes[0].texts if "over budget" in t.get_text()]
+    assert len(note) == 1 and _is_red(note[0].get_color())
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "plots.md").read_text()
+    assert "hollow red X" in docs and "orange" not in docs
+
+
+def test_exits_are_numbered_from_one(files):
+    doc = read_results(files["results"])
+    k = doc["num_exits"]
+    tradeoff = plotting.tradeoff_figure(doc["results"], unit="ms", costs=doc["costs"]["costs"])
+    _renderer(tradeoff)
+    (top,) = tradeoff.axes[0].child_axes  # the exits' costs along the top
+    assert [t.get_text() for t in top.get_xticklabels()] == [f"exit {j}" for j in range(1, k + 1)]
+    exits = plotting.exits_figure(doc["results"], plotting.nearest_budget(doc["results"], None), unit="ms")
+    legend = [t.get_text() for t in exits.axes[0].get_legend().get_texts()]
+    assert sorted(legend) == [f"exit {j}" for j in range(1, k + 1)] and "exit 0" not in legend
+    policy = json.loads(files["policy"].read_text())
+    scores, labels, correct, exit_taken = _scores_inputs(files["preds"], policy)
+    panels = plotting.scores_figure(scores, labels, correct, exit_taken, policy["thresholds"], scorer_type="maxprob").axes
+    assert panels[0].get_title().startswith("exit 1:") and panels[k - 1].get_title().startswith(f"exit {k}:")
+    sep = plotting.separation_figure(scores[:, 0], scores[:, 0], labels, correct[:, 0], [0, 1], scorer_type="maxprob")
+    assert sep.axes[0].get_ylabel().endswith("at exit 1")
+
+
+def test_default_titles_name_the_data_kind_and_split(runner, files, tmp_path, capture_figures):
+    out = tmp_path / "x.png"
+    runs = [
+        ([files["results"]], ["preds", "accuracy vs. average cost", "test"]),  # the predictions the results came from
+        ([files["results"], "--split", "val"], ["preds", "validation"]),
+        ([files["results"], "--kind", "exits"], ["preds", "exits", "test"]),
+        ([files["policy"], files["preds"]], ["preds", "exit scores", "maxprob policy", "split test"]),
+        ([files["policy"], files["preds"], "--kind", "separation", "--split", "val"], ["preds", "right vs. wrong at exit 1", "split val"]),
+    ]
+    for args, needles in runs:
+        r = invoke(runner, "plot", *args, "-o", out, "-q")
+        assert r.exit_code == 0, r.output
+        title = capture_figures[-1]._suptitle.get_text()
+        for needle in needles:
+            assert needle in title, (args, title)
+    # a results CSV has no header: its own name stands for the data
+    res = tmp_path / "my-results.csv"
+    assert invoke(runner, "evaluate", files["preds"], "--methods", "maxprob", "--budgets", "2ms,3ms", "-o", res, "-q").exit_code == 0
+    assert invoke(runner, "plot", res, "-o", out, "-q").exit_code == 0
+    assert capture_figures[-1]._suptitle.get_text().startswith("my-results:")
+    # --title replaces it, word for word
+    assert invoke(runner, "plot", files["results"], "--title", "My own title", "-o", out, "-q").exit_code == 0
+    assert capture_figures[-1]._suptitle.get_text() == "My own title"
+
+
+@pytest.mark.parametrize("kind", ["tradeoff", "exits", "separation"])
+def test_dollar_signs_in_titles_and_names_are_plain_text(runner, files, tmp_path, capture_figures, kind):
+    odd = "$\\frac{$"
+    doc = json.loads(files["results"].read_text())
+    for rec in doc["results"]:
+        if rec["method"] == "entropy":
+            rec["method"] = odd
+    results = tmp_path / "dollar.json"
+    results.write_text(json.dumps(doc))
+    inputs = [results] if kind != "separation" else [files["policy"], files["preds"]]
+    out = tmp_path / "x.png"
+    r = invoke(runner, "plot", *inputs, "--kind", kind, "--title", odd, "-o", out, "-q")
+    assert r.exit_code == 0, r.output
+    _png_ok(out)
+    fig = capture_figures[-1]
+    assert fig._suptitle.get_text() == odd
+    texts = _all_texts(fig)
+    assert texts and not [t.get_text() for t in texts if t.get_parse_math() or t.get_usetex()]
+    if kind != "separation":
+        shown = [t.get_text() for t in texts]
+        assert odd in shown  # the method name as written (legend entry or bar label)
+    # and through the library, for every text artist the figure draws
+    fig = plotting.tradeoff_figure([{"method": odd, "budget": 1.0, "accuracy": 0.5, "avg_cost": 1.0, "budget_met": True}], unit="$", title=odd)
+    plotting.save_figure(fig, io.BytesIO(), "png")
+    assert not [t.get_text() for t in _all_texts(fig) if t.get_parse_math()]
+
+
+def test_summary_is_one_line_on_stderr_and_stdout_is_the_image(runner, files, tmp_path):
+    out = tmp_path / "t.png"
+    r = invoke(runner, "plot", files["results"], "-o", out)
+    assert r.exit_code == 0, r.output
+    assert r.stdout_bytes == b""
+    assert r.stderr == f"wrote {out} (tradeoff, {len(METHODS)} methods, test)\n"
+    r = invoke(runner, "plot", files["results"], "--kind", "exits", "-o", out)
+    assert r.exit_code == 0 and r.stdout_bytes == b""
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"wrote {out} (exits, {len(METHODS)} methods, test, budget "), r.stderr
+    r = invoke(runner, "plot", files["policy"], files["preds"], "--kind", "separation", "--classes", "3", "-o", out)
+    assert r.exit_code == 0 and r.stdout_bytes == b""
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"wrote {out} (separation, maxprob policy"), r.stderr
+    r = invoke(runner, "plot", files["results"], "-o", "-")
+    assert r.exit_code == 0
+    assert r.stdout_bytes[:8] == b"\x89PNG\r\n\x1a\n"
+    assert r.stderr == f"wrote PNG to stdout (tradeoff, {len(METHODS)} methods, test)\n"
+    r = invoke(runner, "plot", files["results"], "-o", "-", "-q")
+    assert r.exit_code == 0 and r.stdout_bytes[:4] == b"\x89PNG" and r.stderr == ""
+    r = invoke(runner, "plot", files["results"])  # no -o, stdout not a terminal: the image goes there
+    assert r.exit_code == 0 and r.stdout_bytes[:4] == b"\x89PNG"
+    assert r.stderr == f"wrote PNG to stdout (tradeoff, {len(METHODS)} methods, test)\n"
+    r = invoke(runner, "plot", files["results"], "-o", out, "-q")
+    assert r.exit_code == 0 and r.stdout_bytes == b"" and r.stderr == ""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "openpty"), reason="needs a pseudo-terminal")
+@pytest.mark.parametrize("output", [["-o", "-"], []])
+def test_png_to_a_terminal_is_refused(files, tmp_path, output):
+    """With stdout a terminal (a real pty), ``-o -`` or no ``-o`` exits 2 with one line and draws nothing."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    master, slave = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "eenet_cli", "plot", str(files["results"]), *output],
+                            stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE)
+    os.close(slave)
+    shown: list[bytes] = []
+
+    def drain() -> None:  # read the terminal, so a wrong build writing PNG bytes cannot block
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            shown.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=10)
+    os.close(master)
+    err = err.decode()
+    assert proc.returncode == 2, err
+    assert err.startswith("eenet: error:") and err.count("\n") == 1, err
+    assert "binary" in err and "give -o FILE" in err
+    assert b"".join(shown) == b""
