@@ -83,6 +83,27 @@ def _reject_constant(name: str) -> float:
 _BRACKETS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _check_text(obj: Any, source: str) -> None:
+    """Refuse strings that are not valid Unicode (a lone surrogate such as ``\\udc80``): they
+    cannot be printed, drawn or written back."""
+    stack = [obj]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputError("contains a string that is not valid Unicode (a lone surrogate escape)", source=source) from None
+        elif isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+
+
 def json_depth(text: str | bytes) -> int:
     """The deepest nesting of arrays and objects in JSON text, strings skipped; found in one
     linear scan before parsing, so a hostile file cannot exhaust the parser's stack."""
@@ -105,6 +126,8 @@ def loads_strict(text: str | bytes, source: str) -> Any:
             out[k] = v
         return out
 
+    if _SURROGATE_ESCAPE.search(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text):
+        _check_text(json.loads(text), source)  # a rare case: walk the parsed document once
     depth = json_depth(text)
     if depth > MAX_JSON_DEPTH:
         raise InputError(f"JSON nested {depth} levels deep; at most {MAX_JSON_DEPTH}", source=source)
@@ -1130,9 +1153,36 @@ def write_results(path: str | os.PathLike | None, doc: dict) -> None:
         pq.write_table(table, tmp)
 
 
+def _schema_validator(name: str):
+    """A validator for the shipped JSON Schema ``name`` (cached)."""
+    cached = _VALIDATORS.get(name)
+    if cached is None:
+        from importlib.resources import files
+
+        import jsonschema
+
+        schema = json.loads(files("eenet_cli.schemas").joinpath(f"{name}.json").read_text(encoding="utf-8"))
+        cached = _VALIDATORS[name] = jsonschema.Draft202012Validator(schema)
+    return cached
+
+
+_VALIDATORS: dict = {}
+
+
+def check_schema(doc: Any, name: str, source: str) -> None:
+    """Refuse ``doc`` with one line naming the first place it breaks the shipped schema."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(_schema_validator(name).iter_errors(doc))
+    if error is not None:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".") or None
+        raise InputError(f"does not match the {name} schema: {shorten(error.message, 160)}", source=source, field=where)
+
+
 def _results_from_records(records: list[dict], header: dict, source: str) -> dict:
     if not records:
         raise InputError("has no result records", source=source)
+    check_schema({**header, "format": "results", "version": header.get("version", 1), "results": records}, "results", source)
     for i, r in enumerate(records):
         for key in REQUIRED_RESULT_FIELDS:
             if key not in r:

@@ -346,7 +346,7 @@ def bad_files(files):
     (["{policy}", "{three}", "-o", "{out}/x.png"], ["policy is for 4 exits but the predictions have 3"]),
     (["{policy}", "{five}", "-o", "{out}/x.png"], ["policy is for 10 classes but the predictions have 5"]),
     (["{results}", "--kind", "pie", "-o", "{out}/x.png"], ["unknown kind 'pie'"]),
-    (["{results}", "--split", "train", "-o", "{out}/x.png"], ["expected val or test"]),
+    (["{results}", "--split", "train", "-o", "{out}/x.png"], ["expected val, test or all"]),
     (["{results}", "--dpi", "5", "-o", "{out}/x.png"], ["--dpi"]),
     (["{results}", "--kind", "exits", "--budget", "soon", "-o", "{out}/x.png"], ["cannot read 'soon' as a budget"]),
     (["{policy}", "{preds}", "--classes", "0", "-o", "{out}/x.png"], ["--classes"]),

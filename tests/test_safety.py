@@ -236,3 +236,57 @@ def test_a_symlink_loop_is_named_as_such(runner, tmp_path):
     (tmp_path / "b.parquet").symlink_to(tmp_path / "a.parquet")
     assert "symbolic link loop" in one_line_error(invoke(runner, "evaluate", tmp_path / "a.parquet"))
     assert "symbolic link loop" in one_line_error(invoke(runner, "fit", ROOT / "sample_data" / "digits.parquet", "--budget", "60%", "--costs", tmp_path / "a.parquet"))
+
+
+# --------------------------------------------------------------------------- results files are checked before use
+
+
+@pytest.fixture
+def results_doc(runner, synth, tmp_path) -> dict:
+    out = tmp_path / "ok.json"
+    assert invoke(runner, "evaluate", synth, "-m", "maxprob,entropy", "--budgets", "2,3", "-o", out, "-q").exit_code == 0
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda d: d["results"][0].update(exit_fractions=["a", "b", "c", "d"]), "results[0].exit_fractions["),
+    (lambda d: d["results"][1].update(val_accuracy=None), "results[1].val_accuracy"),
+    (lambda d: d["results"][0].update(budget=1e308), "results[0].budget"),
+    (lambda d: d["results"][0].update(method=""), "results[0].method"),
+    (lambda d: d["results"][0].update(exit_fractions=[0.1] * 20000), "results[0].exit_fractions"),
+])
+def test_results_are_checked_against_the_schema_before_plot_and_check(runner, synth, tmp_path, results_doc, mutate, field):
+    mutate(results_doc)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(results_doc))
+    for args in (["plot", bad, "-o", tmp_path / "x.png"], ["evaluate", synth, "--check", bad]):
+        err = one_line_error(invoke(runner, *args))
+        assert "does not match the results schema" in err and field in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_lone_surrogates_in_results_are_refused(runner, synth, tmp_path, results_doc):
+    text = json.dumps(results_doc).replace('"maxprob"', '"max\\udc80prob"', 1)
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
+    for args in (["plot", bad, "-o", tmp_path / "x.png"], ["evaluate", synth, "--check", bad]):
+        assert "not valid Unicode" in one_line_error(invoke(runner, *args))
+
+
+def test_mathtext_in_method_names_and_units_is_drawn_as_text(runner, tmp_path, results_doc):
+    for rec in results_doc["results"]:
+        rec["method"] = "$\\frac{$" + rec["method"]
+    path = tmp_path / "math.json"
+    path.write_text(json.dumps(results_doc))
+    r = invoke(runner, "plot", path, "-o", tmp_path / "m.png", "--title", "$\\frac{$", "-q")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_refuses_more_methods_than_it_can_draw(runner, tmp_path, results_doc):
+    rec = results_doc["results"][0]
+    results_doc["results"] = [dict(rec, method=f"m{i}") for i in range(3000)]
+    path = tmp_path / "many.json"
+    path.write_text(json.dumps(results_doc))
+    err = one_line_error(invoke(runner, "plot", path, "-o", tmp_path / "m.png"))
+    assert "3000 methods" in err and "too many to draw" in err

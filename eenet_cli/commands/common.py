@@ -120,6 +120,29 @@ def plan_streams(
     return Streams(None, False, quiet)
 
 
+def select_split(preds, split: str | None):
+    """(rows, description) a policy is reported on, the rule of apply and plot: ``split``
+    (``all`` for every row); by default the test rows when the split column has any, else
+    every row."""
+    from eenet_cli.errors import InputError
+
+    if split == "all":
+        return preds, "all rows"
+    if preds.split is None:
+        if split is not None:
+            raise InputError(f"has no split column, so --split {split} cannot select rows (use --split all)", source=preds.source, field="split")
+        return preds, "all rows"
+    if split is None:
+        if not (preds.split == "test").any():
+            return preds, "all rows"
+        split = "test"
+    mask = preds.split == split
+    if not mask.any():
+        have = ", ".join(sorted(set(preds.split.tolist())))
+        raise InputError(f"no rows with split {split!r} (the file has {have}; --split all takes every row)", source=preds.source, field="split")
+    return preds.rows(mask), f"split {split}"
+
+
 def write_stdout_bytes(data: bytes) -> None:
     """The artifact on stdout in one piece (only once it is complete)."""
     from eenet_cli.errors import WorkFailed

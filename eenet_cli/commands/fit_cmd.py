@@ -16,6 +16,7 @@ from eenet_cli.commands.common import (
     SeedOpt,
     check_seed,
     plan_streams,
+    select_split,
     progress_bar,
     summary,
     write_stdout_bytes,
@@ -157,7 +158,7 @@ def apply_command(
     )
     policy = read_policy(policy_path, role="POLICY")
     preds = api.load_predictions(predictions)
-    preds = select_split(preds, split)
+    preds, _ = select_split(preds, split)
     result = api.apply_policy(policy, preds, source=policy_path)
     if streams.artifact is not None:
         _write_exits(streams.artifact, preds, result)
@@ -172,23 +173,6 @@ def apply_command(
         f"exits {'/'.join(f'{x:.3f}' for x in s['exit_fractions'])}",
         quiet,
     )
-
-
-def select_split(preds, split: str | None):
-    """The rows a policy is reported on: ``split`` (``all`` for every row), by default the
-    test rows when there is a split column, else every row (the rule of apply and plot)."""
-    from eenet_cli.errors import InputError
-
-    if split == "all" or (split is None and preds.split is None):
-        return preds
-    if preds.split is None:
-        raise InputError("has no split column, so --split cannot select rows (use --split all)", source=preds.source, field="split")
-    want = split or "test"
-    mask = preds.split == want
-    if not mask.any():
-        have = ", ".join(sorted(set(preds.split.tolist())))
-        raise InputError(f"no rows with split {want!r} (the file has {have}; --split all takes every row)", source=preds.source, field="split")
-    return preds.rows(mask)
 
 
 def _write_exits(path: str, preds, result) -> None:

@@ -295,10 +295,9 @@ def profile_command(
     doc = costs_document(res, unit=unit, model=model)
     for k in res.noisy_exits():
         med, p10, p90 = res.stat("median")[k], res.stat("p10")[k], res.stat("p90")[k]
-        advice = ["more --repeats", "a quieter machine"] if threads == 1 else ["--threads 1", "more --repeats", "a quieter machine"]
         warn(
             f"exit {k + 1} timing is noisy: p10 {p10:.4g} ms, median {med:.4g} ms, p90 {p90:.4g} ms "
-            f"((p90-p10)/median = {(p90 - p10) / med:.2f} > 0.2); consider {', '.join(advice[:-1])} or {advice[-1]}"
+            f"((p90-p10)/median = {(p90 - p10) / med:.2f} > 0.2); {noise_advice(threads)}"
         )
     write_artifact(streams, dumps(doc))
     title = f"{model}: cumulative cost per exit (batch {res.batch_size}, {res.threads} thread(s), {res.device})"
@@ -310,6 +309,12 @@ def profile_command(
         f"(batch {res.batch_size}, {res.threads} thread(s), {res.device}){_where(streams)}",
         quiet,
     )
+
+
+def noise_advice(threads: int | None) -> str:
+    """What to try against noisy timings, leaving out what was already done."""
+    advice = ["more --repeats", "a quieter machine"] if threads == 1 else ["--threads 1", "more --repeats", "a quieter machine"]
+    return f"consider {', '.join(advice[:-1])} or {advice[-1]}"
 
 
 def write_artifact(streams, text: str) -> None:
@@ -335,7 +340,7 @@ def _profile_policy(model, weights, model_arg, device, policy_path, data_spec, c
 
     from eenet_cli.errors import InputError
     from eenet_cli.io import CREATED_BY, dumps, load_costs, parse_costs_json, read_policy, write_text
-    from eenet_cli.modelspec import load_data
+    from eenet_cli.modelspec import load_data, rebatch
     from eenet_cli.profiling import run_policy
 
     if threads is not None:
@@ -352,7 +357,8 @@ def _profile_policy(model, weights, model_arg, device, policy_path, data_spec, c
     check_policy(pol, loaded.num_exits or 0, policy_path)
     if cost is not None and cost.num_exits != loaded.num_exits:
         raise InputError(f"has {cost.num_exits} costs but the model has {loaded.num_exits} exits", source=cost.source)
-    src = load_data(data_spec, batch_size, text=_text_options(loaded, *text))
+    # --batch-size is the runtime's batch: the data's batches (a DataLoader's own included) are split or joined to it
+    src = rebatch(load_data(data_spec, batch_size, text=_text_options(loaded, *text)), batch_size)
     total = src.num_samples * repeats if src.num_samples is not None else None
     with progress_bar(f"running policy ({repeats} passes)", total, quiet) as update:
         run = run_policy(loaded, pol, src, repeats=repeats, warmup=warmup, progress=lambda n: update(n))
@@ -396,6 +402,10 @@ def policy_run_document(run, pol: dict, cost, *, policy: str, model: str, data: 
         "exit_fractions": fr,
         # kept from before: the plain mean over every timed call (now of every pass)
         "measured_ms_per_sample": run.raw_mean_ms_per_sample,
+        # filled in below: realised latency <= the policy's budget (null: no budget, or not a time),
+        # and realised latency / the offline estimate sum f_k c_k from the given costs (null: no time costs)
+        "budget_met": None,
+        "realised_over_estimate": None,
     }
     if run.batch_size == 1:
         doc["measured_median_ms_by_exit"] = run.by_exit_median()
@@ -454,6 +464,19 @@ def policy_run_document(run, pol: dict, cost, *, policy: str, model: str, data: 
         if isinstance(cost.extra.get("batch_size"), int):
             off["costs_batch_size"] = cost.extra["batch_size"]
         doc["offline_estimate"] = off
+        doc["realised_over_estimate"] = off.get("ratio")
+    value = budget.get("value") if isinstance(budget, dict) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        from eenet_cli.core.thresholds import within_budget
+
+        try:
+            dim, factor = unit_scale(str(budget.get("unit", "ms")))
+        except KeyError:
+            dim, factor = "unknown", 0.0
+        if dim == "time":  # a FLOP budget says nothing about latency
+            budget_ms = float(value) * factor * 1e3
+            doc["budget_met"] = within_budget(realised, budget_ms)
+            doc["realised_over_budget"] = realised / budget_ms
     return doc
 
 
@@ -474,6 +497,15 @@ def _policy_table(doc: dict, title: str):
     t.add_row("  raw mean, p10, p50, p90", f"{re_['raw_mean_ms_per_sample']:.4g}, {re_['p10_ms']:.4g}, {re_['p50_ms']:.4g}, {re_['p90_ms']:.4g} ms")
     if "mean_of_medians_ms_by_exit" in re_:
         t.add_row("  by exit taken", ms(re_["mean_of_medians_ms_by_exit"]))
+    budget = doc.get("budget")
+    if isinstance(budget, dict) and "value" in budget:
+        shown = f"{budget['value']:.4g} {budget.get('unit', '')}"
+        if doc.get("budget_met") is not None:
+            verdict = "[green]met[/green]" if doc["budget_met"] else "[bold red]MISSED[/bold red]"
+            shown = f"{verdict}: {shown} (realised = {doc['realised_over_budget']:.2f}x the budget)"
+        t.add_row("policy's budget", shown)
+    if doc.get("realised_over_estimate") is not None:
+        t.add_row("realised / offline estimate (given costs)", f"{doc['realised_over_estimate']:.2f}x")
     cm, em = doc["costs_measured"], doc["estimate_measured"]
     t.add_row(f"costs measured in this run ({cm['decision']} decision)", ms(cm["costs"]) + ("" if cm["increasing"] else " (not increasing)"))
     ratio = f" (realised/estimate {em['ratio']:.3f})" if em["ratio"] is not None else ""
@@ -487,9 +519,6 @@ def _policy_table(doc: dict, title: str):
         t.add_row("offline estimate sum f_k c_k", f"{off['value']:.4g} {off['unit']}{ratio}")
         if "value_from_means" in off:
             t.add_row("  same with mean costs", f"{off['value_from_means']:.4g} {off['unit']}")
-    budget = doc.get("budget")
-    if isinstance(budget, dict) and "value" in budget:
-        t.add_row("budget", f"{budget['value']:.4g} {budget.get('unit', '')}")
     if not re_["decisions_stable"]:
         t.add_row("note", "the passes did not all take the same exits")
     return t

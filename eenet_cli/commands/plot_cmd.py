@@ -237,13 +237,27 @@ def _count(n: int, what: str, plural: str | None = None) -> str:
     return f"{n} {what}" if n == 1 else f"{n} {plural or what + 's'}"
 
 
+MAX_METHODS = 40  # more lines or bars than this are unreadable, and slow to draw
+MAX_EXITS = 64
+
+
 def _results_figure(kind: str, path: str, *, title, budget_text, split):
     """(figure, summary) for a results file; the summary goes in the line on stderr."""
     from eenet_cli import plotting
+    from eenet_cli.errors import InputError
     from eenet_cli.io import read_results
 
     doc = read_results(path)
+    if split == "all":
+        raise InputError("a results file holds val or test figures; use --split val or --split test", source=path, field="--split")
     split = split or "test"
+    methods = {r["method"] for r in doc["results"]}
+    exits = max(len(r.get("exit_fractions") or []) for r in doc["results"])
+    if len(methods) > MAX_METHODS or exits > MAX_EXITS:
+        raise InputError(
+            f"{len(methods)} methods and {exits} exits: too many to draw (at most {MAX_METHODS} methods and {MAX_EXITS} exits)",
+            source=path,
+        )
     _check_result_split(doc, split, path)
     costs, unit = _results_costs(doc)
     target = _parse_plot_budget(budget_text, costs, unit, path) if budget_text else None
@@ -265,22 +279,12 @@ def _results_figure(kind: str, path: str, *, title, budget_text, split):
 
 
 def _select_rows(preds, split: str | None):
+    from eenet_cli.commands.common import select_split
     from eenet_cli.errors import InputError
 
     if preds.labels is None:
         raise InputError("has no label column; right and wrong predictions cannot be told apart", source=preds.source, field="label")
-    if preds.split is None:
-        if split is not None:
-            raise InputError(f"has no split column, so --split {split} cannot select rows", source=preds.source, field="split")
-        return preds, "all rows"
-    if split is None:
-        split = "test" if (preds.split == "test").any() else None
-        if split is None:
-            return preds, "all rows"
-    mask = preds.split == split
-    if not mask.any():
-        raise InputError(f"no rows with split {split!r}", source=preds.source, field="split")
-    return preds.rows(mask), f"split {split}"
+    return select_split(preds, split)
 
 
 def _policy_figure(kind: str, policy_path: str, preds_path: str, *, title, split, classes):
@@ -340,7 +344,7 @@ def plot_command(
     title: Annotated[Optional[str], typer.Option("--title", help="Figure title, drawn as plain text (default: the data, kind and split).", show_default=False)] = None,
     dpi: Annotated[int, typer.Option("--dpi", help="Resolution of PNG output (and of dense point clouds in SVG/PDF).")] = 150,
     budget: Annotated[Optional[str], typer.Option("--budget", "-b", help="exits: show the budget nearest this (e.g. 2ms, 60%); tradeoff: draw it as a vertical line.", show_default=False)] = None,
-    split: Annotated[Optional[str], typer.Option("--split", help="val or test: predictions rows to use, or which figures of a results file.", show_default=False)] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help="val, test or all: predictions rows to use (default test when there are any), or which figures of a results file.", show_default=False)] = None,
     classes: Annotated[int, typer.Option("--classes", help="separation: how many classes (the most frequent).")] = 8,
     quiet: QuietOpt = False,
 ) -> None:
@@ -355,8 +359,8 @@ def plot_command(
         raise InputError(f"must be between 20 and 1200, got {dpi}", field="--dpi")
     if classes < 1:
         raise InputError(f"must be at least 1, got {classes}", field="--classes")
-    if split is not None and split not in ("val", "test"):
-        raise InputError(f"expected val or test, got {split!r}", field="--split")
+    if split is not None and split not in ("val", "test", "all"):
+        raise InputError(f"expected val, test or all, got {split!r}", field="--split")
     roles = classify(list(inputs or []))
     chosen = _choose_kind(kind, roles)
     if chosen in RESULT_KINDS:
