@@ -21,7 +21,8 @@ import numpy as np
 
 from eenet_cli.core.measures import ExitFeatures
 
-_CHUNK = 8192
+_CHUNK = 8192  # rows per block at most
+_BLOCK_BYTES = 64 * 2**20  # working memory of one block's hidden layer and inputs
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -53,8 +54,12 @@ def eenet_forward(scorer: dict, features: ExitFeatures) -> tuple[np.ndarray, np.
     util = np.empty((n, k), dtype=np.float64)
     assign = np.empty((n, k), dtype=np.float64)
     conf = np.stack([features.max_prob, features.entropy, features.vote], axis=2)  # [N, K, 3]
-    for start in range(0, n, _CHUNK):
-        sl = slice(start, start + _CHUNK)
+    # rows per block: bounded so that a policy with a wide hidden layer or many classes
+    # works in bounded memory instead of allocating [rows, H] for 8192 rows at once
+    width = max(max(p[0].shape[0] for p in params), c + 3 + k)
+    chunk = int(max(1, min(_CHUNK, _BLOCK_BYTES // (8 * width))))
+    for start in range(0, n, chunk):
+        sl = slice(start, start + chunk)
         prev: list[np.ndarray] = []
         for j, (w, b, wu, bu, wa, ba) in enumerate(params):
             x = np.concatenate([features.probs[sl, j].astype(np.float64), conf[sl, j], *(p[:, None] for p in prev)], axis=1)
