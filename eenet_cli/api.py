@@ -225,13 +225,13 @@ def check_policy_fits(policy: dict, preds: Predictions, source: str = "policy") 
 def apply_policy(policy: dict, preds: Predictions, *, source: str = "policy") -> Applied:
     """Run a policy over predictions with numpy alone (Algorithm 2, offline)."""
     from eenet_cli.core.policy import apply_to_features
-    from eenet_cli.core.thresholds import within_budget
+    from eenet_cli.core.thresholds import realised_cost, within_budget
 
     check_policy_fits(policy, preds, source)
     feats = preds.features()
     a = apply_to_features(policy, feats)
     costs = np.asarray(policy["costs"]["costs"], dtype=np.float64)
-    avg = float(costs[a.exits].mean(dtype=np.float64))
+    avg = realised_cost(a.exits, costs)  # exactly c_k when every sample takes exit k
     budget = (policy.get("budget") or {}).get("value")
     summary = {
         "method": policy.get("method"),

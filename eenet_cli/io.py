@@ -126,18 +126,20 @@ def loads_strict(text: str | bytes, source: str) -> Any:
             out[k] = v
         return out
 
-    if _SURROGATE_ESCAPE.search(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text):
-        _check_text(json.loads(text), source)  # a rare case: walk the parsed document once
     depth = json_depth(text)
     if depth > MAX_JSON_DEPTH:
         raise InputError(f"JSON nested {depth} levels deep; at most {MAX_JSON_DEPTH}", source=source)
     try:
-        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=no_dupes)
+        doc = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=no_dupes)
     except RecursionError:
         raise InputError(f"JSON nested too deeply; at most {MAX_JSON_DEPTH} levels", source=source) from None
     except (ValueError, UnicodeDecodeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InputError(f"not valid JSON ({msg})", source=source) from None
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if _SURROGATE_ESCAPE.search(raw):  # rare: walk the parsed document once
+        _check_text(doc, source)
+    return doc
 
 
 def read_bytes(path: str | os.PathLike, *, limit: int = MAX_JSON_BYTES) -> bytes:

@@ -99,9 +99,7 @@ def resolve_import(spec: str, what: str, option: str) -> Any:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise InputError(f"expected an import string package.module:name, got {spec!r}", source=spec, field=option)
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)  # like `python -m`: modules in the working folder are importable
+    add_working_folder_to_path()
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -113,9 +111,39 @@ def resolve_import(spec: str, what: str, option: str) -> Any:
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise InputError(f"module {module_name!r} has no attribute {attr!r}", source=spec, field=option)
+            raise InputError(f"module {module_name!r} has no attribute {attr!r}{_shadowed_hint(module_name, module)}", source=spec, field=option)
         obj = getattr(obj, part)
     return obj
+
+
+def add_working_folder_to_path() -> None:
+    """Make modules in the working folder importable, *after* every installed package.
+
+    A ``numpy.py`` or ``safetensors.py`` lying in the folder where eenet runs must not be
+    imported instead of the real package (by eenet itself, by torch, or by the user's
+    module), so the folder goes to the end of ``sys.path``, never the front. (``python -m
+    eenet_cli`` puts it first; ``eenet_cli/__main__.py`` moves it to the end.)
+    """
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the working folder was removed
+        return
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+
+
+def _shadowed_hint(module_name: str, module: Any) -> str:
+    """``; note: ./models.py is not used: ...`` when an installed module of the same name came first."""
+    top = module_name.split(".")[0]
+    try:
+        cwd = Path(os.getcwd())
+    except OSError:
+        return ""
+    local = next((p for p in (cwd / f"{top}.py", cwd / top) if p.exists()), None)
+    found = getattr(module, "__file__", None) or ""
+    if local is None or (found and Path(found).resolve().is_relative_to(cwd.resolve())):
+        return ""
+    return f" (the installed module {top!r} at {found or 'a built-in'} comes before {local.name} in the working folder; rename your file)"
 
 
 # --------------------------------------------------------------------------- models
@@ -245,14 +273,21 @@ def _load_exported(spec: str, device: str) -> nn.Module:
     import logging
     import zipfile
 
+    import io
+
+    from eenet_cli.pt2_inspect import read_checked_pt2
+
     dev = check_device(device)
     if not zipfile.is_zipfile(p):
         raise InputError("not a torch.export file (a .pt2 file is a zip archive written by torch.export.save)", source=spec)
+    # torch.export.load unpickles (weights_only=False), sympifies and execs parts of the
+    # archive: every member is checked first, and torch reads the very bytes checked
+    data = read_checked_pt2(str(p), spec)
     logger = logging.getLogger("torch.export")
     level = logger.level
     logger.setLevel(logging.CRITICAL)  # torch logs the traceback of a failed load itself
     try:
-        prog = torch.export.load(str(p))
+        prog = torch.export.load(io.BytesIO(data))
     except Exception as e:  # noqa: BLE001
         raise InputError(f"not a readable torch.export file ({_first_line(e)})", source=spec) from None
     finally:
@@ -261,7 +296,10 @@ def _load_exported(spec: str, device: str) -> nn.Module:
         from torch.export.passes import move_to_device_pass
 
         prog = move_to_device_pass(prog, dev)
-    return prog.module()
+    try:
+        return prog.module()
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"not a usable torch.export file ({_first_line(e)})", source=spec) from None
 
 
 def check_device(device: str) -> torch.device:
@@ -329,6 +367,44 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return obj
 
 
+def dtype_problem(value: torch.Tensor, target: torch.Tensor) -> str | None:
+    """Why ``value`` may not be copied into ``target`` (``load_state_dict`` would cast it silently), or None.
+
+    A floating-point tensor takes any floating-point value (float16/bfloat16/float64 are
+    cast); integers, bools and complex numbers are refused there (bool weights run, badly).
+    A complex tensor takes floating or complex values. An integer or bool tensor (e.g.
+    BatchNorm's ``num_batches_tracked``) takes integers, and floats only when every value
+    converts exactly (a checkpoint cast wholesale to float16 keeps its counters).
+    """
+    src, dst = value.dtype, target.dtype
+    if src == dst:
+        return None
+    if dst.is_floating_point:
+        return None if src.is_floating_point else f"is {_dtype_name(src)} in the file, the model expects {_dtype_name(dst)} (only floating-point weights are converted)"
+    if dst.is_complex:
+        return None if (src.is_floating_point or src.is_complex) else f"is {_dtype_name(src)} in the file, the model expects {_dtype_name(dst)}"
+    if src.is_complex:
+        return f"is {_dtype_name(src)} in the file, the model expects {_dtype_name(dst)}"
+    try:  # an integer/bool tensor: the values must survive the conversion exactly
+        exact = value.numel() == 0 or bool(torch.equal(value.to(dst).to(src), value))
+    except (RuntimeError, TypeError):
+        exact = False
+    return None if exact else f"is {_dtype_name(src)} in the file with values the model's {_dtype_name(dst)} cannot hold exactly"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def check_weight_dtypes(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], path: str, spec: str) -> None:
+    """Refuse, naming the first tensor, a state dict whose dtypes would be cast lossily (:func:`dtype_problem`)."""
+    bad = [(k, why) for k, v in state.items() if k in own and (why := dtype_problem(v, own[k])) is not None]
+    if bad:
+        k, why = bad[0]
+        more = f" (+{len(bad) - 1} more tensor(s))" if len(bad) > 1 else ""
+        raise InputError(f"weights do not fit model {spec}: tensor {k!r} {why}{more}", source=path, field="--weights")
+
+
 def load_weights(module: nn.Module, path: str, spec: str) -> None:
     """Load a state dict strictly, with one clear line if it belongs to another model."""
     state = read_state_dict(path)
@@ -354,6 +430,7 @@ def load_weights(module: nn.Module, path: str, spec: str) -> None:
         )
     if problems:
         raise InputError(f"weights do not fit model {spec}: " + "; ".join(problems), source=path, field="--weights")
+    check_weight_dtypes(state, own, path, spec)
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -592,6 +669,114 @@ def load_data(spec: str, batch_size: int = 256, split_hint: str | None = None, t
     raise InputError(f"no such file, and not an import string package.module:name or a built-in dataset ({names}, ...)", source=spec, field="--data")
 
 
+def rebatch(source: DataSource, batch_size: int) -> DataSource:
+    """``source``'s samples regrouped into batches of exactly ``batch_size`` (the last one
+    may be shorter), whatever batches it gives, a DataLoader's own batch size included.
+
+    Batches are split and joined along the batch axis (dim 0), in order. Text (lists of
+    strings) is regrouped before it is tokenised, so it is padded per new batch, as
+    ``eenet``'s own text batches are. Tensors and dicts/tuples of tensors are sliced and
+    concatenated; pre-tokenised inputs keep the padding they came with, and batches of a
+    dict with an ``attention_mask`` padded to different lengths are joined by padding the
+    shorter ones' 2-D tensors on the right with zeros (attention mask 0). Other inputs whose
+    shapes beyond the batch axis differ cannot be joined: an :class:`InputError` names them.
+    """
+    if batch_size < 1:
+        raise InputError(f"must be at least 1, got {batch_size}", field="--batch-size")
+    n = source.num_samples
+    return DataSource(source.spec, _Rebatched(source, int(batch_size)), n, None if n is None else -(-n // batch_size), source.text)
+
+
+class _Rebatched:
+    """Re-iterable batches of ``batch_size`` samples over another source's (see :func:`rebatch`)."""
+
+    def __init__(self, source: DataSource, batch_size: int):
+        self.source, self.batch_size = source, batch_size
+
+    def __len__(self) -> int:
+        if self.source.num_samples is None:
+            raise TypeError("unknown number of samples")
+        return -(-self.source.num_samples // self.batch_size)
+
+    def _pieces(self):
+        """``(kind, x, y)`` per source batch: raw texts (tokenised later, per new batch) or checked tensors."""
+        from eenet_cli.text import is_text
+
+        spec = self.source.spec
+        for i, raw in enumerate(self.source.batches):
+            pair = (raw["x"], raw["y"]) if isinstance(raw, dict) and "x" in raw and "y" in raw else raw
+            if isinstance(pair, (tuple, list)) and len(pair) == 2 and is_text(pair[0]):
+                texts = [str(t) for t in pair[0]]
+                y = _as_tensor(pair[1], "y", spec, i)
+                if y.ndim != 1 or y.shape[0] != len(texts):
+                    raise InputError(f"batch {i}: x has {len(texts)} texts but y has shape {list(y.shape)}", source=spec)
+                yield "text", texts, y
+            else:
+                x, y = check_batch(raw, i, spec, self.source.text)
+                yield "tensor", x, y
+
+    def __iter__(self):
+        bs = self.batch_size
+        xs: list = []
+        ys: list[torch.Tensor] = []
+        have = 0
+        kind = None
+
+        def flush():
+            x = [t for part in xs for t in part] if kind == "text" else _join(xs, self.source.spec)
+            return x, torch.cat(ys) if len(ys) > 1 else ys[0]
+
+        for k, x, y in self._pieces():
+            if have and k != kind:  # text and tensors are not joined: finish the batch so far
+                yield flush()
+                xs, ys, have = [], [], 0
+            kind = k
+            n = len(x) if k == "text" else batch_len(x)
+            start = 0
+            while start < n:
+                take = min(bs - have, n - start)
+                xs.append(x[start : start + take] if k == "text" else batch_slice(x, slice(start, start + take)))
+                ys.append(y[start : start + take])
+                have += take
+                start += take
+                if have == bs:
+                    yield flush()
+                    xs, ys, have = [], [], 0
+        if have:
+            yield flush()
+
+
+def _join(parts: list, spec: str) -> Any:
+    """Concatenate batches along dim 0 (see :func:`rebatch`)."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    if isinstance(first, Mapping):
+        if any(set(p) != set(first) for p in parts):
+            raise InputError(f"cannot join batches with different keys into one batch: {sorted(map(str, first))} and others", source=spec, field="--batch-size")
+        pad = "attention_mask" in first
+        return {k: _cat([p[k] for p in parts], f"x[{k!r}]", spec, pad=pad) for k in first}
+    if isinstance(first, (tuple, list)):
+        return tuple(_cat([p[i] for p in parts], f"x[{i}]", spec) for i in range(len(first)))
+    return _cat(parts, "x", spec)
+
+
+def _cat(ts: list[torch.Tensor], what: str, spec: str, *, pad: bool = False) -> torch.Tensor:
+    shapes = [tuple(t.shape[1:]) for t in ts]
+    if len(set(shapes)) > 1:
+        if pad and all(len(sh) == 1 for sh in shapes):
+            width = max(sh[0] for sh in shapes)
+            ts = [torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in ts]
+        else:
+            raise InputError(
+                f"cannot join samples of shapes {sorted(set(shapes))} ({what}, without the batch axis) into one batch of "
+                "--batch-size; give batches whose samples have one shape, or --batch-size 1",
+                source=spec,
+                field="--batch-size",
+            )
+    return torch.cat(ts)
+
+
 def _is_iterable(obj: Any) -> bool:
     return hasattr(obj, "__iter__") and not isinstance(obj, (str, bytes, dict))
 
@@ -710,12 +895,27 @@ def run_checked(model: LoadedModel, x: Any, data_spec: str) -> list[torch.Tensor
     return check_outputs(outs, model, batch_len(x))
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``3,32,32`` -> ``(3, 32, 32)`` (no batch axis)."""
+def parse_shape(text: str, batch_size: int = 1, *, bytes_per_element: int = 4) -> tuple[int, ...]:
+    """``3,32,32`` -> ``(3, 32, 32)`` (no batch axis).
+
+    A shape whose input batch (``batch_size`` samples of float32) would not fit in the
+    machine's memory is refused here, with both sizes, instead of failing in the allocator
+    (:func:`eenet_cli.memory.check_memory`).
+    """
+    from eenet_cli.memory import check_memory
+
+    parts = text.replace("x", ",").split(",")
+    if len(text) > 200 or len(parts) > 32:
+        raise InputError(f"expected at most 32 positive integers like 3,32,32, got {len(parts)} in {len(text)} characters", field="--input-shape")
     try:
-        dims = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
+        dims = tuple(int(p) for p in parts if p.strip())
     except ValueError:
         raise InputError(f"expected positive integers like 3,32,32, got {text!r}", field="--input-shape") from None
     if not dims or any(d < 1 for d in dims):
         raise InputError(f"expected positive integers like 3,32,32, got {text!r}", field="--input-shape")
+    elements = max(int(batch_size), 1)
+    for d in dims:
+        elements *= d
+    shape = ",".join(map(str, dims))
+    check_memory(elements * bytes_per_element, f"{shape} at batch size {max(int(batch_size), 1)}", field="--input-shape")
     return dims

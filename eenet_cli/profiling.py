@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from eenet_cli.core.thresholds import ACCEPT_ALL
 from eenet_cli.errors import InputError, WorkFailed
 from eenet_cli.modelspec import LoadedModel
 
@@ -87,7 +88,7 @@ def _sync(device: torch.device) -> None:
 
 MIN_SLOTS_PER_EXIT = 10  # in-run prefix timings per exit and pass, at least
 NEVER = 1e300  # a threshold no score reaches: the decision is still made, and says "go on"
-ALWAYS = -1e300  # a threshold every score reaches
+ALWAYS = ACCEPT_ALL  # a threshold every score reaches (the one the fitters use to stop everyone)
 
 
 def forced_exit_policy(num_exits: int, k: int, like: dict | None = None) -> dict:

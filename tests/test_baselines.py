@@ -1,5 +1,7 @@
 """Baseline thresholds: budget guarantee, tie handling, geometric distribution, patience."""
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,8 +11,14 @@ from eenet_cli.core.measures import exit_features
 from eenet_cli.core.methods import BASELINES, FitCache, fit_method
 from eenet_cli.core.oracle import oracle
 from eenet_cli.core.policy import apply_to_features
-from eenet_cli.core.thresholds import ACCEPT_ALL, within_budget, Ranking, apply_thresholds, fit_distribution, fit_geometric, geometric, quota_thresholds
+from eenet_cli.core.thresholds import ACCEPT_ALL, Ranking, apply_thresholds, fit_distribution, fit_geometric, geometric, quota_thresholds
 from eenet_cli.synthetic import make_predictions
+
+RTOL = 1e-9  # a realised average cost may exceed its budget by this share (floating-point sums), no more
+
+
+def fits_budget(cost: float, budget: float) -> bool:
+    return cost <= budget * (1 + RTOL)
 
 
 def features(n=800, k=4, c=10, seed=0, **kw):
@@ -57,7 +65,7 @@ def test_every_baseline_respects_the_budget_over_the_whole_range(method):
         pol = fit_method(method, cache, costs, budget, "ms")
         applied = apply_to_features(pol, f)
         realised = costs[applied.exits].mean()
-        assert within_budget(realised, budget), (method, budget, realised)
+        assert fits_budget(realised, budget), (method, budget, realised)
         assert pol["validation"]["avg_cost"] == pytest.approx(realised, abs=1e-12)
         assert pol["validation"]["accuracy"] == pytest.approx(applied.correct.mean())
         assert pol["thresholds"][-1] is None
@@ -97,12 +105,45 @@ def test_patience_picks_most_accurate_feasible_t():
     assert pol["validation"]["accuracy"] == pytest.approx(max(accs))
 
 
-def test_distribution_fit_shifts_to_first_exit_when_over_budget():
-    f = features(seed=5)
+def _quota_cost(p, n, costs, shift):
+    """Average cost of the quotas of ``(1 - shift) p + shift e_1`` on n samples whose scores
+    have no ties (so every exit takes exactly its quota): round n p_k for the first K-1
+    exits, the remainder to the last."""
+    k = len(p)
+    planned = [(1 - shift) * p[j] + (shift if j == 0 else 0.0) for j in range(k)]
+    quotas = [math.floor(n * x + 0.5) for x in planned[:-1]]
+    quotas.append(n - sum(quotas))
+    return sum(q * c for q, c in zip(quotas, costs)) / n
+
+
+@pytest.mark.parametrize("p, budget", [
+    ([0.0, 0.0, 0.0, 1.0], 1.5),
+    ([0.1, 0.2, 0.3, 0.4], 2.0),
+    ([0.25, 0.25, 0.25, 0.25], 2.37),
+])
+def test_distribution_fit_takes_the_smallest_shift_to_the_first_exit_that_fits(p, budget):
+    n = 800
+    scores = np.random.default_rng(5).random((n, 4))  # float64: no ties
     costs = np.array([1.0, 2.0, 3.0, 4.0])
-    fit = fit_distribution(Ranking(f.max_prob), costs, 1.5, np.array([0.0, 0.0, 0.0, 1.0]))
-    assert fit.avg_cost <= 1.5
-    assert fit.info["shift_to_first_exit"] > 0
+    assert _quota_cost(p, n, costs, 0.0) > budget  # the plan as given overruns
+    fit = fit_distribution(Ranking(scores), costs, budget, np.array(p))
+    shift = fit.info["shift_to_first_exit"]
+    assert 0 < shift < 1
+    assert fit.avg_cost == pytest.approx(_quota_cost(p, n, costs, shift), abs=1e-12)
+    assert fit.avg_cost <= budget * (1 + RTOL)
+    # minimal: a slightly smaller shift would overrun (the fit's own bisection is far finer
+    # than 1e-9, and the quotas only change at steps of about 1/n)
+    assert _quota_cost(p, n, costs, shift - 1e-9) > budget
+    # and the realised exits are the planned quotas
+    exits = apply_thresholds(scores, fit.thresholds)
+    assert (np.bincount(exits, minlength=4) / n).tolist() == pytest.approx(fit.distribution.tolist(), abs=1e-12)
+
+
+def test_distribution_fit_keeps_a_plan_that_fits():
+    scores = np.random.default_rng(6).random((400, 3))
+    fit = fit_distribution(Ranking(scores), np.array([1.0, 2.0, 3.0]), 2.5, np.array([0.3, 0.3, 0.4]))
+    assert fit.info["shift_to_first_exit"] == 0.0
+    assert np.bincount(apply_thresholds(scores, fit.thresholds), minlength=3).tolist() == [120, 120, 160]
 
 
 @settings(max_examples=40, deadline=None)
@@ -121,7 +162,7 @@ def test_property_realised_cost_within_budget_and_oracle_is_ceiling(seed, k, c, 
     budget = costs[0] + frac * (costs[-1] - costs[0])
     pol = fit_method(method, FitCache(f), costs, budget, "ms")
     applied = apply_to_features(pol, f)
-    assert within_budget(costs[applied.exits].mean(), budget)
+    assert fits_budget(costs[applied.exits].mean(), budget)
     assert oracle(f.correct, costs, budget).accuracy >= applied.correct.mean() - 1e-12
 
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from eenet_cli.core.eenet_scorer import assignment_distribution, eenet_utilities  # noqa: E402
-from eenet_cli.core.eenet_train import (  # noqa: E402
+from eenet_cli.core.eenet_scorer import assignment_distribution, eenet_utilities
+from eenet_cli.core.eenet_train import (
     EENetHyper,
     fit_eenet_maxprob,
     fit_eenet_policy,
@@ -19,11 +19,17 @@ from eenet_cli.core.eenet_train import (  # noqa: E402
     tilted_distribution,
     train_eenet,
 )
-from eenet_cli.core.measures import exit_features  # noqa: E402
-from eenet_cli.core.policy import apply_to_features  # noqa: E402
-from eenet_cli.core.thresholds import Ranking, apply_thresholds, fit_geometric  # noqa: E402
-from eenet_cli.errors import BudgetError, InputError  # noqa: E402
-from eenet_cli.synthetic import make_predictions  # noqa: E402
+from eenet_cli.core.measures import exit_features
+from eenet_cli.core.policy import apply_to_features
+from eenet_cli.core.thresholds import (
+    Ranking,
+    apply_thresholds,
+    fit_distribution,
+    fit_geometric,
+    search_thresholds,
+)
+from eenet_cli.errors import BudgetError, InputError
+from eenet_cli.synthetic import make_predictions
 
 
 def _split(num_samples, num_classes, seed, miscalibration=0.0, num_exits=4):
@@ -278,6 +284,33 @@ def test_written_out_adam_matches_torch_optim(decoupled):
     assert not torch.equal(ours[0], w0)  # it moved
 
 
+def _rule_thresholds(name, ranking, costs, budget, correct, p):
+    """eenet-search's candidate rules, rebuilt here from the documented recipe (Algorithm 1
+    quotas with rounding, the geometric fit, coordinate ascent from either on a 64-quantile
+    grid with 4 rounds or a 16-quantile grid with 2) out of the threshold building blocks."""
+    starts = {
+        "quota": lambda: fit_distribution(ranking, costs, budget, p, rounding="round").thresholds,
+        "geometric": lambda: fit_geometric(ranking, costs, budget).thresholds,
+    }
+    if name in starts:
+        return starts[name]()
+    coarse = name.startswith("coarse-")
+    start = starts[name.rsplit("-from-", 1)[1]]()
+    return search_thresholds(ranking, costs, budget, correct, start, grid=16 if coarse else 64, rounds=2 if coarse else 4)
+
+
+def _plain_figures(scores, thresholds, correct, costs):
+    """Accuracy and average cost of thresholds, by a plain loop over the samples."""
+    hits, spent = 0, 0.0
+    for n in range(scores.shape[0]):
+        for k, t in enumerate(thresholds):
+            if k == len(thresholds) - 1 or (t is not None and scores[n, k] >= t):
+                hits += bool(correct[n, k])
+                spent += float(costs[k])
+                break
+    return hits / scores.shape[0], spent / scores.shape[0]
+
+
 def test_search_keeps_the_cross_validated_best_rule(small, trained):
     fv, _, costs = small
     result, _ = trained
@@ -287,9 +320,78 @@ def test_search_keeps_the_cross_validated_best_rule(small, trained):
     assert set(cv) == {"quota", "geometric", "search-from-quota", "search-from-geometric",
                        "coarse-search-from-quota", "coarse-search-from-geometric"}
     assert fit["chosen_rule"] in cv and cv[fit["chosen_rule"]] == max(cv.values())
-    # the chosen rule refitted on every validation row is what the policy holds
-    quota = fit_eenet_policy(fv, costs, 2.2, trained=result, thresholds="quota")
-    if fit["chosen_rule"] == "quota":
-        assert pol["thresholds"] == quota["thresholds"]
+    # the chosen rule refitted on every validation row is what the policy holds, whichever it is
+    scores = eenet_utilities(result.scorer, fv)
+    want = _rule_thresholds(fit["chosen_rule"], Ranking(scores), costs, 2.2, fv.correct, result.distribution)
+    assert pol["thresholds"] == [None if t is None else float(t) for t in want]
     assert pol["validation"]["avg_cost"] <= 2.2 + 1e-12
     assert fit_eenet_policy(fv, costs, 2.2, trained=result, thresholds="search") == pol  # deterministic
+
+
+def test_search_refits_the_rule_cross_validation_chose_not_the_quota_rule(small, trained):
+    """With an exit distribution that Algorithm 1's quotas serve badly (everything planned at
+    the last exit, so the quota fit can only shift mass back to exit 1), cross-validation
+    picks another rule; the policy must hold that rule refitted on all rows."""
+    fv, _, costs = small
+    result, _ = trained
+    budget = 2.2
+    skewed = dataclasses.replace(result, distribution=np.array([0.0, 0.0, 0.0, 1.0]))
+    pol = fit_eenet_policy(fv, costs, budget, trained=skewed, thresholds="search")
+    fit = pol["threshold_fit"]
+    cv = fit["cross_validated_accuracy"]
+    chosen = fit["chosen_rule"]
+    assert chosen != "quota", cv
+    assert cv[chosen] == max(cv.values()) and cv[chosen] > cv["quota"] + 0.02, cv
+
+    scores = eenet_utilities(result.scorer, fv)
+    ranking = Ranking(scores)
+    want = [None if t is None else float(t) for t in _rule_thresholds(chosen, ranking, costs, budget, fv.correct, skewed.distribution)]
+    quota = [None if t is None else float(t) for t in _rule_thresholds("quota", ranking, costs, budget, fv.correct, skewed.distribution)]
+    assert want != quota  # so a refit with the wrong rule cannot pass unnoticed
+    assert pol["thresholds"] == want
+    # the figures the policy reports are those of its thresholds, recomputed by hand
+    acc, cost = _plain_figures(scores, pol["thresholds"], fv.correct, costs)
+    assert pol["validation"]["accuracy"] == pytest.approx(acc, abs=1e-12)
+    assert pol["validation"]["avg_cost"] == pytest.approx(cost, abs=1e-12)
+    assert cost <= budget * (1 + 1e-9)
+    # the choice is worth it on these rows too: the refitted rule beats the refitted quotas
+    assert acc > _plain_figures(scores, quota, fv.correct, costs)[0]
+
+
+def test_evaluate_methods_all_runs_every_method_through_the_cli(runner, tmp_path):
+    """`eenet evaluate --methods all` on the digits sample: every method once per budget, in
+    the documented order, each policy within its budget on validation; and the maxprob
+    record agrees with `eenet fit` + `eenet apply --split test` run separately."""
+    from conftest import SAMPLE, invoke
+
+    digits = SAMPLE / "digits.parquet"
+    out = tmp_path / "all.json"
+    r = invoke(runner, "evaluate", digits, "--methods", "all", "--budgets", "0.7ms,1.2ms", "-o", out, "-q")
+    assert r.exit_code == 0, r.output
+    records = json.loads(out.read_text())["results"]
+    every = ["maxprob", "entropy", "vote", "patience", "eenet", "eenet-maxprob", "eenet-geometric",
+             "eenet-search", "lookahead", "oracle"]
+    assert [(x["method"], x["budget"]) for x in records] == [(m, b) for b in (0.7, 1.2) for m in every]
+    for x in records:
+        assert x["n"] == 450 and x["val_n"] == 450  # the test and validation splits of the sample
+        assert x["val_avg_cost"] <= x["budget"] * (1 + 1e-9), x
+        assert sum(x["exit_fractions"]) == pytest.approx(1.0, abs=1e-12)
+        assert 0.0 <= x["accuracy"] <= 1.0
+        assert x["budget_met"] == (x["avg_cost"] <= x["budget"] * (1 + 1e-9))
+    oracle = {x["budget"]: x for x in records if x["method"] == "oracle"}
+    assert all(oracle[b]["avg_cost"] <= b * (1 + 1e-9) for b in oracle)
+    # "all" may be combined with names, each method still once, in first-seen order
+    out2 = tmp_path / "two.json"
+    r = invoke(runner, "evaluate", digits, "--methods", "oracle,all,maxprob", "--budgets", "0.7ms", "-o", out2, "-q")
+    assert r.exit_code == 0, r.output
+    assert [x["method"] for x in json.loads(out2.read_text())["results"]] == ["oracle"] + every[:-1]
+
+    r = invoke(runner, "fit", digits, "--budget", "0.7ms", "--method", "maxprob", "-o", tmp_path / "mp.json", "-q")
+    assert r.exit_code == 0, r.output
+    r = invoke(runner, "apply", tmp_path / "mp.json", digits, "--split", "test", "--json", "-q")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    mp = records[0]
+    assert summary["n"] == 450
+    assert summary["accuracy"] == pytest.approx(mp["accuracy"], abs=1e-12)
+    assert summary["avg_cost"] == pytest.approx(mp["avg_cost"], rel=1e-12)

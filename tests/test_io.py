@@ -178,3 +178,91 @@ def test_atomic_write_keeps_existing_file_on_failure(tmp_path):
             raise RuntimeError("boom")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+# --------------------------------------------------------------------------- predictions from stdin, --record-time
+
+
+def _run_cli(args, *, stdin_path=None, env=None, cwd=None):
+    """``python -m eenet_cli ARGS`` as a real subprocess (stdin from a file when given)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    with open(stdin_path, "rb") if stdin_path else open(os.devnull, "rb") as fh:
+        return subprocess.run([sys.executable, "-m", "eenet_cli", *map(str, args)], stdin=fh, capture_output=True,
+                              env=full_env, cwd=cwd, timeout=300)
+
+
+def test_fit_reads_predictions_from_stdin(tmp_path):
+    """`eenet fit - ...` with the digits predictions piped in writes the same policy as
+    `eenet fit sample_data/digits.parquet ...`."""
+    from conftest import SAMPLE
+
+    digits = SAMPLE / "digits.parquet"
+    args = ["--budget", "60%", "--method", "maxprob", "-q"]
+    piped = _run_cli(["fit", "-", *args, "-o", tmp_path / "piped.json"], stdin_path=digits)
+    assert piped.returncode == 0, piped.stderr.decode()
+    named = _run_cli(["fit", digits, *args, "-o", tmp_path / "named.json"])
+    assert named.returncode == 0, named.stderr.decode()
+    policy = json.loads((tmp_path / "piped.json").read_text())
+    assert policy == json.loads((tmp_path / "named.json").read_text())
+    # 60% of the full model's 1.6028 ms, fitted on the 450 validation rows
+    assert policy["method"] == "maxprob"
+    assert policy["budget"] == {"value": pytest.approx(0.6 * 1.6028, rel=1e-12), "unit": "ms"}
+    assert policy["validation"]["n"] == 450
+    assert policy["validation"]["avg_cost"] <= 0.6 * 1.6028 * (1 + 1e-9)
+    # to stdout when there is no -o, with the predictions still on stdin
+    out = _run_cli(["fit", "-", *args], stdin_path=digits)
+    assert out.returncode == 0, out.stderr.decode()
+    assert json.loads(out.stdout) == policy
+
+
+def test_fit_from_stdin_refuses_bytes_that_are_not_parquet(tmp_path):
+    junk = tmp_path / "junk.txt"
+    junk.write_text("sample_id,label\n1,2\n")
+    r = _run_cli(["fit", "-", "--budget", "60%", "--method", "maxprob", "-o", tmp_path / "p.json"], stdin_path=junk)
+    assert r.returncode == 2
+    err = r.stderr.decode()
+    assert err.startswith("eenet: error: <stdin>") and "Parquet" in err and "Traceback" not in err
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_fit_from_stdin_leaves_no_temporary_copy(tmp_path):
+    """Predictions read from stdin leave nothing behind in TMPDIR (an earlier reader copied
+    them into a tempfile.mkdtemp() folder and never removed it)."""
+    from conftest import SAMPLE
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    r = _run_cli(["fit", "-", "--budget", "60%", "--method", "maxprob", "-o", tmp_path / "p.json", "-q"],
+                 stdin_path=SAMPLE / "digits.parquet", env={"TMPDIR": str(tmp)})
+    assert r.returncode == 0, r.stderr.decode()
+    assert sorted(p.name for p in tmp.iterdir()) == []
+
+
+def test_fit_record_time_stores_the_fit_seconds(runner, tmp_path):
+    import time
+
+    from conftest import SAMPLE, invoke
+    from eenet_cli.io import read_policy
+
+    digits = SAMPLE / "digits.parquet"
+    args = ["fit", digits, "--budget", "0.7ms", "--method", "lookahead", "-q"]
+    start = time.perf_counter()
+    r = invoke(runner, *args, "--record-time", "-o", tmp_path / "timed.json")
+    elapsed = time.perf_counter() - start
+    assert r.exit_code == 0, r.output
+    r = invoke(runner, *args, "-o", tmp_path / "plain.json")
+    assert r.exit_code == 0, r.output
+    timed = read_policy(tmp_path / "timed.json")  # still a valid policy
+    plain = json.loads((tmp_path / "plain.json").read_text())
+    seconds = timed["training"].pop("seconds")
+    assert isinstance(seconds, float) and 0.0 < seconds <= elapsed
+    assert round(seconds, 3) == seconds  # milliseconds
+    assert "seconds" not in plain["training"]  # without the flag the file is deterministic
+    assert timed == plain  # and the flag changes nothing else

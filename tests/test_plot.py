@@ -18,7 +18,7 @@ import pytest
 
 from conftest import SAMPLE, invoke, write_synthetic
 
-matplotlib = pytest.importorskip("matplotlib")
+import matplotlib
 
 from matplotlib.collections import PathCollection  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402

@@ -59,7 +59,7 @@ def test_profile_writes_strictly_increasing_costs(runner, tmp_path):
     from eenet_cli.io import parse_costs_json
 
     parse_costs_json(doc, "costs.json")  # the reader accepts it
-    jsonschema = pytest.importorskip("jsonschema")
+    import jsonschema  # a dev dependency: a plain import, so a broken install fails here
     from importlib.resources import files
 
     jsonschema.validate(doc, json.loads(files("eenet_cli.schemas").joinpath("costs.json").read_text()))
@@ -229,7 +229,7 @@ def test_narrower_shard_dump_removes_the_parts_it_does_not_write(runner, tmp_pat
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("WORLD_SIZE")
     # the 3-rank dump's part-00002 would have added its rows a second time
-    assert sorted(p.name for p in out.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["part-00000.parquet", "part-00001.parquet"]
     p = read_predictions(out)
     assert p.num_samples == 40 and sorted(p.sample_id.tolist()) == list(range(40))
 
@@ -244,7 +244,7 @@ def test_two_rank_shard_dump_reads_back_as_one(runner, tmp_path, monkeypatch):
         assert r.exit_code == 0, r.output
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("WORLD_SIZE")
-    assert sorted(p.name for p in out.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["part-00000.parquet", "part-00001.parquet"]
     p = read_predictions(out)
     assert p.num_samples == 40
     order = np.argsort(p.sample_id)
@@ -275,19 +275,43 @@ def test_two_rank_shard_dump_reads_back_as_one(runner, tmp_path, monkeypatch):
     assert np.abs(p.scores[p.split == "test"][np.argsort(p.sample_id[p.split == "test"])] - want).max() <= 1e-5
 
 
-def test_dump_memory_is_flat_for_50k_samples(tmp_path):
-    """50,000 samples through a tiny model stay well under 500 MB peak RSS (torch alone is ~250 MB)."""
+def _peak_rss_mb(args: list[str], cwd: Path) -> float:
+    """Peak resident memory (MB) of one child process, measured by a fresh parent that
+    starts nothing else (``RUSAGE_CHILDREN`` is the largest of its children)."""
     code = (
         "import resource, subprocess, sys\n"
-        f"r = subprocess.run([sys.executable, '-m', 'eenet_cli', 'dump', '{T}:tiny_staged', '--data', '{T}:many', "
-        f"'--split', 'val', '-o', {str(tmp_path / 'big.parquet')!r}, '-q'])\n"
+        f"r = subprocess.run({args!r})\n"
         "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=tmp_path)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300)
     rc, kb = r.stdout.split()
     assert rc == "0", r.stderr
-    assert int(kb) / 1024 < 500
+    return int(kb) / 1024
+
+
+def test_dump_memory_is_flat_for_50k_samples(tmp_path):
+    """50,000 samples through a tiny model need about the memory of 40 samples.
+
+    Measured against two baselines on the same machine, not a fixed number of MB: a process
+    that only imports torch, and the same dump of 40 samples. (Measured on CPU torch 2.x:
+    import torch ~220 MB, a 40-sample dump ~325 MB, the 50,000-sample dump ~350 MB.)
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def dump(data: str, name: str) -> list[str]:
+        return [sys.executable, "-m", "eenet_cli", "dump", f"{T}:tiny_staged", "--data", f"{T}:{data}",
+                "--split", "val", "-o", str(tmp_path / name), "-q"]
+
+    jobs = {"torch": [sys.executable, "-c", "import torch"], "small": dump("tiny_batches", "small.parquet"),
+            "big": dump("many", "big.parquet")}
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        peak = dict(zip(jobs, pool.map(lambda a: _peak_rss_mb(a, tmp_path), jobs.values())))
     assert read_predictions(tmp_path / "big.parquet").num_samples == 50_000
+    assert read_predictions(tmp_path / "small.parquet").num_samples == 40
+    # streaming: 1,250 times the samples cost at most 100 MB more than the 40-sample dump ...
+    assert peak["big"] - peak["small"] < 100, peak
+    # ... and the whole command stays within 300 MB of what torch alone takes
+    assert peak["big"] - peak["torch"] < 300, peak
 
 
 def test_append_target_is_checked_before_the_model_is_loaded(runner, tmp_path):

@@ -6,6 +6,7 @@ torch and every torch-backed module are imported inside the command functions, s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Annotated, Optional
@@ -132,8 +133,13 @@ existing id). --append writes a new file holding the old rows and then the new o
 renames it over the old (never modifies in place); the new rows follow the old file's
 float16/float32 choice and keep its costs unless --costs is given.
 
+Two dumps writing one file take turns (a lock file .NAME.lock beside it, held by
+--append from reading the old rows to the rename): no row is lost to a concurrent --append.
+
 Under torchrun (WORLD_SIZE > 1) each rank runs every WORLD_SIZE-th batch and writes
-OUTPUT/part-RRRRR.parquet; the folder is one predictions input for fit and evaluate.
+OUTPUT/part-RRRRR.parquet; the folder is one predictions input for fit and evaluate. Rank 0
+records the parts in OUTPUT/.eenet-dump.json; a later dump with fewer ranks removes only
+part files an earlier eenet dump recorded there, and says so.
 
 --scores probs stores softmax(outputs) instead of the raw outputs.
 
@@ -554,8 +560,13 @@ def dump_command(
 
     if data is None:
         raise InputError("missing --data (an import string, .npz, .pt, .csv/.parquet text or digits:val); see eenet dump --help", field="--data")
+    from eenet_cli.dumping import shard_from_env
+
+    checked = output
+    if output not in (None, "-") and shard_from_env().active and os.path.isdir(output):
+        checked = os.path.join(output, f"part-{shard_from_env().rank:05d}.parquet")  # a sharded dump writes into the folder
     streams = plan_streams(
-        output,
+        checked,
         what="predictions",
         binary=True,
         json_out=json_out,
@@ -579,46 +590,47 @@ def dump_command(
     shard = shard_from_env()
     if to_stdout and shard.active:
         raise InputError("a sharded dump writes a folder of part files; give -o FOLDER", field="--output")
-    if to_stdout:
-        import tempfile
+    with contextlib.ExitStack() as stack:
+        if to_stdout:
+            import tempfile
 
-        spool = tempfile.TemporaryDirectory(prefix="eenet-dump-")
-        output = os.path.join(spool.name, "predictions.parquet")
-    cost = load_costs(costs) if costs else None
-    _check_split_column(output, shard, split, append)  # before any model or data is loaded
-    if device == "cuda" and shard.active and os.environ.get("LOCAL_RANK"):
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    loaded = _load(model, weights, model_arg, device, exits)
-    if cost is not None and loaded.num_exits is not None and cost.num_exits != loaded.num_exits:
-        raise InputError(f"has {cost.num_exits} costs but the model has {loaded.num_exits} exits", source=cost.source, field="--costs")
+            # spooled to a private folder (Parquet needs its footer last), removed on any exit
+            spool = stack.enter_context(tempfile.TemporaryDirectory(prefix="eenet-dump-"))
+            output = os.path.join(spool, "predictions.parquet")
+        cost = load_costs(costs) if costs else None
+        _check_split_column(output, shard, split, append)  # before any model or data is loaded
+        if device == "cuda" and shard.active and os.environ.get("LOCAL_RANK"):
+            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        loaded = _load(model, weights, model_arg, device, exits)
+        if cost is not None and loaded.num_exits is not None and cost.num_exits != loaded.num_exits:
+            raise InputError(f"has {cost.num_exits} costs but the model has {loaded.num_exits} exits", source=cost.source, field="--costs")
 
-    from eenet_cli.dumping import dump_predictions
-    from eenet_cli.modelspec import load_data
+        from eenet_cli.dumping import dump_predictions
+        from eenet_cli.modelspec import load_data
 
-    src = load_data(data, batch_size, split_hint=split, text=_text_options(loaded, tokenizer, text_column, label_column, max_length))
-    label = f"dump {split or ''}".strip() + (f" [rank {shard.rank}/{shard.world}]" if shard.active else "")
-    total = src.num_samples
-    if total is not None and shard.active:
-        total = None
-    with progress_bar(label, total, quiet) as update:
-        res = dump_predictions(
-            loaded,
-            src,
-            output,
-            split=split,
-            append=append,
-            fp16=fp16,
-            scores=scores,
-            costs=cost.to_json() if cost is not None else None,
-            shard=shard,
-            progress=lambda n, rate: update(n, description=f"{label} {rate:,.0f} samples/s"),
-            log=lambda m: log(m, quiet),
-        )
-    if to_stdout:
-        with open(res.path, "rb") as fh:
-            data_bytes = fh.read()
-        spool.cleanup()
-        write_stdout_bytes(data_bytes)
+        src = load_data(data, batch_size, split_hint=split, text=_text_options(loaded, tokenizer, text_column, label_column, max_length))
+        label = f"dump {split or ''}".strip() + (f" [rank {shard.rank}/{shard.world}]" if shard.active else "")
+        total = src.num_samples
+        if total is not None and shard.active:
+            total = None
+        with progress_bar(label, total, quiet) as update:
+            res = dump_predictions(
+                loaded,
+                src,
+                output,
+                split=split,
+                append=append,
+                fp16=fp16,
+                scores=scores,
+                costs=cost.to_json() if cost is not None else None,
+                shard=shard,
+                progress=lambda n, rate: update(n, description=f"{label} {rate:,.0f} samples/s"),
+                log=lambda m: log(m, quiet),
+            )
+        if to_stdout:
+            with open(res.path, "rb") as fh:
+                data_bytes = fh.read()
+            write_stdout_bytes(data_bytes)
     acc = ", ".join(f"{a:.3f}" for a in res.exit_accuracy)
     summary(
         f"wrote {'stdout' if to_stdout else res.path}: {res.rows} new rows ({res.total_rows} in all), {res.num_exits} exits x "

@@ -85,12 +85,24 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+if "torch" not in sys.modules:
+    # MKL picks its kernels by CPU, and float32 training then rounds differently on an
+    # AVX-512 machine than on an AVX2 one, enough to move a few samples' exits. The
+    # CPU-independent kernels make the same fit give the same bytes on any x86 machine
+    # with the same MKL (and cost nothing measurable at this network's size). A user's
+    # own MKL_CBWR wins; once torch is imported (a notebook) it is too late to choose.
+    # torch's own vector kernels are capped at AVX2 for the same reason (AVX-512 and AVX2
+    # machines then agree).
+    os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
+    os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
 
 from eenet_cli.core.eenet_scorer import eenet_forward, eenet_utilities
 from eenet_cli.core.measures import ExitFeatures

@@ -10,7 +10,7 @@ from eenet_cli.core.measures import ExitFeatures
 from eenet_cli.core.methods import FitCache, fit_method
 from eenet_cli.core.oracle import oracle
 from eenet_cli.core.policy import apply_to_features
-from eenet_cli.core.thresholds import within_budget
+from eenet_cli.core.thresholds import realised_cost, within_budget
 
 
 def _record(method: str, budget: float, unit: str, test: dict, val: dict, extra: dict | None = None) -> dict:
@@ -38,7 +38,7 @@ def test_figures(policy: dict, features: ExitFeatures, costs: np.ndarray) -> dic
     applied = apply_to_features(policy, features)
     return {
         "accuracy": float(applied.correct.mean()),
-        "avg_cost": float(np.asarray(costs, dtype=np.float64)[applied.exits].mean(dtype=np.float64)),
+        "avg_cost": realised_cost(applied.exits, costs),
         "n": int(features.num_samples),
         "exit_fractions": applied.exit_fractions(features.num_exits),
     }

@@ -46,6 +46,14 @@ unit of cost spent), and keeps whichever is most accurate on the cross-fitted va
 scores (ties go to the lookahead rule). A quota policy has ``rule = "quota"``: its score is
 P̂[k, k] and its thresholds are the quota thresholds. Measured in docs/lookahead.md.
 
+**No room past the first exit.** When sending even one validation sample on to exit 2
+would overrun the budget (e.g. a budget of exactly c_1), no rule is fitted: the thresholds
+are the ones every method uses there, ``[ACCEPT_ALL, null, ...]`` (stop every sample at
+exit 1, see :func:`eenet_cli.core.thresholds.first_exit_thresholds`), the scorer's rule is
+"quota" and ``threshold_fit.rule`` is "first-exit-only". Thresholds of 0 on the rule's
+scores would stop every validation sample there but let an unseen one with a positive
+estimated gain go on and overrun the budget.
+
 Scorer JSON (``policy["scorer"]``)::
 
     {"type": "lookahead", "version": 1,
@@ -76,6 +84,8 @@ from eenet_cli.core.measures import ExitFeatures
 from eenet_cli.core.thresholds import (
     Ranking,
     apply_thresholds,
+    first_exit_only,
+    first_exit_thresholds,
     fit_distribution,
     fit_geometric,
     realised_cost,
@@ -626,29 +636,34 @@ def fit_lookahead(features: ExitFeatures, costs: np.ndarray, budget: float, *, s
     cv, final = est["cv"], est["final"]
     thr0 = [0.0] * (k - 1) + [None]
 
-    # candidates, judged on the cross-fitted estimates
-    candidates = []
-    lam = _fit_lambda(cv, costs, budget, fill=False)
-    _, acc, cost = _exits_and_figures(_rule_scores(cv, costs, lam), thr0, correct, costs)
-    candidates.append({"rule": "lookahead", "lambda": lam, "cv_accuracy": acc, "cv_avg_cost": cost})
-    look_exits = apply_thresholds(_rule_scores(cv, costs, lam), thr0)
-    if lam == 0.0 and k > 1:
-        lam_fill = _fit_lambda(cv, costs, budget, fill=True)
-        if lam_fill != 0.0:
-            _, acc, cost = _exits_and_figures(_rule_scores(cv, costs, lam_fill), thr0, correct, costs)
-            candidates.append({"rule": "lookahead-fill", "lambda": lam_fill, "cv_accuracy": acc, "cv_avg_cost": cost})
-    cv_rank = Ranking(np.stack([cv[:, j, j] for j in range(k)], axis=1))
-    geo = fit_geometric(cv_rank, costs, budget)
-    _, acc, cost = _exits_and_figures(cv_rank.scores, geo.thresholds, correct, costs)
-    candidates.append({"rule": "quota-geometric", "cv_accuracy": acc, "cv_avg_cost": cost, **geo.info})
-    look_dist = np.bincount(look_exits, minlength=k) / max(look_exits.size, 1)
-    dist = fit_distribution(cv_rank, costs, budget, look_dist)
-    _, acc, cost = _exits_and_figures(cv_rank.scores, dist.thresholds, correct, costs)
-    candidates.append({"rule": "quota-lookahead-distribution", "cv_accuracy": acc, "cv_avg_cost": cost,
-                       "distribution": [float(v) for v in look_dist], **dist.info})
-    # the most accurate on the cross-fitted scores; ties go to the earlier candidate (the rule)
-    best = max(range(len(candidates)), key=lambda i: (candidates[i]["cv_accuracy"], -i))
-    choice = candidates[best]
+    if first_exit_only(costs, budget, features.num_samples):
+        # no room past the first exit: the thresholds every method uses there (stop everyone)
+        candidates: list = []
+        choice: dict = {"rule": "first-exit-only"}
+    else:
+        # candidates, judged on the cross-fitted estimates
+        candidates = []
+        lam = _fit_lambda(cv, costs, budget, fill=False)
+        _, acc, cost = _exits_and_figures(_rule_scores(cv, costs, lam), thr0, correct, costs)
+        candidates.append({"rule": "lookahead", "lambda": lam, "cv_accuracy": acc, "cv_avg_cost": cost})
+        look_exits = apply_thresholds(_rule_scores(cv, costs, lam), thr0)
+        if lam == 0.0 and k > 1:
+            lam_fill = _fit_lambda(cv, costs, budget, fill=True)
+            if lam_fill != 0.0:
+                _, acc, cost = _exits_and_figures(_rule_scores(cv, costs, lam_fill), thr0, correct, costs)
+                candidates.append({"rule": "lookahead-fill", "lambda": lam_fill, "cv_accuracy": acc, "cv_avg_cost": cost})
+        cv_rank = Ranking(np.stack([cv[:, j, j] for j in range(k)], axis=1))
+        geo = fit_geometric(cv_rank, costs, budget)
+        _, acc, cost = _exits_and_figures(cv_rank.scores, geo.thresholds, correct, costs)
+        candidates.append({"rule": "quota-geometric", "cv_accuracy": acc, "cv_avg_cost": cost, **geo.info})
+        look_dist = np.bincount(look_exits, minlength=k) / max(look_exits.size, 1)
+        dist = fit_distribution(cv_rank, costs, budget, look_dist)
+        _, acc, cost = _exits_and_figures(cv_rank.scores, dist.thresholds, correct, costs)
+        candidates.append({"rule": "quota-lookahead-distribution", "cv_accuracy": acc, "cv_avg_cost": cost,
+                           "distribution": [float(v) for v in look_dist], **dist.info})
+        # the most accurate on the cross-fitted scores; ties go to the earlier candidate (the rule)
+        best = max(range(len(candidates)), key=lambda i: (candidates[i]["cv_accuracy"], -i))
+        choice = candidates[best]
 
     # the policy itself: final estimators, settings met on all validation rows
     scorer = {
@@ -665,7 +680,10 @@ def fit_lookahead(features: ExitFeatures, costs: np.ndarray, budget: float, *, s
         "exits": est["exits"],
     }
     fit_info: dict = {"rule": choice["rule"], "candidates": candidates}
-    if choice["rule"].startswith("lookahead"):
+    if choice["rule"] == "first-exit-only":
+        scorer["rule"] = "quota"
+        thresholds: list = first_exit_thresholds(k)
+    elif choice["rule"].startswith("lookahead"):
         lam = float(choice["lambda"])
         ex = apply_thresholds(_rule_scores(final, costs, lam), thr0)
         if not within_budget(realised_cost(ex, costs), budget):
@@ -674,7 +692,7 @@ def fit_lookahead(features: ExitFeatures, costs: np.ndarray, budget: float, *, s
             lam = _bisect_lambda(final, costs, budget, lam, max(span, lam))
         scorer["lambda"] = float(lam)
         fit_info.update({"lambda": float(lam), "lambda_cv": float(choice["lambda"])})
-        thresholds: list = list(thr0)
+        thresholds = list(thr0)
     else:
         scorer["rule"] = "quota"
         rank = Ranking(np.stack([final[:, j, j] for j in range(k)], axis=1))

@@ -23,7 +23,15 @@ import numpy as np
 
 from eenet_cli.core.measures import ExitFeatures
 from eenet_cli.core.policy import SCORER_DESCRIPTIONS, SIMPLE_SCORERS
-from eenet_cli.core.thresholds import Ranking, apply_thresholds, fit_geometric, realised_cost, within_budget
+from eenet_cli.core.thresholds import (
+    Ranking,
+    apply_thresholds,
+    first_exit_only,
+    first_exit_thresholds,
+    fit_geometric,
+    realised_cost,
+    within_budget,
+)
 
 BASELINES = ["maxprob", "entropy", "vote", "patience"]
 EENET_METHODS = ["eenet", "eenet-maxprob", "eenet-geometric", "eenet-search"]
@@ -99,7 +107,8 @@ def _fit_patience(cache: FitCache, costs, budget, unit) -> dict:
     k = cache.features.num_exits
     best = None
     for t in range(1, k + 1):
-        thr = [float(t)] * (k - 1) + [None]
+        # t = 1 stops every sample at exit 1 (every run length is >= 1): the shared thresholds say so
+        thr = first_exit_thresholds(k) if t == 1 else [float(t)] * (k - 1) + [None]
         val = validation_figures(cache.features, ranking.scores, thr, costs)
         if within_budget(val["avg_cost"], budget) and (best is None or val["accuracy"] > best[1]["accuracy"]):
             best = (thr, val, t)
@@ -152,5 +161,8 @@ def fit_method(
         from eenet_cli.errors import InputError
 
         raise InputError(f"unknown method {method!r}; expected one of {', '.join(POLICY_METHODS)}", field="--method")
+    if first_exit_only(costs, budget, cache.features.num_samples) and policy["thresholds"] != first_exit_thresholds(len(costs)):
+        # every fitter above uses the shared first-exit thresholds at such a budget; guard the contract
+        raise AssertionError(f"{method}: the budget leaves no room past the first exit, but the thresholds are {policy['thresholds']}")
     policy["num_classes"] = cache.features.num_classes
     return policy

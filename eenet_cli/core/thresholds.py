@@ -13,6 +13,12 @@ reproduces the assignment exactly. When a quota takes every sample still running
 threshold is :data:`ACCEPT_ALL` (``-1e300``, below any score), so that unseen samples stop
 there too instead of drifting to costlier exits.
 
+When the budget leaves no room past the first exit (:func:`first_exit_only`: sending even
+one validation sample on to exit 2 would overrun it, e.g. a budget of exactly c_1), every
+method stops every sample at exit 1 with the same thresholds,
+:func:`first_exit_thresholds` (``[ACCEPT_ALL, None, ..., None]``), whatever its scores:
+no score can then send a new sample on and overrun the budget on other data.
+
 >>> import numpy as np
 >>> s = np.array([[0.9, 0.0], [0.2, 0.0], [0.7, 0.0], [0.1, 0.0]])
 >>> quota_thresholds(s, [2, 2])
@@ -23,6 +29,7 @@ there too instead of drifting to costlier exits.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -109,8 +116,31 @@ def within_budget(cost: float, budget: float) -> bool:
 
 
 def realised_cost(exits: np.ndarray, costs: np.ndarray) -> float:
-    """Average per-sample cost, summed in float64."""
-    return float(np.asarray(costs, dtype=np.float64)[exits].mean(dtype=np.float64))
+    """Average per-sample cost: sum_k (share of samples at exit k) x c_k, the products summed
+    exactly (``math.fsum``), so the result does not depend on the order or the CPU's
+    vector width, and is exactly c_k when every sample takes exit k."""
+    costs = np.asarray(costs, dtype=np.float64)
+    exits = np.asarray(exits)
+    n = exits.size
+    if n == 0:
+        return math.nan
+    shares = np.bincount(exits.ravel(), minlength=costs.size) / n
+    return math.fsum((shares * costs).tolist())
+
+
+def first_exit_only(costs: np.ndarray, budget: float, n: int) -> bool:
+    """Whether ``budget`` leaves no room past the first exit for ``n`` samples: sending even
+    one of them on to exit 2 would overrun it (always so at a budget of c_1)."""
+    costs = np.asarray(costs, dtype=np.float64)
+    if costs.size < 2 or n < 1:
+        return True
+    return not within_budget(float(costs[0] + (costs[1] - costs[0]) / n), float(budget))
+
+
+def first_exit_thresholds(num_exits: int) -> list[float | None]:
+    """The thresholds that stop every sample at exit 1, the same for every method:
+    :data:`ACCEPT_ALL` there (below any score), null after it."""
+    return [ACCEPT_ALL] + [None] * (num_exits - 1) if num_exits > 1 else [None]
 
 
 def quota_thresholds(scores: np.ndarray, quotas: Sequence[int]) -> list[float | None]:
@@ -164,20 +194,30 @@ def _fit(ranking: Ranking, costs: np.ndarray, p: np.ndarray, rounding: str) -> Q
     return QuotaFit(thr, quotas / n, exits, realised_cost(exits, costs), {})
 
 
+def first_exit_fit(n: int, num_exits: int, costs: np.ndarray, info: dict | None = None) -> QuotaFit:
+    """Every one of ``n`` samples stops at exit 1 (:func:`first_exit_thresholds`): the fit
+    for a budget that leaves no room past it, and the fallback when nothing else fits."""
+    planned = np.zeros(num_exits)
+    planned[0] = 1.0
+    exits = np.zeros(n, dtype=np.int64)
+    return QuotaFit(first_exit_thresholds(num_exits), planned, exits, realised_cost(exits, costs), dict(info or {}))
+
+
 def fit_geometric(ranking: Ranking, costs: np.ndarray, budget: float, iters: int = 40) -> QuotaFit:
     """Thresholds for the geometric exit distribution whose realised cost is the largest
     that does not exceed ``budget`` (MSDNet's dynamic evaluation, with the bisection done on
     the realised validation cost so rounding and ties cannot overrun the budget)."""
     k = ranking.shape[1]
     costs = np.asarray(costs, dtype=np.float64)
+    n = ranking.shape[0]
     top = _fit(ranking, costs, geometric(np.inf, k), "floor")
     if within_budget(top.avg_cost, budget):
         top.info = {"q": None}
         return top
-    best = _fit(ranking, costs, geometric(0.0, k), "floor")
-    best.info = {"q": 0.0}
+    best = first_exit_fit(n, k, costs, {"q": 0.0})
+    if first_exit_only(costs, budget, n):
+        return best
     lo, hi = -30.0, 30.0  # bisection on log q
-    n = ranking.shape[0]
     for _ in range(iters):
         if np.array_equal(quotas_from_distribution(geometric(float(np.exp(lo)), k), n, "floor"),
                           quotas_from_distribution(geometric(float(np.exp(hi)), k), n, "floor")):
@@ -206,11 +246,13 @@ def fit_distribution(
     if within_budget(fit.avg_cost, budget):
         fit.info = {"shift_to_first_exit": 0.0}
         return fit
+    n, k = ranking.shape
+    best = first_exit_fit(n, k, costs, {"shift_to_first_exit": 1.0})
+    if first_exit_only(costs, budget, n):
+        return best
     first = np.zeros_like(p)
     first[0] = 1.0
     lo, hi = 0.0, 1.0
-    best = _fit(ranking, costs, first, rounding)
-    best.info = {"shift_to_first_exit": 1.0}
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
         cand = _fit(ranking, costs, (1 - mid) * p + mid * first, rounding)
