@@ -217,7 +217,7 @@ def profile_command(
     weights: WeightsOpt = None,
     model_arg: ModelArgsOpt = None,
     device: DeviceOpt = "cpu",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per timed call; costs are per call. With --policy: the runtime's batch size.")] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per timed call; costs are per call. With --policy: the runtime's batch size (default 1); the data's batches, a DataLoader's own included, are split or joined to it.")] = 1,
     threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads (default: torch's choice).")] = None,
     repeats: Annotated[
         Optional[int],
