@@ -410,6 +410,9 @@ def load_text_weights(model: TextStagedModel, path: str) -> None:
             f"shape of {shapes[0]}: file {list(state[shapes[0]].shape)} vs model {list(own[shapes[0]].shape)}"
         )
         raise InputError(f"the heads do not fit this model ({what}); check num_classes, pooling and the encoder", source=path, field="--weights")
+    from eenet_cli.modelspec import check_weight_dtypes
+
+    check_weight_dtypes(state, own, path, "text model")
     model.load_state_dict(state, strict=False)
 
 

@@ -290,3 +290,49 @@ def test_plot_refuses_more_methods_than_it_can_draw(runner, tmp_path, results_do
     path.write_text(json.dumps(results_doc))
     err = one_line_error(invoke(runner, "plot", path, "-o", tmp_path / "m.png"))
     assert "3000 methods" in err and "too many to draw" in err
+
+
+# --------------------------------------------------------------------------- memory before allocation
+
+
+def test_eenet_at_a_million_classes_is_refused_with_the_figure():
+    from eenet_cli.api import fit_policy, predictions_from_arrays
+    from eenet_cli.errors import InputError
+
+    preds = predictions_from_arrays(np.zeros((20, 2, 1_000_000), np.float32), labels=np.arange(20) % 3, costs=[1.0, 2.0])
+    with pytest.raises(InputError, match=r"EENet training on 20 rows x 2 exits x 1000000 classes needs [\d.]+ TB; this machine has"):
+        fit_policy(preds, 1.5, method="eenet")
+
+
+def test_profile_batch_beyond_memory_is_refused(runner):
+    r = invoke(runner, "profile", "digits-cnn", "--batch-size", "100000000000", "--repeats", "1")
+    err = one_line_error(r)
+    assert "--batch-size" in err and "needs" in err and "this machine has" in err
+
+
+def test_a_policy_with_a_very_wide_network_runs_in_bounded_memory():
+    """8,192 rows at once through 100,000 hidden units would need 6.5 GB; blocks keep it small."""
+    import tracemalloc
+
+    from eenet_cli.api import apply_policy, predictions_from_arrays
+
+    rng = np.random.default_rng(0)
+    n, c, h = 3000, 3, 100_000
+    preds = predictions_from_arrays(rng.normal(size=(n, 2, c)).astype(np.float32), labels=rng.integers(0, c, n), costs=[1.0, 2.0])
+    exits = [{"shared_weight": (rng.normal(size=(h, c + 3 + j)) * 0.01).tolist(), "shared_bias": [0.0] * h,
+              "utility_weight": (rng.normal(size=h) * 0.01).tolist(), "utility_bias": 0.0,
+              "assign_weight": [0.0] * h, "assign_bias": 0.0} for j in range(2)]
+    policy = {"format": "policy", "version": 1, "method": "eenet", "num_exits": 2, "num_classes": c,
+              "budget": {"value": 1.5, "unit": "ms"}, "costs": {"unit": "ms", "costs": [1.0, 2.0]},
+              "thresholds": [0.0, None], "scorer": {"type": "eenet", "negative_slope": 0.01, "exits": exits}}
+    tracemalloc.start()
+    applied = apply_policy(policy, preds)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert applied.exits.shape == (n,)
+    assert peak < 1.5e9, f"peak {peak / 1e9:.2f} GB"
+
+
+def test_a_budget_list_is_capped_like_a_range(runner, synth):
+    err = one_line_error(invoke(runner, "evaluate", synth, "--budgets", ",".join(["2"] * 10001)))
+    assert "10001 budgets given; at most 10000" in err

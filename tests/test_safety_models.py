@@ -429,7 +429,7 @@ def test_concurrent_appends_lose_no_rows(tmp_path):
     assert not list(tmp_path.glob(".preds.parquet.lock")) and not list(tmp_path.glob(".eenet-*"))
 
 
-def test_concurrent_appends_with_slow_data_take_turns(tmp_path):
+def test_concurrent_appends_with_slow_data_take_turns(tmp_path, runner, monkeypatch):
     """Three appenders whose data takes a second to arrive: each waits for the lock, none is lost."""
     (tmp_path / "slowdigits.py").write_text(textwrap.dedent("""
         import time
@@ -437,7 +437,7 @@ def test_concurrent_appends_with_slow_data_take_turns(tmp_path):
         from eenet_cli.models import load_digits_split
 
         def val():  # a generator: the sleep happens while dump iterates, after it read the old file
-            time.sleep(1.0)
+            time.sleep(0.8)
             x, y = load_digits_split("val")
             yield torch.from_numpy(x[:60]), torch.from_numpy(y[:60])
     """))
@@ -445,8 +445,9 @@ def test_concurrent_appends_with_slow_data_take_turns(tmp_path):
     env = dict(ENV, PYTHONPATH=os.pathsep.join([str(tmp_path), ENV["PYTHONPATH"]]))
     base = [sys.executable, "-m", "eenet_cli", "dump", "digits-cnn", "--weights", str(SAMPLE / "digits_model.safetensors"),
             "--data", "slowdigits:val", "--split", "val", "-o", str(out)]
-    r = subprocess.run(base + ["-q"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
-    assert r.returncode == 0, r.stderr
+    monkeypatch.syspath_prepend(str(tmp_path))
+    r = invoke(runner, *base[3:], "-q")  # the first rows, in-process
+    assert r.exit_code == 0, r.output
     done = _run_parallel([base + ["--append"]] * 3, tmp_path, env)
     assert all(d.returncode == 0 for d in done), [d.stderr for d in done]
     assert any("waiting for another eenet dump" in d.stderr for d in done), [d.stderr for d in done]

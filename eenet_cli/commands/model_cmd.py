@@ -289,13 +289,18 @@ def profile_command(
         torch.set_num_threads(threads)
     loaded = _load(model, weights, model_arg, device, exits)
     if input_shape is not None:
-        shape = parse_shape(input_shape)
+        shape = parse_shape(input_shape, batch_size)
     elif loaded.input_shape is not None:
         shape = loaded.input_shape
     elif getattr(loaded.module, "eenet_text", False):
         raise InputError("needed for this text model: the number of tokens per sample, e.g. 64 (typical of your data)", field="--input-shape")
     else:
         raise InputError("needed for this model (the shape of one sample without the batch axis, e.g. 3,32,32)", field="--input-shape")
+    from math import prod
+
+    from eenet_cli.memory import check_memory
+
+    check_memory(batch_size * prod(shape) * 4, f"--input-shape {','.join(map(str, shape))} at batch size {batch_size}", field="--batch-size")
     with progress_bar(f"profiling {model}", repeats, quiet) as update:
         res = profile_model(loaded, shape, batch_size=batch_size, repeats=repeats, warmup=warmup, threads=threads, progress=update)
     doc = costs_document(res, unit=unit, model=model)

@@ -46,7 +46,8 @@ ACCEPT_ALL = -1.0e300  # a threshold at or below this stops every sample (as in 
 
 COST_STEPS = 1 << 30  # cost levels and bounds are multiples of 2**-30 of (c_K - c_1)
 LOSS_STEPS = 1 << 40  # loss levels and bounds are multiples of 2**-40
-_CHUNK = 1 << 22  # elements per [rows, shifts] block (bounds temporary memory)
+_CHUNK = 1 << 22  # elements per [rows, shifts] block of exits (bounds temporary memory)
+_BLOCK = 1 << 16  # elements per block of the betting arithmetic (kept cache-sized)
 METRICS = ("cost", "drop", "disagreement")
 
 Thresholds = Sequence[float | None]
@@ -268,24 +269,27 @@ def _check_delta(delta: float) -> float:
 
 
 def _bets(xo: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
-    """Predictable bets ``lambda_t`` for ordered values ``xo`` (``[n, ...]`` in [0, 1]), and
-    the sample mean per column. ``lambda_t = min(0.75, sqrt(2 log(1/delta) / (n var_{t-1})))``
-    with running mean and variance started from the priors 1/2 and 1/4. The bets do not
-    depend on the level ``b`` tested, so the test is monotone in ``b``."""
-    n = xo.shape[0]
-    t = np.arange(1, n + 1, dtype=np.float64).reshape((n,) + (1,) * (xo.ndim - 1))
-    csum = np.cumsum(xo, axis=0)
+    """Predictable bets ``lambda_t`` for ordered values ``xo`` (``[G, n]``: one row per
+    column, time along the last axis, values in [0, 1]) and each row's sample mean.
+    ``lambda_t = min(0.75, sqrt(2 log(1/delta) / (n var_{t-1})))`` with running mean and
+    variance started from the priors 1/2 and 1/4. The bets do not depend on the level
+    ``b`` tested, so the test is monotone in ``b``."""
+    n = xo.shape[-1]
+    t = np.arange(1, n + 1, dtype=np.float64)
+    csum = np.cumsum(xo, axis=-1)
     mu = (0.5 + csum) / (t + 1.0)
-    var = (0.25 + np.cumsum((xo - mu) ** 2, axis=0)) / (t + 1.0)
-    var_prev = np.concatenate([np.full((1,) + xo.shape[1:], 0.25), var[:-1]], axis=0)
+    var = (0.25 + np.cumsum((xo - mu) ** 2, axis=-1)) / (t + 1.0)
+    var_prev = np.concatenate([np.full(xo.shape[:-1] + (1,), 0.25), var[..., :-1]], axis=-1)
     lam = np.minimum(0.75, np.sqrt(2.0 * math.log(1.0 / delta) / (n * var_prev)))
-    return lam, csum[-1] / n
+    return lam, csum[..., -1] / n
 
 
 def _max_log_wealth(xo: np.ndarray, lam: np.ndarray, b: float | np.ndarray) -> np.ndarray:
-    """``max_t log K_t`` (with ``K_0 = 1``) of ``K_t = prod_{i<=t} (1 + lambda_i (b - x_i))``."""
-    lw = np.cumsum(np.log1p(lam * (b - xo)), axis=0)
-    return np.maximum(lw.max(axis=0), 0.0)
+    """``max_t log K_t`` (with ``K_0 = 1``) of ``K_t = prod_{i<=t} (1 + lambda_i (b - x_i))``;
+    ``b`` a float or one level per row."""
+    b = np.asarray(b, dtype=np.float64)[..., None] if np.ndim(b) else b
+    lw = np.cumsum(np.log1p(lam * (b - xo)), axis=-1)
+    return np.maximum(lw.max(axis=-1), 0.0)
 
 
 def _cost_rejects(xo: np.ndarray, lam: np.ndarray, mean: np.ndarray, b, delta: float) -> np.ndarray:
@@ -294,28 +298,25 @@ def _cost_rejects(xo: np.ndarray, lam: np.ndarray, mean: np.ndarray, b, delta: f
     return (b >= mean) & (_max_log_wealth(xo, lam, b) >= math.log(1.0 / delta))
 
 
-def _columns(x: np.ndarray) -> tuple[np.ndarray, bool]:
+def _rows_in_time(x: np.ndarray, order: np.ndarray | None) -> tuple[np.ndarray, bool]:
+    """``x`` (``[n]`` or ``[n, G]``) as ``[G, n]`` in reading order, contiguous."""
     x = np.asarray(x, dtype=np.float64)
-    if x.ndim == 1:
-        return x[:, None], True
-    if x.ndim != 2:
+    flat = x.ndim == 1
+    if x.ndim not in (1, 2):
         raise ValueError("x must be [n] or [n, G]")
-    return x, False
+    x2 = x[:, None] if flat else x
+    if order is not None:
+        order = np.asarray(order)
+        if order.shape != (x2.shape[0],):
+            raise ValueError("order must be a permutation of the rows")
+        x2 = x2[order]
+    return np.ascontiguousarray(x2.T), flat
 
 
-def _ordered(x: np.ndarray, order: np.ndarray | None) -> np.ndarray:
-    if order is None:
-        return np.ascontiguousarray(x)
-    order = np.asarray(order)
-    if order.shape != (x.shape[0],):
-        raise ValueError("order must be a permutation of the rows")
-    return np.ascontiguousarray(x[order])
-
-
-def _col_blocks(n: int, g: int):
-    w = max(1, _CHUNK // max(n, 1))
-    for c0 in range(0, g, w):
-        yield slice(c0, min(g, c0 + w))
+def _row_blocks(g: int, n: int):
+    w = max(1, _BLOCK // max(n, 1))
+    for r0 in range(0, g, w):
+        yield slice(r0, min(g, r0 + w))
 
 
 def cost_pvalues(x: np.ndarray, b: float, delta: float, order: np.ndarray | None = None) -> np.ndarray | float:
@@ -324,16 +325,36 @@ def cost_pvalues(x: np.ndarray, b: float, delta: float, order: np.ndarray | None
     sample mean). The bets are tuned to level ``delta``; the test at ``delta`` rejects
     exactly when the p-value is ``<= delta``."""
     delta = _check_delta(delta)
-    x2, flat = _columns(x)
-    n, g = x2.shape
+    xo, flat = _rows_in_time(x, order)
+    g, n = xo.shape
     p = np.ones(g)
     if n:
-        xo = _ordered(x2, order)
-        for sl in _col_blocks(n, g):
-            lam, mean = _bets(xo[:, sl], delta)
-            mlw = _max_log_wealth(xo[:, sl], lam, b)
+        for sl in _row_blocks(g, n):
+            lam, mean = _bets(xo[sl], delta)
+            mlw = _max_log_wealth(xo[sl], lam, b)
             p[sl] = np.where(b >= mean, np.exp(-mlw), 1.0)
     return float(p[0]) if flat else p
+
+
+def _upper_bounds_ordered(xo: np.ndarray, delta: float) -> np.ndarray:
+    """:func:`cost_upper_bound` for rows already in ``[G, n]`` reading order."""
+    g, n = xo.shape
+    out = np.ones(g)
+    if n == 0:
+        return out
+    for sl in _row_blocks(g, n):
+        xs = xo[sl]
+        lam, mean = _bets(xs, delta)
+        ok = _cost_rejects(xs, lam, mean, 1.0, delta)
+        lo = np.zeros(xs.shape[0], dtype=np.int64)  # never rejects at 0 (all factors <= 1)
+        hi = np.full(xs.shape[0], COST_STEPS, dtype=np.int64)
+        while np.any(hi - lo > 1):
+            mid = (lo + hi) // 2
+            rej = _cost_rejects(xs, lam, mean, mid / COST_STEPS, delta)
+            hi = np.where(rej, mid, hi)
+            lo = np.where(rej, lo, mid)
+        out[sl] = np.where(ok, hi / COST_STEPS, 1.0)
+    return out
 
 
 def cost_upper_bound(x: np.ndarray, delta: float, order: np.ndarray | None = None) -> float | np.ndarray:
@@ -342,23 +363,8 @@ def cost_upper_bound(x: np.ndarray, delta: float, order: np.ndarray | None = Non
     (found by bisection; the test is monotone in ``b``), or 1.0 if none. ``x``: ``[n]``
     (returns a float) or ``[n, G]`` (one bound per column)."""
     delta = _check_delta(delta)
-    x2, flat = _columns(x)
-    n, g = x2.shape
-    out = np.ones(g)
-    if n:
-        xo = _ordered(x2, order)
-        for sl in _col_blocks(n, g):
-            xs = xo[:, sl]
-            lam, mean = _bets(xs, delta)
-            ok = _cost_rejects(xs, lam, mean, 1.0, delta)
-            lo = np.zeros(xs.shape[1], dtype=np.int64)  # never rejects at 0 (all factors <= 1)
-            hi = np.full(xs.shape[1], COST_STEPS, dtype=np.int64)
-            while np.any(hi - lo > 1):
-                mid = (lo + hi) // 2
-                rej = _cost_rejects(xs, lam, mean, mid / COST_STEPS, delta)
-                hi = np.where(rej, mid, hi)
-                lo = np.where(rej, lo, mid)
-            out[sl] = np.where(ok, hi / COST_STEPS, 1.0)
+    xo, flat = _rows_in_time(x, order)
+    out = _upper_bounds_ordered(xo, delta)
     return float(out[0]) if flat else out
 
 
@@ -703,25 +709,12 @@ def calibrate(
     G = g.size
     tested: dict[str, int] = {}
     certified: dict[str, tuple[int, int] | None] = {}
-    cnorm = (c - c[0]) / (c[-1] - c[0])
 
     # ---- budget: cheapest first
     jb = None
     if budget is not None:
         budget = float(budget)
-        dc = deltas["cost"]
-        dev = _deploy_dev(dc, deploy_batch)
-        d_pop = dc / 2 if deploy_batch is not None else dc
-        b_q = _cost_level(budget, dev, c)
-        rej = (ranges[:, 0] == ranges[:, 1]) & (c[ranges[:, 1]] <= budget)  # one fixed exit
-        rej |= (ranges[:, 0] != ranges[:, 1]) & (c[ranges[:, 1]] <= budget)  # capped below the budget
-        todo = np.flatnonzero(~rej)
-        if b_q is not None and todo.size:
-            xo = cnorm[exits[order][:, todo]]
-            for sl in _col_blocks(n, todo.size):
-                lam, mean = _bets(xo[:, sl], d_pop)
-                rej[todo[sl]] = _cost_rejects(xo[:, sl], lam, mean, b_q, d_pop)
-        jb = _prefix_end(rej)
+        jb = _prefix_end(_budget_rejects(exits, ranges, c, budget, deltas["cost"], order, deploy_batch))
         tested["cost"] = min(G, jb + 2)
         certified["cost"] = (0, jb) if jb >= 0 else None
 
@@ -738,8 +731,12 @@ def calibrate(
         certified[m] = (start, G - 1) if start < G else None
         jl = max(jl, start)
 
+    seen: dict[int, dict[str, float]] = {}
+
     def bounds_at(j: int) -> dict[str, float]:
-        return _policy_bounds(exits[:, j], cols_thr[j], c, correct, preds, deltas, order, deploy_batch)
+        if j not in seen:
+            seen[j] = _policy_bounds(exits[:, j], cols_thr[j], c, correct, preds, deltas, order, deploy_batch)
+        return seen[j]
 
     def within(bd: dict[str, float]) -> bool:
         ok = budget is None or bd["cost"] <= budget
@@ -762,30 +759,30 @@ def calibrate(
 
     needed = drop_at = dis_at = None
     if chosen is None:
-        if budget is not None:
-            needed = _needed_budget(exits, cols_thr, ranges, c, budget, deltas["cost"], order, deploy_batch, jl if losses else 0)
-        if losses and jb is not None and jb >= 0:
-            at = {}
-            for m in losses:
-                live = ranges[jb:, 0] != k - 1
-                worst = int(counts[m][jb:][live].max()) if live.any() else None
-                at[m] = 0.0 if worst is None else float(binomial_upper_bound(worst, n, deltas[m]))
-            drop_at, dis_at = at.get("drop"), at.get("disagreement")
-        if not losses or jb is None or jb < 0:
-            reason = (
-                f"cannot certify a budget of {_fmt(budget)}: even the cheapest policy that meets the other "
-                f"requirements is certified only at cost <= {_fmt(needed)}"
-            )
+        req = " and ".join(f"{m} <= {_fmt(levels[m])}" for m in losses)
+        if losses and jl >= G:
+            reason = f"no shift in the grid certifies {req} (a grid should end at +inf: everyone at the last exit)"
         else:
-            parts = []
-            for m, val in (("drop", drop_at), ("disagreement", dis_at)):
-                if m in losses:
-                    parts.append(f"{m} {_fmt(val)}")
-            req = " and ".join(f"{m} <= {_fmt(levels[m])}" for m in losses)
-            reason = (
-                f"cannot meet both: the cheapest policy with {req} is certified only at cost <= {_fmt(needed)}; "
-                f"at a budget of {_fmt(budget)} the certified " + ", ".join(parts)
-            )
+            if budget is not None:
+                j_target = jl if losses else 0
+                needed = _needed_budget(exits, cols_thr, ranges, c, deltas["cost"], order, deploy_batch, j_target)
+            if losses and jb is not None and jb >= 0:
+                at = {}
+                for m in losses:
+                    live = ranges[jb:, 0] != k - 1
+                    worst = int(counts[m][jb:][live].max()) if live.any() else None
+                    at[m] = 0.0 if worst is None else float(binomial_upper_bound(worst, n, deltas[m]))
+                drop_at, dis_at = at.get("drop"), at.get("disagreement")
+                got = ", ".join(f"{m} is {_fmt(at[m])}" for m in losses)
+                reason = (
+                    f"cannot meet both: the cheapest policy with {req} is certified only at cost <= {_fmt(needed)}; "
+                    f"at a budget of {_fmt(budget)} the certified {got}"
+                )
+            elif jb is not None and (jb < 0 or jb < jl):
+                what = f"the cheapest policy with {req}" if losses else "the cheapest policy"
+                reason = f"cannot certify a budget of {_fmt(budget)}: {what} is certified only at cost <= {_fmt(needed)}"
+            else:  # pragma: no cover - the last bits of a bound disagreed with the walk
+                reason = "no certified shift passed the final check (floating-point mismatch)"
 
     if chosen is not None:
         bd = bounds_at(chosen)
@@ -822,14 +819,48 @@ def calibrate(
     return cal
 
 
-def _needed_budget(exits, cols_thr, ranges, c, budget, dc, order, deploy_batch, j_target) -> float:
-    """The smallest budget at which the budget walk reaches column ``j_target``: the largest
-    of the cost bounds of columns ``0..j_target`` (the walk certifies a column exactly when
-    its bound is within the budget)."""
+def _budget_rejects(exits, ranges, c, budget, dc, order, deploy_batch) -> np.ndarray:
+    """Per column, whether the budget test rejects ``H0: cost > budget``; exactly when the
+    column's reported cost bound (:func:`_policy_bounds`) is within the budget. Columns
+    after the walk's first non-rejection are not tested and read ``False``."""
     n = exits.shape[0]
     dev = _deploy_dev(dc, deploy_batch)
     d_pop = dc / 2 if deploy_batch is not None else dc
+    b_q = _cost_level(budget, dev, c)
+    rej = c[ranges[:, 1]] <= budget  # the dearest exit the policy can reach is within budget
+    fixed_fail = np.flatnonzero(~rej & (ranges[:, 0] == ranges[:, 1]))
+    stop = int(fixed_fail[0]) if fixed_fail.size else rej.size  # the walk ends there at the latest
+    todo = np.flatnonzero(~rej[:stop])
+    rej[stop:] = False
+    if todo.size == 0:
+        return rej
+    if b_q is None:
+        rej[todo[0]:] = False
+        return rej
     cnorm = (c - c[0]) / (c[-1] - c[0])
+    ex_t = np.ascontiguousarray(exits[order][:, todo].T)  # [columns, n] in reading order
+    for sl in _row_blocks(todo.size, n):
+        xo = cnorm[ex_t[sl]]
+        lam, mean = _bets(xo, d_pop)
+        r = _cost_rejects(xo, lam, mean, b_q, d_pop)
+        rej[todo[sl]] = r
+        if not r.all():
+            rej[todo[sl][int(np.argmin(r))]:] = False
+            break
+    return rej
+
+
+def _needed_budget(exits, cols_thr, ranges, c, dc, order, deploy_batch, j_target) -> float:
+    """The smallest budget at which the budget walk reaches column ``j_target``: the largest
+    cost bound of columns ``0..j_target`` (the walk certifies a column exactly when its
+    bound is within the budget). Tries the target's own bound first."""
+    dev = _deploy_dev(dc, deploy_batch)
+    d_pop = dc / 2 if deploy_batch is not None else dc
+    cnorm = (c - c[0]) / (c[-1] - c[0])
+    one = _policy_bounds(exits[:, j_target], cols_thr[j_target], c, None, None, {"cost": dc}, order, deploy_batch)["cost"]
+    head = slice(0, j_target + 1)
+    if _budget_rejects(exits[:, head], ranges[head], c, one, dc, order, deploy_batch).all():
+        return one
     cols = np.arange(j_target + 1)
     bounds = np.array([float(c[ranges[j, 1]]) for j in cols])  # deterministic caps
     live = ranges[cols, 0] != ranges[cols, 1]

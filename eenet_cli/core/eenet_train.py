@@ -301,6 +301,11 @@ def train_eenet(
     n, k, c = features.probs.shape
     train_budget = float(min(float(budget), costs[-1]))
     hidden = hyper.hidden_sizes(c, k)
+    from eenet_cli.memory import check_memory
+
+    # the network (weights, gradients, two Adam moments, float32) and its float32 inputs
+    weights = sum(h * (c + 3 + j + 3) for j, h in enumerate(hidden))
+    check_memory(4 * (4 * weights + 2 * n * k * (c + 3 + k)), f"EENet training on {n} rows x {k} exits x {c} classes")
     threads = int(hyper.num_threads or min(2, os.cpu_count() or 1))
 
     prev_threads = torch.get_num_threads()
