@@ -18,6 +18,7 @@ import numpy as np
 from eenet_cli import api
 from eenet_cli.core.evaluate import evaluate_features
 from eenet_cli.core.policy import apply_to_features
+from eenet_cli.learn.eenet_torch import train_eenet
 from eenet_cli.synthetic import make_predictions
 
 HERE = Path(__file__).resolve().parent
@@ -55,7 +56,7 @@ def main() -> None:
         budgets = list(np.linspace(costs.values[0], costs.values[-1], 7)[1:-1])
         val, test, _ = api.split_for_evaluation(preds)
         t = time.perf_counter()
-        records, policies = evaluate_features(val, test, costs.values, costs.unit, budgets, METHODS, keep_policies=True)
+        records, policies = evaluate_features(val, test, costs.values, costs.unit, budgets, METHODS, keep_policies=True, learner=train_eenet)
         seconds = time.perf_counter() - t
         by = {(r["method"], round(r["budget"], 9)): r for r in records}
         right = {(p["method"], round(p["budget"]["value"], 9)): apply_to_features(p, test).correct for p in policies}

@@ -35,7 +35,7 @@ def dataset(name: str, n: int, k: int, c: int, seed: int = 0, miscalibration: fl
     if not path.exists():
         code = textwrap.dedent(f"""
             from eenet_cli.synthetic import make_predictions
-            from eenet_cli.io import write_predictions
+            from eenet_cli.artifacts.predictions import write_predictions
             d = make_predictions({n}, {k}, {c}, seed={seed}, miscalibration={miscalibration})
             write_predictions({str(path)!r}, d.logits, d.labels, split=d.split,
                               costs={{"format": "costs", "version": 1, "unit": "ms", "costs": d.costs}})
@@ -152,7 +152,8 @@ def small_policy(small: Path) -> Path:
 # needs), timed in `blocks` blocks of `repeats` rounds in one process, per sample.
 APPLY_CODE = """
 import json, time
-from eenet_cli.io import read_policy, read_predictions
+from eenet_cli.artifacts.policy import read_policy
+from eenet_cli.artifacts.predictions import read_predictions
 from eenet_cli.core.online import OnlinePolicy
 policy = read_policy({pol!r}); preds = read_predictions({data!r})
 x = preds.scores[:500]
@@ -194,10 +195,11 @@ def blocks_of(values: list[float], n: int) -> list[list[float]]:
 DECISION_CODE = """
 import json, time
 import numpy as np, torch
-from eenet_cli.io import read_policy, read_predictions
+from eenet_cli.artifacts.policy import read_policy
+from eenet_cli.artifacts.predictions import read_predictions
 from eenet_cli.core.online import OnlinePolicy
-from eenet_cli.models import ResNet56
-from eenet_cli.profiling import make_prefix
+from eenet_cli.runtime.models import ResNet56
+from eenet_cli.runtime.profile import make_prefix
 torch.set_num_threads(1)
 policy = read_policy({pol!r}); preds = read_predictions({data!r})
 rows = [np.ascontiguousarray(preds.scores[i, 0]) for i in range(200)]
@@ -280,7 +282,7 @@ def main() -> None:
     if "read" in only:
         logits_mb = big_n * 5 * big_c * 4 / 2**20
         arrow = probe("import pyarrow.parquet as pq", f"tbl = pq.read_table({str(big)!r})\ndel tbl", r)
-        ours = probe("from eenet_cli.io import read_predictions", f"p = read_predictions({str(big)!r})\ndel p", r)
+        ours = probe("from eenet_cli.artifacts.predictions import read_predictions", f"p = read_predictions({str(big)!r})\ndel p", r)
         a, o = statistics.median(arrow["times"]), statistics.median(ours["times"])
         t.add(f"read {big_n}x5x{big_c} predictions (pyarrow read_table)", f"{a:.2f} s", "reference", None, f"peak {arrow['peak_mb']:.0f} MB")
         t.add(f"read {big_n}x5x{big_c} predictions (eenet, validated)", f"{o:.2f} s ({o / a:.2f}x)", "<= 1.5x pyarrow", o <= 1.5 * a)
@@ -331,7 +333,8 @@ def main() -> None:
               f"{one['exits_per_sample']:.2f} exits per sample (K=4)")
         vec = probe(
             f"""
-            from eenet_cli.io import read_policy, read_predictions
+            from eenet_cli.artifacts.policy import read_policy
+            from eenet_cli.artifacts.predictions import read_predictions
             from eenet_cli.core.policy import apply_to_features
             policy = read_policy({str(pol)!r}); preds = read_predictions({str(small)!r})
             """,

@@ -3,7 +3,7 @@
 ``python -m`` puts the working folder first on ``sys.path``, so a ``numpy.py`` or
 ``safetensors.py`` lying there would be imported instead of the installed package. Before
 anything else is imported, the folder moves to the end of the path, where the ``eenet``
-script has it (see :func:`eenet_cli.modelspec.add_working_folder_to_path`): modules named
+script has it (see :func:`eenet_cli.runtime.load.add_working_folder_to_path`): modules named
 by ``module:factory`` specs are still found there, after every installed package.
 """
 

@@ -17,16 +17,30 @@ True
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from eenet_cli.budgets import default_budgets, parse_budget, parse_budgets
+from eenet_cli.artifacts.costs import (
+    Costs,
+    default_budgets,
+    load_costs,
+    parse_budget,
+    parse_budgets,
+    validate_costs,
+)
+from eenet_cli.artifacts.files import CREATED_BY
+from eenet_cli.artifacts.predictions import (
+    Predictions,
+    read_predictions,
+    validate_predictions,
+)
 from eenet_cli.core.measures import ExitFeatures
 from eenet_cli.core.methods import DEFAULT_EVALUATE_METHODS
+from eenet_cli.core.policy import Applied as AppliedPolicy
+from eenet_cli.core.splits import stratified_mask
 from eenet_cli.errors import InputError
-from eenet_cli.io import CREATED_BY, Costs, Predictions, load_costs, read_predictions, validate_costs, validate_predictions
 
 KNOWN_SPLITS = ("train", "val", "test")
 
@@ -109,19 +123,6 @@ def validation_rows(preds: Predictions) -> Predictions:
     return preds.rows(mask)
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of validation rows: ``fraction`` of each class, seeded."""
-    if not 0.0 < fraction < 1.0:
-        raise InputError(f"must be between 0 and 1, got {fraction}", field="--val-fraction")
-    rng = np.random.default_rng(seed)
-    mask = np.zeros(labels.size, dtype=bool)
-    for c in np.unique(labels):  # loop over classes, not samples
-        idx = np.flatnonzero(labels == c)
-        rng.shuffle(idx)
-        mask[idx[: int(round(fraction * idx.size))]] = True
-    return mask
-
-
 def split_for_evaluation(
     preds: Predictions, test_preds: Predictions | None = None, val_fraction: float | None = None, seed: int = 0
 ) -> tuple[ExitFeatures, ExitFeatures, str]:
@@ -141,7 +142,9 @@ def split_for_evaluation(
             )
         return preds.features(), test_preds.features(), f"validation from {preds.source}, test from {test_preds.source}"
     if val_fraction is not None:
-        val = stratified_split(preds.labels, val_fraction, seed)
+        if not 0.0 < val_fraction < 1.0:
+            raise InputError(f"must be between 0 and 1, got {val_fraction}", field="--val-fraction")
+        val = stratified_mask(preds.labels, val_fraction, seed)
         how = f"seeded stratified split: {val_fraction:g} validation (seed {seed})"
         test = ~val
     else:
@@ -166,15 +169,31 @@ def split_for_evaluation(
 def _budget_value(budget: str | float, costs: Costs) -> float:
     if isinstance(budget, str):
         return parse_budget(budget, costs)
-    from eenet_cli.budgets import check_feasible
+    from eenet_cli.artifacts.costs import check_feasible
 
     check_feasible(float(budget), costs)
     return float(budget)
 
 
+def _learner_for(methods: Sequence[str]):
+    """The EENet trainer when one of ``methods`` needs it, else None.
+
+    The one place the torch trainer is wired into :mod:`eenet_cli.core` (which never
+    imports it); imported only here, so ``eenet --help`` and baseline-only fits never
+    import torch.
+    """
+    from eenet_cli.core.methods import EENET_METHODS
+
+    if not any(m in EENET_METHODS for m in methods):
+        return None
+    from eenet_cli.learn.eenet_torch import train_eenet
+
+    return train_eenet
+
+
 def fit_policy(
     preds: Predictions,
-    budget: str | float,
+    budget: str | float | None,
     *,
     method: str = "eenet",
     costs: str | Costs | Sequence[float] | None = None,
@@ -182,17 +201,59 @@ def fit_policy(
     hyper=None,
     progress: Callable | None = None,
     features: ExitFeatures | None = None,
+    confidence: float | None = None,
+    max_drop: float | None = None,
+    max_disagreement: float | None = None,
+    deploy_batch: int | None = None,
+    calibration_share: float = 0.5,
 ) -> dict:
-    """Fit a policy for ``budget`` on the validation rows; returns the policy dict (docs/spec.md §2.4)."""
-    from eenet_cli.core.methods import POLICY_METHODS, FitCache, check_method, fit_method
+    """Fit a policy for ``budget`` on the validation rows; returns the policy dict (docs/spec.md §2.4).
+
+    With ``confidence`` (e.g. 0.9) the policy is certified (docs/certify.md): fitted on part
+    of the validation rows, its thresholds shifted on the rest so that its expected cost on
+    new data is at most ``budget`` (and its accuracy drop against the last exit at most
+    ``max_drop``, its disagreement with the last exit at most ``max_disagreement``) with
+    that probability; the policy carries a ``certificate``. ``max_drop`` or
+    ``max_disagreement`` without ``confidence`` hold on the validation rows only.
+    """
+    from eenet_cli.core.methods import (
+        POLICY_METHODS,
+        FitCache,
+        check_method,
+        fit_method,
+    )
 
     check_method(method, POLICY_METHODS)
     cost = resolve_costs(preds, costs)
     val = validation_rows(preds)
-    _require_labels(val, "fit")
-    b = _budget_value(budget, cost)
+    b = _budget_value(budget, cost) if budget is not None else None
+    certified = confidence is not None or max_drop is not None or max_disagreement is not None
+    if not certified:
+        _require_labels(val, "fit")
+        if b is None:
+            raise InputError("give a budget (or --max-drop / --max-disagreement)", field="--budget")
+    elif max_drop is not None or b is not None:
+        _require_labels(val, "fit")
     feats = features if features is not None else val.features()
-    policy = fit_method(method, FitCache(feats), cost.values, b, cost.unit, seed=seed, hyper=hyper, progress=progress)
+    if certified:
+        from eenet_cli.certified import check_level, fit_certified
+
+        check_level("confidence", confidence, "--confidence")
+        check_level("max_drop", max_drop, "--max-drop")
+        check_level("max_disagreement", max_disagreement, "--max-disagreement")
+        check_level("calibration_share", calibration_share, "--calibration-share")
+        if deploy_batch is not None and (confidence is None or b is None or int(deploy_batch) < 1):
+            raise InputError("needs --confidence, a --budget and a positive number of samples", field="--deploy-batch")
+        policy = fit_certified(
+            method, feats, cost.values, cost.unit, budget=b, confidence=confidence, max_drop=max_drop,
+            max_disagreement=max_disagreement, deploy_batch=deploy_batch, calibration_share=calibration_share,
+            seed=seed, hyper=hyper, progress=progress, learner=_learner_for([method]), predictions_sha256=preds.sha256,
+        )
+    else:
+        policy = fit_method(
+            method, FitCache(feats), cost.values, b, cost.unit, seed=seed, hyper=hyper, progress=progress,
+            learner=_learner_for([method]),
+        )
     policy["costs"] = cost.brief()
     policy.setdefault("training", {})
     policy["training"] = {"seed": seed, **policy["training"]}
@@ -201,12 +262,16 @@ def fit_policy(
 
 
 @dataclass
-class Applied:
-    exits: np.ndarray
-    exit_scores: np.ndarray
-    preds: np.ndarray
-    correct: np.ndarray | None
-    summary: dict
+class Applied(AppliedPolicy):
+    """What a policy decided for each sample (:class:`eenet_cli.core.policy.Applied`), and
+    the summary ``apply`` reports: accuracy, average cost, exit fractions, budget met."""
+
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def exit_scores(self) -> np.ndarray:
+        """Each sample's score at the exit it took."""
+        return self.exit_score()
 
 
 def check_policy_fits(policy: dict, preds: Predictions, source: str = "policy") -> None:
@@ -243,7 +308,7 @@ def apply_policy(policy: dict, preds: Predictions, *, source: str = "policy") ->
         "budget_met": None if budget is None else within_budget(avg, budget),
         "exit_fractions": a.exit_fractions(feats.num_exits),
     }
-    return Applied(exits=a.exits, exit_scores=a.exit_score(), preds=a.preds, correct=a.correct, summary=summary)
+    return Applied(exits=a.exits, scores=a.scores, preds=a.preds, correct=a.correct, summary=summary)
 
 
 DEFAULT_METHODS = tuple(DEFAULT_EVALUATE_METHODS)
@@ -260,6 +325,8 @@ def evaluate(
     seed: int = 0,
     hyper=None,
     on_step: Callable[[str, float], None] | None = None,
+    confidence: float | None = None,
+    resplits: int = 0,
 ) -> dict:
     """Accuracy vs budget for each method (docs/spec.md §2.5); returns the results document."""
     from eenet_cli.core.evaluate import evaluate_features
@@ -276,8 +343,11 @@ def evaluate(
     for m in methods:
         check_method(m, ALL_METHODS)
     val, tst, how = split_for_evaluation(preds, test, val_fraction, seed)
+    learner = _learner_for(methods)
+    fitter = _certified_fitter(cost, confidence, seed, hyper, learner) if confidence is not None else None
     records, _ = evaluate_features(
-        val, tst, cost.values, cost.unit, values, methods, seed=seed, hyper=hyper, on_step=on_step
+        val, tst, cost.values, cost.unit, values, methods, seed=seed, hyper=hyper, on_step=on_step,
+        learner=learner, fitter=fitter,
     )
     return {
         "format": "results",
@@ -291,5 +361,48 @@ def evaluate(
         "split": how,
         "val_fraction": val_fraction if test is None else None,
         "seed": seed,
+        **({"confidence": confidence} if confidence is not None else {}),
+        **({"resplits": resplit_check(val, tst, cost, values, methods, confidence, resplits, seed, hyper, learner)} if resplits else {}),
         "results": records,
     }
+
+
+def _certified_fitter(cost: Costs, confidence: float, seed: int, hyper, learner):
+    """``fitter(method, cache, budget)`` for :func:`evaluate_features`: certified policies."""
+    from eenet_cli.certified import check_level, fit_certified
+
+    check_level("confidence", confidence, "--confidence")
+
+    def fit(method, cache, budget):
+        return fit_certified(method, cache.features, cost.values, cost.unit, budget=budget, confidence=confidence,
+                             seed=seed, hyper=hyper, learner=learner)
+
+    return fit
+
+
+def resplit_check(val: ExitFeatures, tst: ExitFeatures, cost: Costs, budgets, methods, confidence, draws: int, seed: int, hyper, learner) -> list[dict]:
+    """The product's own test of its guarantee: ``draws`` times, pool the validation and
+    test rows, redraw a stratified half as validation, fit (certified with ``confidence``,
+    else plain) on it and count how often the test cost overruns the budget. Per method:
+    draws, overruns and their share, beside the δ a certified policy promises."""
+    from eenet_cli.core.evaluate import test_figures
+    from eenet_cli.core.measures import concat_features
+    from eenet_cli.core.methods import FitCache, fit_method
+
+    if draws < 1:
+        raise InputError(f"must be at least 1, got {draws}", field="--resplits")
+    pool = concat_features([val, tst])
+    fitter = _certified_fitter(cost, confidence, seed, hyper, learner) if confidence is not None else None
+    out = []
+    for method in [m for m in methods if m != "oracle"]:
+        over = []
+        for r in range(draws):
+            mask = stratified_mask(pool.labels, 0.5, seed + 1 + r)
+            v, t = pool.subset(mask), pool.subset(~mask)
+            for b in budgets:
+                cache = FitCache(v)
+                policy = fitter(method, cache, b) if fitter else fit_method(method, cache, cost.values, b, cost.unit, seed=seed, hyper=hyper, learner=learner)
+                over.append(test_figures(policy, t, cost.values)["avg_cost"] > b * (1 + 1e-9))
+        out.append({"method": method, "draws": draws * len(budgets), "overruns": int(sum(over)), "overrun_share": float(np.mean(over)),
+                    "delta": None if confidence is None else 1.0 - confidence})
+    return out

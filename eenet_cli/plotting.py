@@ -48,6 +48,10 @@ from matplotlib.lines import Line2D
 from matplotlib.text import Text
 from matplotlib.ticker import ScalarFormatter
 
+from eenet_cli.core.methods import METHODS
+from eenet_cli.core.policy import SCORERS
+from eenet_cli.core.thresholds import ACCEPT_ALL
+
 # --------------------------------------------------------------------------- style
 
 #: Okabe-Ito colours (colour-blind safe).
@@ -68,20 +72,7 @@ EXITED_COLOUR = "#BBBBBB"
 THRESHOLD_COLOUR = "#222222"
 REFERENCE_COLOUR = "#777777"
 
-#: Line style of each known method: (colour, marker, linestyle).
-METHOD_STYLES: dict[str, tuple[str, str, str]] = {
-    "eenet": (OKABE_ITO["blue"], "o", "-"),
-    "eenet-search": (OKABE_ITO["blue"], "*", ":"),
-    "eenet-maxprob": (OKABE_ITO["sky_blue"], "P", "-."),
-    "eenet-geometric": (OKABE_ITO["sky_blue"], "h", ":"),
-    "maxprob": (OKABE_ITO["orange"], "s", "-"),
-    "entropy": (OKABE_ITO["bluish_green"], "^", "-"),
-    "vote": (OKABE_ITO["reddish_purple"], "D", "-"),
-    "patience": ("#8C6D31", "v", "-"),
-    "oracle": (OKABE_ITO["black"], ".", "--"),
-}
 _SPARE_STYLES = [("#555555", m, ls) for ls in ("-", "--", ":") for m in ("p", "<", ">", "d", "8")]
-METHOD_ORDER = ["eenet", "eenet-search", "eenet-maxprob", "eenet-geometric", "maxprob", "entropy", "vote", "patience", "oracle"]
 
 #: rcParams used while building and saving every figure.
 STYLE: dict[str, Any] = {
@@ -119,16 +110,7 @@ MAX_POINTS = 5000  # per panel of the score figures
 MANY_CLASSES = 30  # above this, classes are sorted by full-model accuracy, not labelled one by one
 FORMATS = ("png", "svg", "pdf")
 
-#: Each scorer's name on an axis, and a short note on what its values are.
-SCORER_NAMES: dict[str, tuple[str, str]] = {
-    "maxprob": ("max-prob", ""),
-    "entropy": ("entropy", ""),
-    "vote": ("vote", ""),
-    "patience": ("patience", "run length"),
-    "eenet": ("eenet", "pre-sigmoid utility"),
-    "lookahead": ("lookahead", "minus the best gain of going on"),
-}
-ACCEPT_ALL_BELOW = -1e299  # a threshold at or below this stops every sample (core.thresholds.ACCEPT_ALL)
+ACCEPT_ALL_BELOW = ACCEPT_ALL / 10  # a threshold at or below this stops every sample
 
 
 def style_context():
@@ -142,7 +124,8 @@ def score_label(scorer_type: str, exit_number: int | None = None) -> str:
     ``exit_number`` counts from 1. Unknown scorers are named as given; none at all gives
     ``"exit score"``.
     """
-    name, note = SCORER_NAMES.get(scorer_type, (scorer_type, ""))
+    known = SCORERS.get(scorer_type)
+    name, note = (known.axis, known.note) if known is not None else (scorer_type, "")
     label = f"{name} score" if name else "exit score"
     if exit_number is not None:
         label += f" at exit {exit_number}"
@@ -151,14 +134,14 @@ def score_label(scorer_type: str, exit_number: int | None = None) -> str:
 
 def method_style(method: str, index: int = 0) -> tuple[str, str, str]:
     """(colour, marker, linestyle) for ``method``; unknown methods get spare grey styles."""
-    return METHOD_STYLES.get(method, _SPARE_STYLES[index % len(_SPARE_STYLES)])
+    return METHODS[method].style if method in METHODS else _SPARE_STYLES[index % len(_SPARE_STYLES)]
 
 
 def ordered_methods(methods: Sequence[str]) -> list[str]:
     """Known methods in a fixed order (oracle last), then the others as first seen."""
     seen = list(dict.fromkeys(methods))
-    known = [m for m in METHOD_ORDER if m in seen]
-    return [m for m in known if m != "oracle"] + [m for m in seen if m not in METHOD_ORDER] + (["oracle"] if "oracle" in seen else [])
+    known = [m for m in METHODS if m in seen]
+    return [m for m in known if m != "oracle"] + [m for m in seen if m not in METHODS] + (["oracle"] if "oracle" in seen else [])
 
 
 def save_figure(fig: Figure, target: str | BinaryIO, fmt: str, dpi: float = DEFAULT_DPI) -> None:

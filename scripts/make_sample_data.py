@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 EPOCHS = 30
 BATCH = 64
@@ -39,7 +38,7 @@ def train(out: Path, epochs: int = EPOCHS, seed: int = SEED) -> None:
     from safetensors.torch import save_file
     from torch import nn
 
-    from eenet_cli.models import DigitsCNN, load_digits_split
+    from eenet_cli.runtime.models import DigitsCNN, load_digits_split
 
     torch.manual_seed(seed)
     np.random.seed(seed)

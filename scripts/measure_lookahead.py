@@ -21,13 +21,17 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from eenet_cli.core.lookahead import fit_lookahead, lookahead_scores  # noqa: E402
 from eenet_cli.core.measures import exit_features  # noqa: E402
 from eenet_cli.core.oracle import oracle  # noqa: E402
 from eenet_cli.core.policy import compute_scores  # noqa: E402
-from eenet_cli.core.thresholds import Ranking, apply_thresholds, fit_distribution, fit_geometric, within_budget  # noqa: E402
+from eenet_cli.core.thresholds import (  # noqa: E402
+    Ranking,
+    apply_thresholds,
+    fit_geometric,
+    within_budget,
+)
 from eenet_cli.synthetic import make_predictions  # noqa: E402
 
 TIGHT_FRACTIONS = [0.05, 0.1, 1 / 6, 0.25, 1 / 3]
@@ -45,7 +49,7 @@ def datasets(quick: bool):
         val = d.split == "val"
         yield (name, exit_features(d.logits[val], "logits", d.labels[val]),
                exit_features(d.logits[~val], "logits", d.labels[~val]), np.asarray(d.costs, dtype=np.float64))
-    from eenet_cli.io import read_predictions
+    from eenet_cli.artifacts.predictions import read_predictions
 
     p = read_predictions(ROOT / "sample_data" / "digits.parquet")
     val = p.split == "val"
@@ -59,15 +63,11 @@ def test_figures(exits: np.ndarray, feats, costs: np.ndarray) -> tuple[float, fl
 
 def fit_eenet(fv, costs, budget, seed):
     """EENet with Algorithm 1's quota thresholds; returns (scorer, thresholds, val_cost, how)."""
-    from eenet_cli.core import eenet_train
+    from eenet_cli.core.eenet import fit_eenet_policy
+    from eenet_cli.learn.eenet_torch import train_eenet
 
-    if hasattr(eenet_train, "fit_eenet_policy"):
-        pol = eenet_train.fit_eenet_policy(fv, costs, budget, seed=seed, thresholds="quota")
-        return pol["scorer"], pol["thresholds"], float(pol["validation"]["avg_cost"]), "fit_eenet_policy"
-    trained = eenet_train.train_eenet(fv, costs, budget, seed=seed)
-    ranking = Ranking(compute_scores(trained.scorer, fv))
-    fit = fit_distribution(ranking, costs, budget, trained.distribution)
-    return trained.scorer, fit.thresholds, fit.avg_cost, "train_eenet+fit_distribution"
+    pol = fit_eenet_policy(fv, costs, budget, seed=seed, thresholds="quota", learner=train_eenet)
+    return pol["scorer"], pol["thresholds"], float(pol["validation"]["avg_cost"]), "fit_eenet_policy"
 
 
 def run(quick: bool, seed: int, skip_eenet: bool) -> dict:

@@ -36,7 +36,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 TOLERANCE = 0.15
 METHODS = ("maxprob", "eenet")
@@ -73,7 +72,7 @@ def resnet_files(folder: Path, n_val: int, n_test: int, seed: int = 0) -> tuple[
     import torch
     from safetensors.torch import save_file
 
-    from eenet_cli.models import ResNet56
+    from eenet_cli.runtime.models import ResNet56
 
     torch.manual_seed(seed)
     model = ResNet56()

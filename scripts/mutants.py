@@ -52,7 +52,7 @@ class Mutant:
 MUTANTS: list[Mutant] = [
     Mutant(
         "search-refits-quota",
-        "eenet_cli/core/eenet_train.py",
+        "eenet_cli/core/eenet.py",
         "    thr = rules[chosen](ranking, costs, budget, correct)\n",
         '    thr = rules["quota"](ranking, costs, budget, correct)\n',
         ("tests/test_eenet_train.py", "-k", "search"),
@@ -60,7 +60,7 @@ MUTANTS: list[Mutant] = [
     ),
     Mutant(
         "budget-range-drops-last",
-        "eenet_cli/budgets.py",
+        "eenet_cli/artifacts/costs.py",
         "        count = int((stop - start) // step) + 1",
         "        count = int(math.floor((float(stop) - float(start)) / float(step))) + 1",
         ("tests/test_budgets.py",),

@@ -5,7 +5,7 @@
     python scripts/train_text_exits.py --model MODEL_DIR --train train.csv \\
         --exits 2,4,6 --finetune-encoder --epochs 3 -o model.safetensors   # everything
 
-The model is :func:`eenet_cli.text.build_text_model` over the encoder in ``MODEL_DIR`` (a
+The model is :func:`eenet_cli.runtime.text_model.build_text_model` over the encoder in ``MODEL_DIR`` (a
 local Hugging Face folder: config.json, weights and tokenizer; nothing is downloaded):
 exits after the ``--exits`` layers, each one linear layer on the masked mean of the
 tokens (``--pooling cls``: the first token). The loss is the paper's (§3.1)
@@ -36,12 +36,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def gammas(k: int) -> list[float]:
@@ -68,7 +66,7 @@ def pooled_features(model, texts: list[str], options, batch_size: int = 128, log
     """[N, K, H] pooled hidden states at every exit (frozen encoder, eval mode)."""
     import torch
 
-    from eenet_cli.text import pool
+    from eenet_cli.runtime.text_model import pool
 
     tok = options.get_tokenizer()
     lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=options.length)["input_ids"]]
@@ -201,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     from safetensors.torch import save_file
 
     from eenet_cli.errors import EenetError
-    from eenet_cli.text import TextOptions, build_text_model, read_text_table
+    from eenet_cli.runtime.text_data import TextOptions, read_text_table
+    from eenet_cli.runtime.text_model import build_text_model
 
     try:
         torch.manual_seed(a.seed)

@@ -17,19 +17,21 @@ from __future__ import annotations
 
 import argparse
 import ast
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eenet_cli.core import eenet as core_eenet
+from eenet_cli.core.eenet import EENetHyper
+from eenet_cli.core.measures import exit_features
+from eenet_cli.core.policy import apply_to_features
+from eenet_cli.core.thresholds import Ranking, apply_thresholds, fit_geometric
+from eenet_cli.learn.eenet_torch import train_eenet
+from eenet_cli.synthetic import make_predictions
 
-from eenet_cli.core.eenet_train import EENetHyper, fit_eenet_policy, train_eenet  # noqa: E402
-from eenet_cli.core.measures import exit_features  # noqa: E402
-from eenet_cli.core.policy import apply_to_features  # noqa: E402
-from eenet_cli.core.thresholds import Ranking, apply_thresholds, fit_geometric  # noqa: E402
-from eenet_cli.synthetic import make_predictions  # noqa: E402
+
+def fit_eenet_policy(*args, **kwargs):
+    return core_eenet.fit_eenet_policy(*args, learner=train_eenet, **kwargs)
 
 DATASETS = [(10, 0.0), (10, 1.0), (100, 0.0), (100, 1.0)]
 

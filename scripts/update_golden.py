@@ -88,7 +88,7 @@ _PREDS = None
 def _sample_data():
     global _PREDS
     if _PREDS is None:
-        from eenet_cli.io import read_predictions
+        from eenet_cli.artifacts.predictions import read_predictions
 
         _PREDS = read_predictions(ROOT / DATA)
     return _PREDS

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eenet_cli.io import write_predictions
+from eenet_cli.artifacts.predictions import write_predictions
 from eenet_cli.synthetic import make_predictions
 
 ROOT = Path(__file__).resolve().parent.parent

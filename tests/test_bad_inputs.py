@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from bad_inputs.make import CASES, OLD_OUTPUT, Case, build
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,8 +147,8 @@ def test_corpus_is_big_enough():
     """Every command of the CLI has cases: none drops out silently (a case list built only
     when an import works would vanish with a broken install instead of failing)."""
     import typer.main
-
     from bad_inputs.make import counts
+
     from eenet_cli.cli import app
 
     assert len(CASES) >= 45
@@ -273,8 +272,10 @@ def test_no_artifact_is_ever_unpickled():
 def test_json_number_literals_are_refused(tmp_path, literal):
     import json
 
+    from eenet_cli.artifacts.costs import load_costs
+    from eenet_cli.artifacts.policy import read_policy
+    from eenet_cli.artifacts.results import read_results
     from eenet_cli.errors import InputError
-    from eenet_cli.io import load_costs, read_policy, read_results
 
     costs = tmp_path / "costs.json"
     costs.write_text('{"format": "costs", "version": 1, "unit": "ms", "costs": [1.0, %s, 3.0]}' % literal)
@@ -313,10 +314,10 @@ def _dump(path: Path, obj) -> Path:
 
 def test_nan_literal_in_predictions_metadata_is_refused(tmp_path):
     import pyarrow.parquet as pq
-
     from conftest import write_synthetic
+
+    from eenet_cli.artifacts.predictions import read_predictions
     from eenet_cli.errors import InputError
-    from eenet_cli.io import read_predictions
 
     path = write_synthetic(tmp_path / "p.parquet", n=50)
     table = pq.read_table(path)
@@ -328,31 +329,36 @@ def test_nan_literal_in_predictions_metadata_is_refused(tmp_path):
 
 
 def test_oversized_metadata_is_refused(tmp_path, monkeypatch):
-    import eenet_cli.io as eio
     from conftest import write_synthetic
+
+    import eenet_cli.artifacts.files as artifact_files
+    from eenet_cli.artifacts.predictions import read_predictions
     from eenet_cli.errors import InputError
 
     path = write_synthetic(tmp_path / "p.parquet", n=50, model="m" * 5000)
-    assert eio.read_predictions(path).meta["model"] == "m" * 5000  # fine under the real limit
-    monkeypatch.setattr(eio, "MAX_METADATA_BYTES", 1000)
+    assert read_predictions(path).meta["model"] == "m" * 5000  # fine under the real limit
+    monkeypatch.setattr(artifact_files, "MAX_METADATA_BYTES", 1000)
     with pytest.raises(InputError) as err:
-        eio.read_predictions(path)
+        read_predictions(path)
     assert err.value.field == "eenet.model"
     assert "5002 bytes is larger than the 1000 bytes limit" in str(err.value) and str(path) in str(err.value)
 
 
 def test_oversized_metadata_in_results_parquet_is_refused(tmp_path, monkeypatch):
-    import eenet_cli.io as eio
-    from eenet_cli import api
     from conftest import write_synthetic
+
+    import eenet_cli.artifacts.files as artifact_files
+    from eenet_cli import api
+    from eenet_cli.artifacts.predictions import read_predictions
+    from eenet_cli.artifacts.results import read_results, write_results
     from eenet_cli.errors import InputError
 
-    preds = eio.read_predictions(write_synthetic(tmp_path / "p.parquet", n=300))
+    preds = read_predictions(write_synthetic(tmp_path / "p.parquet", n=300))
     doc = api.evaluate(preds, budgets=["2ms"], methods=["maxprob"])
     doc["note"] = "x" * 4000
     out = tmp_path / "r.parquet"
-    eio.write_results(out, doc)
-    assert eio.read_results(out)["note"] == "x" * 4000
-    monkeypatch.setattr(eio, "MAX_METADATA_BYTES", 1000)
+    write_results(out, doc)
+    assert read_results(out)["note"] == "x" * 4000
+    monkeypatch.setattr(artifact_files, "MAX_METADATA_BYTES", 1000)
     with pytest.raises(InputError, match="larger than the 1000 bytes limit"):
-        eio.read_results(out)
+        read_results(out)

@@ -11,7 +11,15 @@ from eenet_cli.core.measures import exit_features
 from eenet_cli.core.methods import BASELINES, FitCache, fit_method
 from eenet_cli.core.oracle import oracle
 from eenet_cli.core.policy import apply_to_features
-from eenet_cli.core.thresholds import ACCEPT_ALL, Ranking, apply_thresholds, fit_distribution, fit_geometric, geometric, quota_thresholds
+from eenet_cli.core.thresholds import (
+    ACCEPT_ALL,
+    Ranking,
+    apply_thresholds,
+    fit_distribution,
+    fit_geometric,
+    geometric,
+    quota_thresholds,
+)
 from eenet_cli.synthetic import make_predictions
 
 RTOL = 1e-9  # a realised average cost may exceed its budget by this share (floating-point sums), no more

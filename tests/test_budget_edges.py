@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import SAMPLE
+
 from eenet_cli import api
 from eenet_cli.core.methods import POLICY_METHODS
-from eenet_cli.core.thresholds import ACCEPT_ALL, first_exit_only, first_exit_thresholds, realised_cost
+from eenet_cli.core.thresholds import (
+    ACCEPT_ALL,
+    first_exit_only,
+    first_exit_thresholds,
+    realised_cost,
+)
 from eenet_cli.synthetic import make_predictions
 
 

@@ -11,9 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eenet_cli.budgets import default_budgets, parse_budget, parse_budgets
+from eenet_cli.artifacts.costs import (
+    Costs,
+    default_budgets,
+    parse_budget,
+    parse_budgets,
+)
 from eenet_cli.errors import BudgetError
-from eenet_cli.io import Costs
 
 
 def costs(*values: float, unit: str = "ms") -> Costs:

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, invoke, write_synthetic
 
 
@@ -177,8 +176,9 @@ def test_real_subprocess_and_help_does_not_import_torch(synth, tmp_path):
 
 
 def test_every_command_help_has_an_example(runner):
-    from eenet_cli.cli import app
     import typer
+
+    from eenet_cli.cli import app
 
     names = typer.main.get_command(app).list_commands(None)
     assert {"fit", "apply", "evaluate", "schema"} <= set(names)

@@ -10,15 +10,24 @@ import numpy as np
 import pytest
 import torch
 
-from eenet_cli.core.eenet_scorer import assignment_distribution, eenet_utilities
-from eenet_cli.core.eenet_train import (
+from eenet_cli.core import eenet as core_eenet
+from eenet_cli.core.eenet import (
     EENetHyper,
-    fit_eenet_maxprob,
-    fit_eenet_policy,
+    assignment_distribution,
+    eenet_utilities,
     targets,
     tilted_distribution,
-    train_eenet,
 )
+from eenet_cli.learn.eenet_torch import train_eenet
+
+
+def fit_eenet_policy(*args, **kwargs):
+    """The core fitter with the torch learner plugged in (as api does)."""
+    return core_eenet.fit_eenet_policy(*args, learner=train_eenet, **kwargs)
+
+
+def fit_eenet_maxprob(*args, **kwargs):
+    return core_eenet.fit_eenet_maxprob(*args, learner=train_eenet, **kwargs)
 from eenet_cli.core.measures import exit_features
 from eenet_cli.core.policy import apply_to_features
 from eenet_cli.core.thresholds import (
@@ -256,7 +265,7 @@ def test_written_out_adam_matches_torch_optim(decoupled):
     """The trainer's optimiser takes the same steps as torch.optim.AdamW / Adam."""
     import torch
 
-    from eenet_cli.core.eenet_train import _Adam
+    from eenet_cli.learn.eenet_torch import _Adam
 
     gen = torch.Generator().manual_seed(3)
     w0 = torch.randn(7, 5, generator=gen)

@@ -36,10 +36,10 @@ K, C = 3, 5
 def world(tmp_path_factory):
     """Valid predictions (zstd and uncompressed), policies, costs and results, as bytes/dicts."""
     import pyarrow.parquet as pq
-
     from bad_inputs.make import eenet_scorer
+
     from eenet_cli import api
-    from eenet_cli.io import read_predictions, write_predictions
+    from eenet_cli.artifacts.predictions import read_predictions, write_predictions
     from eenet_cli.synthetic import make_predictions
 
     d = tmp_path_factory.mktemp("fuzz")
@@ -121,7 +121,7 @@ def parquet_edits(sources):
 
 def test_mutated_predictions_load_or_refuse(world):
     from eenet_cli import api
-    from eenet_cli.io import read_predictions
+    from eenet_cli.artifacts.predictions import read_predictions
 
     path = world["dir"] / "mutated.parquet"
     policy = world["policies"]["maxprob"]
@@ -237,7 +237,7 @@ def json_text(draw, doc):
 
 
 def test_mutated_costs_load_or_refuse(world):
-    from eenet_cli.io import load_costs, parse_costs_json
+    from eenet_cli.artifacts.costs import load_costs, parse_costs_json
 
     path = world["dir"] / "costs.json"
 
@@ -261,8 +261,7 @@ def test_mutated_costs_load_or_refuse(world):
 
 
 def test_inline_costs_and_budgets_parse_or_refuse(world):
-    from eenet_cli.budgets import parse_budget, parse_budgets
-    from eenet_cli.io import Costs, load_costs
+    from eenet_cli.artifacts.costs import Costs, load_costs, parse_budget, parse_budgets
 
     costs = Costs(np.array([1.0, 2.0, 3.0]), "ms", "test")
     token = st.one_of(
@@ -294,7 +293,7 @@ def test_inline_costs_and_budgets_parse_or_refuse(world):
 
 def test_mutated_policies_load_or_refuse(world):
     from eenet_cli import api
-    from eenet_cli.io import read_policy
+    from eenet_cli.artifacts.policy import read_policy
 
     path = world["dir"] / "policy.json"
     preds = world["preds"]
@@ -317,8 +316,8 @@ def test_mutated_policies_load_or_refuse(world):
 
 
 def test_mutated_results_load_or_refuse(world):
-    from eenet_cli.commands.evaluate_cmd import check_regressions
-    from eenet_cli.io import read_results
+    from eenet_cli.artifacts.results import read_results
+    from eenet_cli.commands.evaluate import check_regressions
 
     path = world["dir"] / "results.json"
     good = world["results"]
@@ -339,8 +338,8 @@ def test_mutated_results_load_or_refuse(world):
 
 
 def test_mutated_results_csv_load_or_refuse(world):
-    from eenet_cli.commands.evaluate_cmd import check_regressions
-    from eenet_cli.io import read_results, write_results
+    from eenet_cli.artifacts.results import read_results, write_results
+    from eenet_cli.commands.evaluate import check_regressions
 
     path = world["dir"] / "results.csv"
     write_results(path, world["results"])

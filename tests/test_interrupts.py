@@ -110,7 +110,7 @@ def _big_predictions(path: Path, n: int = 40_000, k: int = 4, c: int = 100) -> N
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from eenet_cli.io import predictions_metadata
+    from eenet_cli.artifacts.predictions import predictions_metadata
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, c, n)
@@ -137,7 +137,8 @@ def test_killed_evaluate_keeps_the_old_results(tmp_path):
     out = tmp_path / "results.json"
     # an older, valid results file under the final name
     from eenet_cli import api
-    from eenet_cli.io import read_predictions, read_results, write_results
+    from eenet_cli.artifacts.predictions import read_predictions
+    from eenet_cli.artifacts.results import read_results, write_results
 
     small = tmp_path / "small.parquet"
     from conftest import SAMPLE, write_synthetic
@@ -165,7 +166,7 @@ WRITER_SCRIPT = textwrap.dedent(
     """
     import sys, time
     import numpy as np
-    from eenet_cli.io import PredictionsWriter
+    from eenet_cli.artifacts.predictions import PredictionsWriter
 
     path = sys.argv[1]
     rng = np.random.default_rng(0)
@@ -212,7 +213,7 @@ def test_killed_predictions_writer_keeps_the_old_file_and_folder_readers_ignore_
     """A killed writer in a folder of part files: the old parts read as before."""
     from conftest import write_synthetic
 
-    from eenet_cli.io import read_predictions
+    from eenet_cli.artifacts.predictions import read_predictions
 
     folder = tmp_path / "parts"
     folder.mkdir()
@@ -250,7 +251,7 @@ def test_killed_dump_keeps_the_old_predictions(tmp_path):
     while it streams batches: the old file under the final name is untouched."""
     from conftest import write_synthetic
 
-    from eenet_cli.io import read_predictions
+    from eenet_cli.artifacts.predictions import read_predictions
 
     rng = np.random.default_rng(0)
     data = tmp_path / "images.npz"

@@ -8,9 +8,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from eenet_cli import api
-from eenet_cli.budgets import default_budgets, parse_budget, parse_budgets
+from eenet_cli.artifacts.costs import (
+    Costs,
+    default_budgets,
+    load_costs,
+    parse_budget,
+    parse_budgets,
+)
+from eenet_cli.artifacts.predictions import read_predictions, write_predictions
+from eenet_cli.artifacts.results import read_results, write_results
 from eenet_cli.errors import BudgetError, InputError, VersionError
-from eenet_cli.io import Costs, load_costs, read_predictions, read_results, write_predictions, write_results
 from eenet_cli.synthetic import make_predictions
 
 
@@ -31,9 +38,9 @@ def test_round_trip_many_row_groups(tmp_path):
 def test_first_non_finite_score_is_named_whatever_the_reading_order(tmp_path, monkeypatch, threads):
     """Exit columns are decoded in parallel; the error still names the first bad score in
     row order, and a clean file passes with the same figures either way."""
-    import eenet_cli.io as io
+    import eenet_cli.artifacts.predictions as predictions_module
 
-    monkeypatch.setattr(io, "READ_THREADS", threads)
+    monkeypatch.setattr(predictions_module, "READ_THREADS", threads)
     d = make_predictions(3000, 4, 6, seed=2)
     logits = d.logits.copy()
     logits[2100, 3, 4] = np.nan  # a later row group, the last exit
@@ -168,7 +175,7 @@ def test_results_round_trip(tmp_path, synth, ext):
 
 
 def test_atomic_write_keeps_existing_file_on_failure(tmp_path):
-    from eenet_cli.io import atomic_path
+    from eenet_cli.artifacts.files import atomic_path
 
     target = tmp_path / "out.json"
     target.write_text("old")
@@ -249,7 +256,8 @@ def test_fit_record_time_stores_the_fit_seconds(runner, tmp_path):
     import time
 
     from conftest import SAMPLE, invoke
-    from eenet_cli.io import read_policy
+
+    from eenet_cli.artifacts.policy import read_policy
 
     digits = SAMPLE / "digits.parquet"
     args = ["fit", digits, "--budget", "0.7ms", "--method", "lookahead", "-q"]

@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 
 from eenet_cli.core import lookahead as la
-from eenet_cli.core.lookahead import fit_lookahead, lookahead_scores, validate_lookahead_scorer
+from eenet_cli.core.lookahead import (
+    fit_lookahead,
+    lookahead_scores,
+    validate_lookahead_scorer,
+)
 from eenet_cli.core.measures import exit_features
 from eenet_cli.core.thresholds import Ranking, apply_thresholds, fit_geometric
 from eenet_cli.synthetic import make_predictions

@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from eenet_cli.core.measures import entropy_confidence, exit_features, max_prob, run_length, softmax, vote
+from eenet_cli.core.measures import (
+    entropy_confidence,
+    exit_features,
+    max_prob,
+    run_length,
+    softmax,
+    vote,
+)
 
 
 def test_softmax_matches_definition_and_is_stable(rng):

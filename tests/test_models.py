@@ -8,16 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import SAMPLE, invoke
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-from eenet_cli import models  # noqa: E402
+from eenet_cli.core.splits import stratified_split  # noqa: E402
 from eenet_cli.errors import InputError  # noqa: E402
-from eenet_cli.modelspec import load_data, load_model, parse_model_args, read_state_dict  # noqa: E402
+from eenet_cli.runtime import models  # noqa: E402
+from eenet_cli.runtime.data import load_data  # noqa: E402
+from eenet_cli.runtime.load import load_model, parse_model_args  # noqa: E402
+from eenet_cli.runtime.weights import read_state_dict  # noqa: E402
 
 T = "fixtures_models.tiny_models"
 
@@ -68,14 +70,14 @@ def test_digits_split_is_stratified_seeded_and_disjoint():
     from sklearn.datasets import load_digits
 
     y_all = load_digits().target
-    parts = models.stratified_split(y_all, models.DIGITS_SPLIT_SIZES, 0)
+    parts = stratified_split(y_all, models.DIGITS_SPLIT_SIZES, 0)
     assert {k: len(v) for k, v in parts.items()} == {"train": 897, "val": 450, "test": 450}
     allidx = np.concatenate(list(parts.values()))
     assert np.array_equal(np.sort(allidx), np.arange(len(y_all)))
     for name, idx in parts.items():  # every class in proportion (within one sample)
         share = np.bincount(y_all[idx], minlength=10) / len(idx)
         assert np.abs(share - np.bincount(y_all, minlength=10) / len(y_all)).max() < 0.01
-    again = models.stratified_split(y_all, models.DIGITS_SPLIT_SIZES, 0)
+    again = stratified_split(y_all, models.DIGITS_SPLIT_SIZES, 0)
     assert all(np.array_equal(parts[k], again[k]) for k in parts)
     x, y = models.load_digits_split("val")
     assert x.shape == (450, 1, 8, 8) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
@@ -83,7 +85,7 @@ def test_digits_split_is_stratified_seeded_and_disjoint():
 
 def test_sample_data_comes_from_the_shipped_weights():
     """The shipped logits are exactly what the shipped weights give on the built-in split."""
-    from eenet_cli.io import read_predictions
+    from eenet_cli.artifacts.predictions import read_predictions
 
     p = read_predictions(SAMPLE / "digits.parquet")
     m = load_model("digits-cnn", weights=str(SAMPLE / "digits_model.safetensors"))
@@ -131,9 +133,8 @@ def test_bad_model_specs(spec, args, message):
 
 
 def test_weights_state_dict_checkpoint_and_safetensors(tmp_path):
-    from safetensors.torch import save_file
-
     from fixtures_models.tiny_models import tiny_staged
+    from safetensors.torch import save_file
 
     src = tiny_staged(seed=3)
     torch.save(src.state_dict(), tmp_path / "sd.pt")
@@ -205,7 +206,7 @@ def test_exported_pt2_model_dumps(tmp_path, runner):
     np.savez(tmp_path / "d.npz", x=x, y=y)
     r = invoke(runner, "dump", tmp_path / "m.pt2", "--data", tmp_path / "d.npz", "-o", tmp_path / "p.parquet", "-q")
     assert r.exit_code == 0, r.output
-    from eenet_cli.io import read_predictions
+    from eenet_cli.artifacts.predictions import read_predictions
 
     p = read_predictions(tmp_path / "p.parquet")
     with torch.no_grad():

@@ -10,6 +10,7 @@ from eenet_cli.core.measures import exit_features, softmax
 from eenet_cli.core.methods import BASELINES, POLICY_METHODS, FitCache, fit_method
 from eenet_cli.core.online import OnlinePolicy
 from eenet_cli.core.policy import apply_to_features, compute_scores
+from eenet_cli.learn.eenet_torch import train_eenet
 from eenet_cli.synthetic import make_predictions
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
@@ -88,7 +89,7 @@ def test_every_method_sample_by_sample(datasets, data, method):
     preds, costs, cache = datasets[data]
     for share in (0.35, 0.6):
         budget = float(costs[0] + share * (costs[-1] - costs[0]))
-        policy = fit_method(method, cache, costs, budget, "ms")
+        policy = fit_method(method, cache, costs, budget, "ms", learner=train_eenet)
         assert any(t is not None for t in policy["thresholds"][:-1]) or method == "patience"
         _check_sample_by_sample(policy, preds)
 
@@ -98,7 +99,7 @@ def test_probabilities_input(datasets, kind):
     """Heads that output probabilities: the same decisions as offline on ``probs`` scores."""
     preds, costs, cache = datasets["synthetic-c100"]
     method = "eenet" if kind == "eenet" else kind
-    policy = fit_method(method, cache, costs, float(costs.mean()), "ms")
+    policy = fit_method(method, cache, costs, float(costs.mean()), "ms", learner=train_eenet)
     probs = softmax(preds.scores.reshape(-1, preds.num_classes)).reshape(preds.scores.shape)
     off = apply_to_features(policy, exit_features(probs, "probs"))
     op = OnlinePolicy(policy)

@@ -15,16 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import SAMPLE, invoke, write_synthetic
-
-import matplotlib
-
 from matplotlib.collections import PathCollection  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from eenet_cli import plotting  # noqa: E402
-from eenet_cli.io import read_predictions, read_results  # noqa: E402
+from eenet_cli.artifacts.predictions import read_predictions  # noqa: E402
+from eenet_cli.artifacts.results import read_results  # noqa: E402
 
 METHODS = ["maxprob", "entropy", "oracle"]
 
@@ -382,7 +379,7 @@ def test_predictions_without_labels_are_refused(runner, files, tmp_path):
 
 @pytest.mark.skipif(not (SAMPLE / "digits.parquet").exists(), reason="sample data not built")
 def test_help_examples_run(runner, tmp_path, monkeypatch):
-    from eenet_cli.commands.plot_cmd import PLOT_HELP
+    from eenet_cli.commands.plot import PLOT_HELP
 
     (tmp_path / "sample_data").symlink_to(SAMPLE)
     monkeypatch.chdir(tmp_path)

@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, invoke
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-from eenet_cli.io import read_predictions  # noqa: E402
+from eenet_cli.artifacts.predictions import read_predictions  # noqa: E402
 
 T = "fixtures_models.tiny_models"
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")]))
@@ -56,13 +55,14 @@ def test_profile_writes_strictly_increasing_costs(runner, tmp_path):
     assert doc["params"][-1] == sum(p.numel() for p in __import__("fixtures_models.tiny_models", fromlist=["x"]).tiny_staged(hidden=64).parameters())
     assert doc["batch_size"] == 1 and doc["threads"] == 1 and doc["device"] == "cpu" and doc["torch"] == torch.__version__
     assert doc["created_by"].startswith("eenet ")
-    from eenet_cli.io import parse_costs_json
+    from eenet_cli.artifacts.costs import parse_costs_json
 
     parse_costs_json(doc, "costs.json")  # the reader accepts it
-    import jsonschema  # a dev dependency: a plain import, so a broken install fails here
     from importlib.resources import files
 
-    jsonschema.validate(doc, json.loads(files("eenet_cli.schemas").joinpath("costs.json").read_text()))
+    import jsonschema  # a dev dependency: a plain import, so a broken install fails here
+
+    jsonschema.validate(doc, json.loads(files("eenet_cli.artifacts.schemas").joinpath("costs.json").read_text()))
 
 
 def test_profile_flops_unit_to_stdout(runner):
@@ -84,7 +84,7 @@ def test_profile_needs_input_shape_and_a_fitting_one(runner, tmp_path):
 
 def test_costs_document_refuses_non_increasing_medians():
     from eenet_cli.errors import WorkFailed
-    from eenet_cli.profiling import ProfileResult, costs_document
+    from eenet_cli.runtime.profile import ProfileResult, costs_document
 
     res = ProfileResult([np.array([1.0, 1.1]), np.array([0.9, 1.0])], [10, 20], [1, 2], 1, 1, "cpu", 2, 0, (6,))
     with pytest.raises(WorkFailed, match="not strictly increasing"):

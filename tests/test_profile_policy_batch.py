@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import invoke
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-from eenet_cli.modelspec import DataSource, rebatch  # noqa: E402
+from eenet_cli.runtime.data import DataSource, rebatch  # noqa: E402
 
 T = "fixtures_models.tiny_models"
 HERE = "test_profile_policy_batch"
@@ -26,9 +25,8 @@ N = 150
 
 def loader64():
     """A DataLoader with its own batch size, 64 (150 samples: 64, 64, 22)."""
-    from torch.utils.data import DataLoader, TensorDataset
-
     from fixtures_models.tiny_models import arrays
+    from torch.utils.data import DataLoader, TensorDataset
 
     x, y = arrays(N, seed=7)
     return DataLoader(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=64, shuffle=False)

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import SAMPLE, invoke
 
 TESTS = Path(__file__).resolve().parent
@@ -117,7 +116,7 @@ def test_runtime_refuses_policies_that_do_not_fit(setup):
 
 def test_profile_policy_on_the_sample_model(runner, tmp_path):
     """Real adaptive inference of a policy on the shipped digits model, beside the offline figures."""
-    from eenet_cli.io import read_predictions
+    from eenet_cli.artifacts.predictions import read_predictions
 
     p = read_predictions(SAMPLE / "digits.parquet")
     test = p.rows(p.split == "test")
@@ -148,9 +147,8 @@ def test_profile_policy_on_the_sample_model(runner, tmp_path):
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """Predictions of the tiny staged model dumped by the CLI (val and test), with inline costs."""
-    from typer.testing import CliRunner
-
     from fixtures_models.tiny_models import arrays
+    from typer.testing import CliRunner
 
     d = tmp_path_factory.mktemp("pipeline")
     for split, n, seed in (("val", 240, 11), ("test", 60, 12)):
@@ -269,7 +267,7 @@ def test_repeats_typed_wrong_is_a_usage_error(runner, pipeline):
 def test_forced_exit_prefix_decides_at_every_head_like_the_policy():
     """A prefix makes the exit decision at each head up to its exit (a null threshold would
     let the runtime skip a max-prob decision); under a policy it keeps that policy's nulls."""
-    from eenet_cli.profiling import ALWAYS, NEVER, forced_exit_policy
+    from eenet_cli.runtime.profile import ALWAYS, NEVER, forced_exit_policy
 
     assert forced_exit_policy(4, 0)["thresholds"] == [ALWAYS, None, None, None]
     assert forced_exit_policy(4, 2)["thresholds"] == [NEVER, NEVER, ALWAYS, None]
@@ -281,7 +279,7 @@ def test_forced_exit_prefix_decides_at_every_head_like_the_policy():
 
 def test_forced_exit_prefix_stops_where_it_is_told(setup):
     model, x, _, _ = setup
-    from eenet_cli.profiling import forced_exit_policy
+    from eenet_cli.runtime.profile import forced_exit_policy
 
     for scorer in ({"type": "maxprob"}, {"type": "patience"}, _eenet_scorer(4, 3)):
         like = {"scorer": scorer, "thresholds": [0.1, 0.1, 0.1, None]}
@@ -292,7 +290,7 @@ def test_forced_exit_prefix_stops_where_it_is_told(setup):
 
 def test_policy_run_statistics():
     """The statistics of a run, on hand-made timings."""
-    from eenet_cli.profiling import PolicyRun
+    from eenet_cli.runtime.profile import PolicyRun
 
     call_ms = np.array([[1.0, 2.0, 10.0], [1.2, 2.2, 3.0], [50.0, 2.1, 3.2]])  # 3 passes x 3 samples, outliers in two
     slot_ms = np.array([[1.0, 2.0, 3.0, 1.1], [1.1, 9.0, 3.1, 1.3], [0.9, 2.2, 3.3, 1.2]])

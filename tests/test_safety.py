@@ -19,8 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from conftest import ROOT, invoke, write_synthetic
+from conftest import ROOT, invoke
 
 EENET = [sys.executable, "-m", "eenet_cli"]
 
@@ -214,7 +213,7 @@ def test_deeply_nested_json_is_refused_before_parsing(runner, synth, tmp_path, k
 
 
 def test_json_depth_ignores_brackets_inside_strings():
-    from eenet_cli.io import json_depth
+    from eenet_cli.artifacts.files import json_depth
 
     assert json_depth('{"a": "[[[[[[", "b": [[1]], "c": "\\"]]]"}') == 3
     assert json_depth("[" * 70 + "]" * 70) == 70

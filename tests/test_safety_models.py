@@ -21,15 +21,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, SAMPLE, invoke
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
+from eenet_cli.artifacts.predictions import read_predictions  # noqa: E402
 from eenet_cli.errors import InputError  # noqa: E402
-from eenet_cli.io import read_predictions  # noqa: E402
 
 T = "fixtures_models.tiny_models"
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS), os.environ.get("PYTHONPATH", "")]))
@@ -184,8 +183,8 @@ def test_crafted_pt2_through_a_real_process(exported, tmp_path):
 
 def test_legitimate_pt2_archives_still_load(exported, tmp_path, runner):
     """What torch.export.save writes passes the checks: buffers, constants, derived shapes, guards."""
-    from eenet_cli.modelspec import load_model
-    from eenet_cli.pt2_inspect import check_pt2_bytes
+    from eenet_cli.runtime.load import load_model
+    from eenet_cli.runtime.pt2 import check_pt2_bytes
 
     class WithEverything(torch.nn.Module):
         def __init__(self):
@@ -223,7 +222,13 @@ def test_legitimate_pt2_archives_still_load(exported, tmp_path, runner):
 
 def test_pickle_scan_and_member_rules():
     """The checks one by one, on bytes (no torch.export involved)."""
-    from eenet_cli.pt2_inspect import _check_guard, _check_pickle, _check_sym_expr, _Refused, check_pt2_bytes
+    from eenet_cli.runtime.pt2 import (
+        _check_guard,
+        _check_pickle,
+        _check_sym_expr,
+        _Refused,
+        check_pt2_bytes,
+    )
 
     with zipfile.ZipFile(io.BytesIO(torch_saved({"x": torch.zeros(2), "y": torch.nn.Parameter(torch.ones(1))}))) as z:
         _check_pickle(z.read(next(n for n in z.namelist() if n.endswith("data.pkl"))), "ok")
@@ -289,7 +294,7 @@ def test_working_folder_modules_do_not_shadow_installed_packages(tmp_path):
 
 def test_resolve_import_appends_the_working_folder(tmp_path, monkeypatch):
     """In-process: the working folder goes to the end of sys.path, never the front."""
-    from eenet_cli.modelspec import resolve_import
+    from eenet_cli.runtime.load import resolve_import
 
     (tmp_path / "zz_user_mod.py").write_text("VALUE = 41\n")
     monkeypatch.chdir(tmp_path)
@@ -313,7 +318,7 @@ def digits_state() -> dict:
 def test_weights_of_a_non_float_dtype_are_refused(dtype, digits_state, tmp_path, runner):
     from safetensors.torch import save_file
 
-    from eenet_cli.modelspec import load_model
+    from eenet_cli.runtime.load import load_model
 
     name = next(k for k, v in digits_state.items() if v.dtype == torch.float32 and v.ndim > 1)
     state = dict(digits_state)
@@ -333,7 +338,7 @@ def test_float_weights_of_another_width_and_integer_counters_load(digits_state, 
     """float16/float64 weights are cast; num_batches_tracked stays int64, or comes back from float16 exactly."""
     from safetensors.torch import save_file
 
-    from eenet_cli.modelspec import load_model
+    from eenet_cli.runtime.load import load_model
 
     ref = load_model("digits-cnn", weights=str(SAMPLE / "digits_model.safetensors"))
     for dtype in (torch.float16, torch.float64):
@@ -353,7 +358,7 @@ def test_float_weights_of_another_width_and_integer_counters_load(digits_state, 
 
 
 def test_dtype_rules():
-    from eenet_cli.modelspec import dtype_problem
+    from eenet_cli.runtime.weights import dtype_problem
 
     f32 = torch.zeros(3)
     assert dtype_problem(torch.zeros(3, dtype=torch.float64), f32) is None
@@ -374,7 +379,7 @@ def test_dtype_rules():
 
 def test_huge_input_shape_is_refused_with_the_sizes(runner, tmp_path):
     from eenet_cli.memory import total_memory
-    from eenet_cli.modelspec import parse_shape
+    from eenet_cli.runtime.load import parse_shape
 
     if total_memory() is None or total_memory() > 100e9:
         pytest.skip("needs a machine with a known memory under 100 GB")
@@ -387,7 +392,7 @@ def test_huge_input_shape_is_refused_with_the_sizes(runner, tmp_path):
 
 def test_check_memory_uses_the_machines_total(monkeypatch):
     from eenet_cli import memory
-    from eenet_cli.modelspec import parse_shape
+    from eenet_cli.runtime.load import parse_shape
 
     monkeypatch.setattr(memory, "total_memory", lambda: 10 * 10**9)
     memory.check_memory(7.9e9, "x")  # under 80%
@@ -434,7 +439,7 @@ def test_concurrent_appends_with_slow_data_take_turns(tmp_path, runner, monkeypa
     (tmp_path / "slowdigits.py").write_text(textwrap.dedent("""
         import time
         import torch
-        from eenet_cli.models import load_digits_split
+        from eenet_cli.runtime.models import load_digits_split
 
         def val():  # a generator: the sleep happens while dump iterates, after it read the old file
             time.sleep(0.8)
@@ -456,11 +461,11 @@ def test_concurrent_appends_with_slow_data_take_turns(tmp_path, runner, monkeypa
 
 
 def test_lock_is_exclusive_and_times_out(tmp_path):
-    from eenet_cli.dumping import lock_file, output_lock
     from eenet_cli.errors import WorkFailed
+    from eenet_cli.runtime.dump import lock_file, output_lock
 
     target = tmp_path / "p.parquet"
-    code = f"from pathlib import Path; from eenet_cli.dumping import output_lock\nwith output_lock(Path({str(target)!r}), timeout=0.3): pass\n"
+    code = f"from pathlib import Path; from eenet_cli.runtime.dump import output_lock\nwith output_lock(Path({str(target)!r}), timeout=0.3): pass\n"
     with output_lock(target):
         assert lock_file(target).exists()
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=60)
@@ -515,7 +520,7 @@ def test_sharded_dump_removes_stale_parts_its_manifest_lists_and_says_so(runner,
 
 
 def test_update_manifest_removes_only_listed_parts(tmp_path):
-    from eenet_cli.dumping import MANIFEST, update_manifest
+    from eenet_cli.runtime.dump import MANIFEST, update_manifest
 
     for n in range(6):
         (tmp_path / f"part-{n:05d}.parquet").write_bytes(b"x")

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import ROOT, invoke, write_synthetic
 
 SAMPLE = ROOT / "sample_data" / "digits.parquet"
@@ -239,7 +237,7 @@ def test_evaluate_table_title_reads_plainly(runner, synth):
 
 def test_noisy_timing_advice_does_not_repeat_the_given_threads(monkeypatch, tmp_path):
     """The warning suggested --threads 1 when --threads 1 was given."""
-    from eenet_cli import profiling
+    from eenet_cli.runtime import profile as profiling
 
     monkeypatch.setattr(profiling.ProfileResult, "noisy_exits", lambda self: [0])
     args = ["profile", "digits-cnn", "--weights", ROOT / "sample_data" / "digits_model.safetensors", "--repeats", "3", "--warmup", "1",
@@ -249,7 +247,7 @@ def test_noisy_timing_advice_does_not_repeat_the_given_threads(monkeypatch, tmp_
     r = invoke(CliRunner(), *args, "--threads", "1")
     assert r.exit_code == 0, r.output
     assert "exit 1 timing is noisy" in r.stderr and "--threads 1" not in r.stderr
-    from eenet_cli.commands.model_cmd import noise_advice
+    from eenet_cli.commands.profile import noise_advice
 
     assert noise_advice(2) == "consider --threads 1, more --repeats or a quieter machine"
     assert noise_advice(None).startswith("consider --threads 1")

@@ -23,11 +23,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 EENET = [sys.executable, "-m", "eenet_cli"]
-COMMANDS = ["profile", "dump", "fit", "apply", "evaluate", "plot", "schema"]
+COMMANDS = ["profile", "dump", "fit", "apply", "certify", "evaluate", "plot", "schema"]
 TIMEOUT = 300
 
 

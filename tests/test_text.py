@@ -1,4 +1,4 @@
-"""Hugging Face text encoders as staged multi-exit models (eenet_cli.text) and text data in
+"""Hugging Face text encoders as staged multi-exit models (eenet_cli.runtime.text_model) and text data in
 ``eenet profile`` / ``eenet dump``.
 
 Everything runs offline on a tiny randomly initialised BERT (hidden 32, 4 layers) and a
@@ -18,18 +18,17 @@ import numpy as np
 import pytest
 import torch
 import transformers
-
 from conftest import ROOT, invoke
-from eenet_cli.io import read_predictions
-from eenet_cli.text import (
-    TextOptions,
+
+from eenet_cli.artifacts.predictions import read_predictions
+from eenet_cli.errors import InputError
+from eenet_cli.runtime.text_data import TextOptions, read_text_table
+from eenet_cli.runtime.text_model import (
     build_text_model,
     evenly_spaced_exits,
     pack_inputs,
     parse_exits,
-    read_text_table,
 )
-from eenet_cli.errors import InputError
 
 WORDS = "the a movie film good bad great awful fun boring love hate plot actor story not very dull funny sad".split()
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
@@ -94,7 +93,7 @@ def test_config_becomes_staged_model_in_one_call():
     m = build_text_model(tiny_config(), num_classes=C)
     assert m.exits == [1, 2, 3, 4] and len(m.stages) == 4 and len(m.heads) == 4
     assert not m.training
-    from eenet_cli.modelspec import staged_parts
+    from eenet_cli.runtime.load import staged_parts
 
     assert staged_parts(m, "tiny") == 4
     # same call, same model (seeded, without touching the global random state)
@@ -209,7 +208,7 @@ def test_dump_parquet_with_import_string_factory_and_heads(runner, tmp_path, tin
     heads = tmp_path / "heads.safetensors"
     save_file(m.heads_state_dict(), str(heads), metadata=m.weights_metadata())
     out = tmp_path / "preds.parquet"
-    r = invoke(runner, "dump", "eenet_cli.text:text_model", "--model-arg", f"path={tiny['model']}", "--model-arg", "num_classes=3",
+    r = invoke(runner, "dump", "eenet_cli.runtime.text_model:text_model", "--model-arg", f"path={tiny['model']}", "--model-arg", "num_classes=3",
                "--weights", heads, "--data", tiny["parquet"], "--text-column", "review", "--label-column", "stars",
                "--tokenizer", tiny["model"], "--max-length", "6", "-o", out, "-q")
     assert r.exit_code == 0, r.output
@@ -305,7 +304,7 @@ def test_bad_text_inputs_exit_2_with_one_line(runner, tmp_path, tiny, monkeypatc
     elif args == ["@no_tokenizer"]:
         # a model built from a config has no folder, so no tokenizer to fall back on
         (tmp_path / "cfg_model_mod.py").write_text(
-            "from transformers import BertConfig\nfrom eenet_cli.text import build_text_model\n"
+            "from transformers import BertConfig\nfrom eenet_cli.runtime.text_model import build_text_model\n"
             "def build():\n    return build_text_model(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,"
             " intermediate_size=64, vocab_size=30), num_classes=3)\n"
         )
@@ -339,7 +338,7 @@ def test_read_text_table_accepts_whole_float_labels_and_tsv(tmp_path):
 
 def test_help_and_import_do_not_import_transformers():
     code = (
-        "import sys, eenet_cli.cli as c, eenet_cli.text\nsys.argv=['eenet','dump','--help']\ntry:\n c.main()\n"
+        "import sys, eenet_cli.cli as c, eenet_cli.runtime.text_model\nsys.argv=['eenet','dump','--help']\ntry:\n c.main()\n"
         "except SystemExit: pass\nprint('transformers' in sys.modules)"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)

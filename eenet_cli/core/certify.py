@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -112,7 +112,6 @@ class Calibration:
     needed_budget: float | None = None
     drop_at_budget: float | None = None
     disagreement_at_budget: float | None = None
-    extra: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- the knob
@@ -468,7 +467,10 @@ def _cost_report(u: float, dev: float, c: np.ndarray, hi_exit: int) -> float:
 def _cost_level(budget: float, dev: float, c: np.ndarray) -> float | None:
     """The largest multiple ``u`` of ``2**-30`` in [0, 1] with ``cost(u + dev) <= budget``
     (the level the betting test is run at), or ``None`` if there is none."""
-    f = lambda m: _cost_of(min(1.0, m / COST_STEPS + dev), c) <= budget  # noqa: E731
+
+    def f(m: int) -> bool:
+        return _cost_of(min(1.0, m / COST_STEPS + dev), c) <= budget
+
     if not f(0):
         return None
     if f(COST_STEPS):
@@ -762,14 +764,12 @@ def calibrate(
         req = " and ".join(f"{m} <= {_fmt(levels[m])}" for m in losses)
         if losses and jl >= G:
             reason = f"no shift in the grid certifies {req} (a grid should end at +inf: everyone at the last exit)"
-        else:
-            if budget is not None:
-                j_target = jl if losses else 0
-                needed = _needed_budget(exits, cols_thr, ranges, c, deltas["cost"], order, deploy_batch, j_target)
-            if losses and jb is not None and jb >= 0:
+        elif budget is not None and jb is not None and (jb < 0 or (losses and jl > jb)):
+            needed = _needed_budget(exits, cols_thr, ranges, c, deltas["cost"], order, deploy_batch, jl if losses else 0)
+            if losses and jb >= 0:  # both walks certify something, but their sets do not meet
                 at = {}
+                live = ranges[jb:, 0] != k - 1
                 for m in losses:
-                    live = ranges[jb:, 0] != k - 1
                     worst = int(counts[m][jb:][live].max()) if live.any() else None
                     at[m] = 0.0 if worst is None else float(binomial_upper_bound(worst, n, deltas[m]))
                 drop_at, dis_at = at.get("drop"), at.get("disagreement")
@@ -778,11 +778,11 @@ def calibrate(
                     f"cannot meet both: the cheapest policy with {req} is certified only at cost <= {_fmt(needed)}; "
                     f"at a budget of {_fmt(budget)} the certified {got}"
                 )
-            elif jb is not None and (jb < 0 or jb < jl):
+            else:
                 what = f"the cheapest policy with {req}" if losses else "the cheapest policy"
                 reason = f"cannot certify a budget of {_fmt(budget)}: {what} is certified only at cost <= {_fmt(needed)}"
-            else:  # pragma: no cover - the last bits of a bound disagreed with the walk
-                reason = "no certified shift passed the final check (floating-point mismatch)"
+        else:  # pragma: no cover - the last bits of a bound disagreed with the walk
+            reason = "no certified shift passed the final check (floating-point mismatch)"
 
     if chosen is not None:
         bd = bounds_at(chosen)
@@ -835,7 +835,7 @@ def _budget_rejects(exits, ranges, c, budget, dc, order, deploy_batch) -> np.nda
     if todo.size == 0:
         return rej
     if b_q is None:
-        rej[todo[0]:] = False
+        rej[todo[0] :] = False
         return rej
     cnorm = (c - c[0]) / (c[-1] - c[0])
     ex_t = np.ascontiguousarray(exits[order][:, todo].T)  # [columns, n] in reading order
@@ -845,7 +845,7 @@ def _budget_rejects(exits, ranges, c, budget, dc, order, deploy_batch) -> np.nda
         r = _cost_rejects(xo, lam, mean, b_q, d_pop)
         rej[todo[sl]] = r
         if not r.all():
-            rej[todo[sl][int(np.argmin(r))]:] = False
+            rej[todo[sl][int(np.argmin(r))] :] = False
             break
     return rej
 
@@ -853,19 +853,24 @@ def _budget_rejects(exits, ranges, c, budget, dc, order, deploy_batch) -> np.nda
 def _needed_budget(exits, cols_thr, ranges, c, dc, order, deploy_batch, j_target) -> float:
     """The smallest budget at which the budget walk reaches column ``j_target``: the largest
     cost bound of columns ``0..j_target`` (the walk certifies a column exactly when its
-    bound is within the budget). Tries the target's own bound first."""
+    bound is within the budget). Tries the target's own bound first, then the bounds of the
+    columns where the walk fails, and computes every bound only if that does not settle it."""
     dev = _deploy_dev(dc, deploy_batch)
     d_pop = dc / 2 if deploy_batch is not None else dc
     cnorm = (c - c[0]) / (c[-1] - c[0])
-    one = _policy_bounds(exits[:, j_target], cols_thr[j_target], c, None, None, {"cost": dc}, order, deploy_batch)["cost"]
     head = slice(0, j_target + 1)
-    if _budget_rejects(exits[:, head], ranges[head], c, one, dc, order, deploy_batch).all():
-        return one
+    j = j_target
+    for _ in range(6):  # raise the candidate to the bound of the first column the walk fails
+        cand = _policy_bounds(exits[:, j], cols_thr[j], c, None, None, {"cost": dc}, order, deploy_batch)["cost"]
+        rej = _budget_rejects(exits[:, head], ranges[head], c, cand, dc, order, deploy_batch)
+        if rej.all():
+            return cand
+        j = int(np.argmin(rej))
     cols = np.arange(j_target + 1)
     bounds = np.array([float(c[ranges[j, 1]]) for j in cols])  # deterministic caps
     live = ranges[cols, 0] != ranges[cols, 1]
     if live.any():
         idx = cols[live]
         u = cost_upper_bound(cnorm[exits[:, idx]], d_pop, order)
-        bounds[live] = [_cost_report(float(ui), dev, c, int(ranges[j, 1])) for ui, j in zip(u, idx)]
+        bounds[live] = [_cost_report(float(ui), dev, c, int(ranges[j, 1])) for ui, j in zip(u, idx, strict=True)]
     return float(bounds.max())

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from eenet_cli.core.eenet import Learner
 from eenet_cli.core.measures import ExitFeatures
 from eenet_cli.core.methods import FitCache, fit_method
 from eenet_cli.core.oracle import oracle
@@ -66,10 +67,16 @@ def evaluate_features(
     hyper=None,
     on_step: Callable[[str, float], None] | None = None,
     keep_policies: bool = False,
+    learner: Learner | None = None,
+    fitter: Callable | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """One record per (method, budget), methods in the given order within each budget.
 
-    Returns ``(records, policies)``; policies only when ``keep_policies``.
+    Returns ``(records, policies)``; policies only when ``keep_policies``. ``learner``
+    trains EENet (see :func:`eenet_cli.core.methods.fit_method`); the EENet methods need it.
+    ``fitter(method, cache, budget)`` replaces the plain fit (``evaluate --confidence``
+    passes the certified one); a policy with a ``certificate`` adds its cost bound to the
+    record.
     """
     costs = np.asarray(costs, dtype=np.float64)
     cache = FitCache(val)
@@ -80,10 +87,17 @@ def evaluate_features(
             if method == "oracle":
                 records.append(_record("oracle", budget, unit, _oracle_figures(test, costs, budget), _oracle_figures(val, costs, budget)))
             else:
-                policy = fit_method(method, cache, costs, budget, unit, seed=seed, hyper=hyper)
+                if fitter is not None:
+                    policy = fitter(method, cache, budget)
+                else:
+                    policy = fit_method(method, cache, costs, budget, unit, seed=seed, hyper=hyper, learner=learner)
                 extra = {}
                 if method == "patience":
                     extra["patience"] = policy["threshold_fit"]["patience"]
+                cert = policy.get("certificate")
+                if cert is not None:
+                    extra["certified_confidence"] = cert["confidence"]
+                    extra["certified_cost_bound"] = cert["guarantees"][0]["upper_bound"]
                 records.append(_record(method, budget, unit, test_figures(policy, test, costs), policy["validation"], extra))
                 if keep_policies:
                     policies.append(policy)

@@ -1,58 +1,27 @@
 """Lookahead: a cost-aware stopping policy that estimates what later exits would bring.
 
-EENet (and every confidence baseline) ranks samples by how likely the current prediction is
-right and stops the most promising ones. That cannot tell a sample that no exit will get
-right (it should leave early and cheaply) from one that the next exit would fix (it is worth
-the extra cost). Lookahead estimates both from the exits seen so far and stops when
-continuing is not worth its cost.
+The method, the choices behind it and its measurements: docs/lookahead.md. In short:
 
-**Estimators.** At exit k (0-based) a sample is described by summaries of exits 0..k only:
-per exit its logit margin (log p_top1 - log p_top2), log max-prob, entropy confidence and
-relative margin (the margin divided by the mean margin of validation rows predicted as the
-same class at that exit: label-free, it undoes a per-class temperature);
-for each earlier exit whether it agrees with exit k's prediction and the log-probability it
-gave to that class; the vote measure; and, class-aware, the class exit k predicts (a
-per-class intercept and a per-class slope on exit k's margin: on miscalibrated models the
-right confidence scale depends on the class). For every later-or-equal exit j ≥ k an L2
-logistic regression (Newton, exact; the per-class block is eliminated through its 2x2
-blocks, so C = 1000 costs no more than C = 10) estimates
+**Estimators.** For each exit k and each later-or-equal exit j, an L2 logistic regression
+on summaries of exits 0..k only (margins, max-prob, entropy, a label-free relative margin,
+agreement with earlier exits, the vote measure, and a per-class intercept and slope)
+estimates ``P̂[k, j] = P(exit j's prediction is right | exits 0..k)``. They are fitted with
+seeded k-fold cross-fitting, so λ and the rule are chosen on honest estimates, then refitted
+on all validation rows. They do not depend on the budget (``fit_lookahead(cache=...)``).
 
-    P̂[k, j] = P(exit j's prediction is right | exits 0..k).
+**Rule.** With a price λ ≥ 0 per unit of cost, a sample at exit k < K-1 stops iff
 
-They are fitted on the validation split with seeded k-fold cross-fitting: the scores used
-to choose λ and the stopping rule come from models that never saw the row they score, so
-the choice is honest. The policy's estimators are then refitted on all validation rows.
+    gain_k = max_{j>k} [P̂[k, j] - λ c_j] - (P̂[k, k] - λ c_k) <= 0.
 
-**Stopping rule.** With a price λ ≥ 0 per unit of cost, a sample at exit k < K-1 stops iff
-
-    gain_k = max_{j>k} [P̂[k, j] - λ c_j] - (P̂[k, k] - λ c_k) <= 0,
-
-i.e. no later exit is expected to add more accuracy than it costs. The policy's score is
-``-gain_k`` with thresholds 0 (the last exit always stops; its score is 0), so the generic
-rule "stop at the first k with score >= t_k" applies unchanged. λ is found by bisection as
-the smallest price whose realised validation cost fits the budget (the cost falls as λ
-grows: every ``-gain_k`` is increasing in λ), on the cross-fitted estimates; if the refitted
-estimators then spend more than the budget on the validation rows, λ is raised (bisection
-again) until they do not, so the policy's own validation figures always meet the budget.
-Each estimator's L2 strength is picked from (1, 10, 100) by cross-fitted log loss.
-
-**Fallback.** When the budget is loose (λ = 0) the rule stops where the estimates say
-nothing more is to be gained, which can leave budget unused, and a quota rule that spends it
-may be more accurate; and where the estimates are noisy (small validation sets) the
-difference of two estimates that the rule relies on is noisier than P̂[k, k] itself. So the
-fit also tries quota thresholds on P̂[k, k] (geometric exit distribution, and the lookahead's
-own exit distribution) and, when λ = 0, a "fill" variant of the rule with λ < 0 (a bonus per
-unit of cost spent), and keeps whichever is most accurate on the cross-fitted validation
-scores (ties go to the lookahead rule). A quota policy has ``rule = "quota"``: its score is
-P̂[k, k] and its thresholds are the quota thresholds. Measured in docs/lookahead.md.
-
-**No room past the first exit.** When sending even one validation sample on to exit 2
-would overrun the budget (e.g. a budget of exactly c_1), no rule is fitted: the thresholds
-are the ones every method uses there, ``[ACCEPT_ALL, null, ...]`` (stop every sample at
-exit 1, see :func:`eenet_cli.core.thresholds.first_exit_thresholds`), the scorer's rule is
-"quota" and ``threshold_fit.rule`` is "first-exit-only". Thresholds of 0 on the rule's
-scores would stop every validation sample there but let an unseen one with a positive
-estimated gain go on and overrun the budget.
+The score is ``-gain_k`` with thresholds 0 (the last exit always stops), so the generic rule
+"stop at the first k with score >= t_k" applies. λ is the smallest price (bisection) whose
+realised validation cost fits the budget, raised again if the refitted estimators overspend,
+so the policy's own validation figures always meet the budget. Quota thresholds on P̂[k, k]
+(and, at λ = 0, a "fill" variant with λ < 0) are tried too and the most accurate on the
+cross-fitted scores is kept (``rule = "quota"`` in the scorer). When the budget leaves no
+room past the first exit, the thresholds are the shared first-exit ones
+(:func:`eenet_cli.core.thresholds.first_exit_thresholds`), ``threshold_fit.rule`` is
+"first-exit-only".
 
 Scorer JSON (``policy["scorer"]``)::
 

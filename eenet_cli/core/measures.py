@@ -174,6 +174,21 @@ class ExitFeatures:
         return out
 
 
+def concat_features(parts: list[ExitFeatures]) -> ExitFeatures:
+    """The rows of several feature sets as one (the stored scores are shared, not copied,
+    when the parts come from one file)."""
+    first = parts[0]
+    if all(p._scores is first._scores and p._kind == first._kind for p in parts):
+        scores = first._scores
+        rows = np.concatenate([p._rows if p._rows is not None else np.arange(p._scores.shape[0]) for p in parts])
+    else:
+        scores = np.concatenate([p._scores if p._rows is None else p._scores[p._rows] for p in parts])
+        rows = None
+    labels = None if any(p.labels is None for p in parts) else np.concatenate([p.labels for p in parts])
+    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+    return ExitFeatures(scores, first._kind, cat("preds"), cat("max_prob"), cat("entropy"), cat("vote"), labels, rows)
+
+
 def exit_features(scores: np.ndarray, kind: str = "logits", labels: np.ndarray | None = None) -> ExitFeatures:
     """Predictions and the three confidence measures, in one chunked pass over the scores."""
     if kind not in ("logits", "probs"):

@@ -10,8 +10,9 @@ Baselines (docs/spec.md §3):
   exits; ``t`` is the most accurate value on validation whose cost fits the budget.
 
 EENet and its variants (``eenet``, ``eenet-maxprob``, ``eenet-geometric``,
-``eenet-search``) train the utility network of :mod:`eenet_cli.core.eenet_train` (torch,
-imported only when one of them is asked for).
+``eenet-search``) fit thresholds on EENet's utility network (:mod:`eenet_cli.core.eenet`),
+trained by the ``learner`` the caller passes in (:mod:`eenet_cli.api` passes the torch
+trainer, :func:`eenet_cli.learn.eenet_torch.train_eenet`; this package never imports torch).
 """
 
 from __future__ import annotations
@@ -21,42 +22,31 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from eenet_cli.core.eenet import (
+    Learner,
+    fit_eenet_maxprob,
+    fit_eenet_policy,
+    require_learner,
+)
+from eenet_cli.core.figures import validation_figures
 from eenet_cli.core.measures import ExitFeatures
 from eenet_cli.core.policy import SCORER_DESCRIPTIONS, SIMPLE_SCORERS
 from eenet_cli.core.thresholds import (
     Ranking,
-    apply_thresholds,
     first_exit_only,
     first_exit_thresholds,
     fit_geometric,
-    realised_cost,
     within_budget,
 )
 
-BASELINES = ["maxprob", "entropy", "vote", "patience"]
-EENET_METHODS = ["eenet", "eenet-maxprob", "eenet-geometric", "eenet-search"]
-POLICY_METHODS = BASELINES + EENET_METHODS + ["lookahead"]
-DEFAULT_EVALUATE_METHODS = BASELINES + ["eenet", "lookahead", "oracle"]
-ALL_METHODS = POLICY_METHODS + ["oracle"]
 
-
-def check_method(name: str, allowed: list[str] = ALL_METHODS, field: str = "--method") -> str:
+def check_method(name: str, allowed: list[str] | None = None, field: str = "--method") -> str:
     from eenet_cli.errors import InputError
 
+    allowed = ALL_METHODS if allowed is None else allowed
     if name not in allowed:
         raise InputError(f"unknown method {name!r}; expected one of {', '.join(allowed)}", field=field)
     return name
-
-
-def validation_figures(features: ExitFeatures, scores: np.ndarray, thresholds: list, costs: np.ndarray) -> dict:
-    exits = apply_thresholds(scores, thresholds)
-    rows = np.arange(features.num_samples)
-    return {
-        "accuracy": float(features.correct[rows, exits].mean()),
-        "avg_cost": realised_cost(exits, costs),
-        "n": int(features.num_samples),
-        "exit_fractions": (np.bincount(exits, minlength=features.num_exits) / features.num_samples).tolist(),
-    }
 
 
 @dataclass
@@ -119,6 +109,107 @@ def _fit_patience(cache: FitCache, costs, budget, unit) -> dict:
                    threshold_fit={"rule": "patience", "patience": t})
 
 
+def _fit_eenet(rule: str):
+    """The fitter of an EENet variant: thresholds by ``rule`` on the learned utilities."""
+
+    def fit(cache: FitCache, costs, budget, unit, *, seed, hyper, progress, learner) -> dict:
+        learn = require_learner(learner)
+        key = (float(budget), seed, repr(hyper))
+        trained = cache.trained.get(key)
+        if trained is None:
+            trained = learn(cache.features, costs, budget, seed=seed, hyper=hyper, progress=progress)
+            cache.trained[key] = trained
+        if rule == "maxprob":
+            parts = fit_eenet_maxprob(cache.features, costs, budget, trained=trained, ranking=cache.ranking("maxprob"))
+        else:
+            parts = fit_eenet_policy(cache.features, costs, budget, seed=seed, hyper=hyper, trained=trained, thresholds=rule)
+        return _learned_policy(_EENET_NAMES[rule], parts, costs, budget, unit)
+
+    return fit
+
+
+_EENET_NAMES = {"quota": "eenet", "maxprob": "eenet-maxprob", "geometric": "eenet-geometric", "search": "eenet-search"}
+
+
+def _fit_lookahead(cache: FitCache, costs, budget, unit, *, seed, hyper, progress, learner) -> dict:
+    from eenet_cli.core.lookahead import fit_lookahead
+
+    parts = fit_lookahead(cache.features, costs, budget, seed=seed, cache=cache.lookahead)
+    return _learned_policy("lookahead", parts, costs, budget, unit)
+
+
+def _learned_policy(method: str, parts: dict, costs, budget, unit) -> dict:
+    return _policy(method, parts["scorer"], parts["thresholds"], parts["exit_distribution"], costs, budget, unit,
+                   parts["validation"], training=parts.get("training", {}), threshold_fit=parts.get("threshold_fit", {}))
+
+
+def _baseline(name: str):
+    def fit(cache: FitCache, costs, budget, unit, **_) -> dict:
+        return _fit_patience(cache, costs, budget, unit) if name == "patience" else _fit_geometric_baseline(name, cache, costs, budget, unit)
+
+    return fit
+
+
+@dataclass(frozen=True)
+class Method:
+    """One exit-policy method: everything eenet needs to know about it, in one place."""
+
+    name: str
+    summary: str  # one line for help texts and docs
+    family: str  # "baseline", "learned" or "ceiling"
+    scorer: str | None  # the scorer its policies carry; None for the oracle, which has no policy
+    style: tuple[str, str, str]  # plot colour, marker, line style
+    default: bool = False  # run by `evaluate` when no --methods is given
+    needs_learner: bool = False  # fitted with EENet's trainer (torch), passed in by the caller
+    fit: Callable | None = None  # (cache, costs, budget, unit, *, seed, hyper, progress, learner) -> policy
+
+
+#: Every method, in the order help texts, results and plots list them. The one registry
+#: that help texts, evaluate's defaults, fitting, apply, the runtime, policy validation
+#: (through :data:`eenet_cli.core.policy.SCORERS`) and plot styles read.
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("maxprob", "MSDNet's rule: stop when the largest class probability reaches the exit's threshold",
+               "baseline", "maxprob", ("#E69F00", "s", "-"), default=True, fit=_baseline("maxprob")),
+        Method("entropy", "BranchyNet's rule: stop when the normalised entropy confidence reaches the threshold",
+               "baseline", "entropy", ("#009E73", "^", "-"), default=True, fit=_baseline("entropy")),
+        Method("vote", "stop when enough of the exits so far agree with the majority (the paper's PABEE column)",
+               "baseline", "vote", ("#CC79A7", "D", "-"), default=True, fit=_baseline("vote")),
+        Method("patience", "PABEE's rule: stop once the prediction has held for t consecutive exits",
+               "baseline", "patience", ("#8C6D31", "v", "-"), default=True, fit=_baseline("patience")),
+        Method("eenet", "the learned utility network of the EENet paper with Algorithm 1 quota thresholds",
+               "learned", "eenet", ("#0072B2", "o", "-"), default=True, needs_learner=True, fit=_fit_eenet("quota")),
+        Method("eenet-maxprob", "the paper's ablation: max-prob scores, EENet's learned exit distribution",
+               "learned", "maxprob", ("#56B4E9", "P", "-."), needs_learner=True, fit=_fit_eenet("maxprob")),
+        Method("eenet-geometric", "the paper's ablation: EENet's scores, a geometric exit distribution",
+               "learned", "eenet", ("#56B4E9", "h", ":"), needs_learner=True, fit=_fit_eenet("geometric")),
+        Method("eenet-search", "EENet's scores with thresholds chosen by cross-validated accuracy",
+               "learned", "eenet", ("#0072B2", "*", ":"), needs_learner=True, fit=_fit_eenet("search")),
+        Method("lookahead", "stop when the estimated gain of running on is worth less than its extra cost",
+               "learned", "lookahead", ("#D55E00", "X", "-"), default=True, fit=_fit_lookahead),
+        Method("oracle", "the ceiling: the best accuracy at the budget when correctness is known",
+               "ceiling", None, ("#000000", ".", "--"), default=True),
+    )
+}
+
+BASELINES = [n for n, m in METHODS.items() if m.family == "baseline"]
+EENET_METHODS = [n for n, m in METHODS.items() if m.needs_learner]
+POLICY_METHODS = [n for n, m in METHODS.items() if m.fit is not None]
+DEFAULT_EVALUATE_METHODS = [n for n, m in METHODS.items() if m.default]
+ALL_METHODS = list(METHODS)
+
+
+def methods_help(names: list[str] | None = None, width: int = 78) -> str:
+    """``name  summary`` lines for help texts, wrapped to ``width`` columns."""
+    import textwrap
+
+    lines = []
+    for n in names or ALL_METHODS:
+        lines += textwrap.wrap(METHODS[n].summary, width, initial_indent=f"  {n:<17}", subsequent_indent=" " * 19)
+    return "\n".join(lines)
+
+
 def fit_method(
     method: str,
     cache: FitCache,
@@ -129,40 +220,19 @@ def fit_method(
     seed: int = 0,
     hyper=None,
     progress: Callable | None = None,
+    learner: Learner | None = None,
 ) -> dict:
-    """Fit one policy on the cached validation features; returns the policy dict."""
+    """Fit one policy on the cached validation features; returns the policy dict.
+
+    ``learner`` trains EENet (:data:`eenet_cli.core.eenet.Learner`, e.g.
+    :func:`eenet_cli.learn.eenet_torch.train_eenet`); the EENet methods need it, the others
+    ignore it.
+    """
     costs = np.asarray(costs, dtype=np.float64)
-    if method in ("maxprob", "entropy", "vote"):
-        policy = _fit_geometric_baseline(method, cache, costs, budget, unit)
-    elif method == "patience":
-        policy = _fit_patience(cache, costs, budget, unit)
-    elif method in EENET_METHODS:
-        from eenet_cli.core import eenet_train
-
-        key = (float(budget), seed, repr(hyper))
-        trained = cache.trained.get(key)
-        if trained is None:
-            trained = eenet_train.train_eenet(cache.features, costs, budget, seed=seed, hyper=hyper, progress=progress)
-            cache.trained[key] = trained
-        if method == "eenet-maxprob":
-            parts = eenet_train.fit_eenet_maxprob(cache.features, costs, budget, trained=trained, ranking=cache.ranking("maxprob"))
-        else:
-            rule = {"eenet": "quota", "eenet-geometric": "geometric", "eenet-search": "search"}[method]
-            parts = eenet_train.fit_eenet_policy(cache.features, costs, budget, seed=seed, hyper=hyper, trained=trained, thresholds=rule)
-        policy = _policy(method, parts["scorer"], parts["thresholds"], parts["exit_distribution"], costs, budget, unit,
-                         parts["validation"], training=parts.get("training", {}), threshold_fit=parts.get("threshold_fit", {}))
-    elif method == "lookahead":
-        from eenet_cli.core.lookahead import fit_lookahead
-
-        parts = fit_lookahead(cache.features, costs, budget, seed=seed, cache=cache.lookahead)
-        policy = _policy(method, parts["scorer"], parts["thresholds"], parts["exit_distribution"], costs, budget, unit,
-                         parts["validation"], training=parts.get("training", {}), threshold_fit=parts.get("threshold_fit", {}))
-    else:
-        from eenet_cli.errors import InputError
-
-        raise InputError(f"unknown method {method!r}; expected one of {', '.join(POLICY_METHODS)}", field="--method")
+    check_method(method, POLICY_METHODS)
+    policy = METHODS[method].fit(cache, costs, budget, unit, seed=seed, hyper=hyper, progress=progress, learner=learner)
     if first_exit_only(costs, budget, cache.features.num_samples) and policy["thresholds"] != first_exit_thresholds(len(costs)):
-        # every fitter above uses the shared first-exit thresholds at such a budget; guard the contract
+        # every fitter uses the shared first-exit thresholds at such a budget; guard the contract
         raise AssertionError(f"{method}: the budget leaves no room past the first exit, but the thresholds are {policy['thresholds']}")
     policy["num_classes"] = cache.features.num_classes
     return policy

@@ -20,7 +20,7 @@ is a few small numpy calls in place (about 15 for EENet, 5 for max-prob) and no
 allocation, concatenation or loop over classes. The arithmetic is the offline path's,
 step for step: the float32 softmax and its entropy of
 :func:`~eenet_cli.core.measures.block_measures`, and, for EENet, the same BLAS kernels as
-:func:`~eenet_cli.core.eenet_scorer.eenet_forward` on a large batch: the sample's row sits
+:func:`~eenet_cli.core.eenet.eenet_forward` on a large batch: the sample's row sits
 in a small block of rows so that its products run as a batch's would, not by OpenBLAS's
 matrix-vector path, which rounds differently (the block sizes are checked once per exit,
 see :func:`_blocks_like_batch`). Scores then equal, bit for bit, the offline scores of a
@@ -46,6 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from eenet_cli.core.eenet import _sigmoid
 from eenet_cli.core.measures import block_measures, entropy_confidence
 
 _MAXPROB, _ENTROPY, _VOTE, _PATIENCE, _EENET = range(5)
@@ -66,10 +67,6 @@ _tanh = np.tanh
 _dot = np.dot
 _copyto = np.copyto
 _where = np.where
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 @dataclass
@@ -168,7 +165,7 @@ class _Buffers:
 class OnlinePolicy:
     """A policy dict prepared for repeated online decisions."""
 
-    FAST = ("maxprob", "entropy", "vote", "patience", "eenet")
+    FAST = tuple(_CODES)  # the scorers with a fast path; the others run their offline code
 
     def __init__(self, policy: dict):
         self.policy = policy

@@ -16,6 +16,7 @@ import numpy as np
 
 from eenet_cli.core.measures import ExitFeatures, run_length
 from eenet_cli.core.thresholds import apply_thresholds
+from eenet_cli.errors import InputError
 
 
 def _vote_with_tiebreak(f: ExitFeatures) -> np.ndarray:
@@ -29,41 +30,78 @@ def _patience(f: ExitFeatures) -> np.ndarray:
     return run_length(f.preds).astype(np.float64)
 
 
-def _eenet(f: ExitFeatures, scorer: dict) -> np.ndarray:
-    from eenet_cli.core.eenet_scorer import eenet_utilities
+def _eenet(scorer: dict, f: ExitFeatures) -> np.ndarray:
+    from eenet_cli.core.eenet import eenet_utilities
 
     return eenet_utilities(scorer, f)
 
 
-SIMPLE_SCORERS: dict[str, Callable[[ExitFeatures], np.ndarray]] = {
-    "maxprob": lambda f: f.max_prob,
-    "entropy": lambda f: f.entropy,
-    "vote": _vote_with_tiebreak,
-    "patience": _patience,
+def _lookahead(scorer: dict, f: ExitFeatures) -> np.ndarray:
+    from eenet_cli.core.lookahead import lookahead_scores
+
+    return lookahead_scores(scorer, f)
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """How one kind of policy scores each exit, and what the score is called.
+
+    ``measure`` scores from the features alone (the baselines); ``learned`` from the
+    features and the weights the policy carries (EENet, lookahead). Exactly one is set.
+    """
+
+    name: str
+    description: str  # stored in the policy's scorer block
+    axis: str  # the score's name on a plot axis
+    note: str = ""  # what its values are, on a plot
+    measure: Callable[[ExitFeatures], np.ndarray] | None = None
+    learned: Callable[[dict, ExitFeatures], np.ndarray] | None = None
+
+    def scores(self, scorer: dict, features: ExitFeatures) -> np.ndarray:
+        """``[N, K]`` float64 stopping scores."""
+        return self.measure(features) if self.measure is not None else self.learned(scorer, features)
+
+
+#: Every scorer a policy may name, the one list that policy validation, ``apply``, the
+#: early-exit runtime and the plots read.
+SCORERS: dict[str, Scorer] = {
+    s.name: s
+    for s in (
+        Scorer("maxprob", "largest class probability at the exit (eq. 5)", "max-prob", measure=lambda f: f.max_prob),
+        Scorer("entropy", "1 + sum p log p / log C at the exit (eq. 6)", "entropy", measure=lambda f: f.entropy),
+        Scorer(
+            "vote",
+            "share of exits so far agreeing with the majority (eq. 7), ties broken by max-prob: vote + a_max/(K+1)",
+            "vote",
+            measure=_vote_with_tiebreak,
+        ),
+        Scorer("patience", "number of consecutive exits, ending here, that predict the same class", "patience", "run length", measure=_patience),
+        Scorer("eenet", "EENet utility network (eq. 8-10), pre-sigmoid utility", "eenet", "pre-sigmoid utility", learned=_eenet),
+        Scorer(
+            "lookahead",
+            "minus the best net gain of continuing: max_j>k [P(right at j) - P(right at k) - lambda (c_j - c_k)]",
+            "lookahead",
+            "minus the best gain of going on",
+            learned=_lookahead,
+        ),
+    )
 }
 
-SCORER_DESCRIPTIONS = {
-    "maxprob": "largest class probability at the exit (eq. 5)",
-    "entropy": "1 + sum p log p / log C at the exit (eq. 6)",
-    "vote": "share of exits so far agreeing with the majority (eq. 7), ties broken by max-prob: vote + a_max/(K+1)",
-    "patience": "number of consecutive exits, ending here, that predict the same class",
-    "eenet": "EENet utility network (eq. 8-10), pre-sigmoid utility",
-    "lookahead": "minus the best net gain of continuing: max_j>k [P(right at j) - P(right at k) - lambda (c_j - c_k)]",
-}
+#: The scorers computed from the features alone, by name.
+SIMPLE_SCORERS: dict[str, Callable[[ExitFeatures], np.ndarray]] = {n: s.measure for n, s in SCORERS.items() if s.measure is not None}
+SCORER_DESCRIPTIONS = {n: s.description for n, s in SCORERS.items()}
+
+
+def check_scorer(kind, *, source: str = "policy", field: str = "scorer.type") -> Scorer:
+    """The registered scorer ``kind``, or one line naming the ones there are."""
+    if kind not in SCORERS:
+        raise InputError(f"unknown scorer type {kind!r}; expected one of {', '.join(SCORERS)}", source=source, field=field)
+    return SCORERS[kind]
 
 
 def compute_scores(scorer: dict, features: ExitFeatures) -> np.ndarray:
     """``[N, K]`` float64 stopping scores for the policy's scorer."""
-    kind = scorer.get("type")
-    if kind in SIMPLE_SCORERS:
-        return SIMPLE_SCORERS[kind](features)
-    if kind == "eenet":
-        return _eenet(features, scorer)
-    if kind == "lookahead":
-        from eenet_cli.core.lookahead import lookahead_scores
-
-        return lookahead_scores(scorer, features)
-    raise ValueError(f"unknown scorer type {kind!r}; expected one of {sorted([*SIMPLE_SCORERS, 'eenet', 'lookahead'])}")
+    return check_scorer(scorer.get("type"), field="scorer").scores(scorer, features)
 
 
 @dataclass

@@ -262,7 +262,15 @@ def _results_and_options_cases() -> list[Case]:
         _fit("fit_method_unknown", GOOD, base=("--budget", "2ms", "--method", "greedy"), expect=("--method", "'greedy'", "maxprob")),
         _fit("fit_method_oracle", GOOD, base=("--budget", "2ms", "--method", "oracle"), expect=("--method", "'oracle'")),
         _fit("fit_output_missing_folder", GOOD, expect=("does not exist",)),
-        _fit("fit_missing_budget", GOOD, base=("--method", "maxprob"), expect=("--budget",), usage=True),
+        _fit("fit_missing_budget", GOOD, base=("--method", "maxprob"), expect=("--budget", "give --budget")),
+        _fit("fit_confidence_out_of_range", GOOD, "--confidence", "1.5", expect=("--confidence", "between 0 and 1")),
+        _fit("fit_max_drop_unreadable", GOOD, "--confidence", "0.9", "--max-drop", "lots", expect=("--max-drop", "a share like 0.9")),
+        Case("certify_no_certificate", "certify", ("certify", POLICY, GOOD, "--calibration-rows"), (POLICY, "certificate", "no certificate")),
+        Case("certify_confidence_unreadable", "certify", ("certify", POLICY, GOOD, "--confidence", "sure"), ("--confidence", "a share like 0.9")),
+        Case("certify_other_shape", "certify", ("certify", POLICY, "in/k4.parquet"), (POLICY, "num_exits")),
+        Case("certify_predictions_truncated", "certify", ("certify", POLICY, "in/truncated.parquet"), ("in/truncated.parquet", "Parquet")),
+        Case("certify_split_unknown", "certify", ("certify", POLICY, GOOD, "--split", "tset"), (GOOD, "split", "'tset'")),
+        Case("certify_seed_negative", "certify", ("certify", POLICY, GOOD, "--seed", "-3"), ("--seed",)),
         Case("schema_unknown", "schema", ("schema", "pickle"), ("NAME", "'pickle'", "policy")),
         Case("unknown_command", "misc", ("frobnicate", GOOD), ("frobnicate",), usage=True),
     ]
@@ -629,7 +637,9 @@ def _digits_policy_v2(d: Path) -> None:
 def build(root: Path, cases: list[Case] = CASES) -> None:
     """Write every input under ``root/in`` and make each case's output folder."""
     from eenet_cli import api
-    from eenet_cli.io import read_predictions, write_json, write_results
+    from eenet_cli.artifacts.files import write_json
+    from eenet_cli.artifacts.predictions import read_predictions
+    from eenet_cli.artifacts.results import write_results
 
     d = root / "in"
     d.mkdir(parents=True, exist_ok=True)

@@ -61,15 +61,16 @@ def main() -> None:
     with open(jobs_path) as fh:
         jobs = list(json.load(fh).items())
     # what `python -m eenet_cli` and the commands import anyway, so children start warm
-    import eenet_cli.cli  # noqa: F401
-    import eenet_cli.__main__  # noqa: F401
-    import eenet_cli.api  # noqa: F401
-    import eenet_cli.budgets  # noqa: F401
-    import eenet_cli.core.methods  # noqa: F401
     import pyarrow.compute  # noqa: F401
     import pyarrow.parquet  # noqa: F401
     import rich.console  # noqa: F401
     import rich.table  # noqa: F401
+
+    import eenet_cli.__main__  # noqa: F401
+    import eenet_cli.api  # noqa: F401
+    import eenet_cli.artifacts.costs  # noqa: F401
+    import eenet_cli.cli  # noqa: F401
+    import eenet_cli.core.methods  # noqa: F401
 
     for name in ("typer._adapters", "pydantic", "pydoc", "pkgutil", "asyncio", "csv", "email", "calendar", "concurrent.futures"):
         try:  # what typer imports when it runs a command (depends on its version)
@@ -81,10 +82,10 @@ def main() -> None:
     if commands & {"dump", "profile"}:  # torch takes seconds to import: once, here
         import torch  # noqa: F401
 
-        import eenet_cli.commands.model_cmd  # noqa: F401
-        import eenet_cli.modelspec  # noqa: F401
+        import eenet_cli.commands.profile  # noqa: F401
+        import eenet_cli.runtime.load  # noqa: F401
     if "plot" in commands:
-        import eenet_cli.commands.plot_cmd  # noqa: F401
+        import eenet_cli.commands.plot  # noqa: F401
         import eenet_cli.plotting  # noqa: F401  (matplotlib)
 
     sys.modules.pop("eenet_cli.__main__", None)  # runpy warns when it is already imported

@@ -1,0 +1,496 @@
+"""EENet (paper §3.2) in numpy: the scorer, the training settings, and the policy.
+
+* The scorer (eq. 8-10): :func:`eenet_forward` computes the utilities compared with the
+  thresholds and the assignment logits, the single place they are computed, so fitting and
+  applying a policy always agree bit for bit. Rows go in memory-bounded blocks.
+* :class:`EENetHyper` (training settings, every default measured: docs/eenet.md) and
+  :class:`EENetResult` (a trained scorer and its exit distribution), importable without torch.
+* :func:`fit_eenet_policy`: thresholds on the learned utilities (Algorithm 1's quotas, the
+  geometric distribution, or eenet-search's cross-validated choice) and the policy's pieces.
+
+Training itself is not here: :func:`fit_eenet_policy` takes the trainer as ``learner``
+(:func:`eenet_cli.learn.eenet_torch.train_eenet`, torch), so this package stays numpy-only.
+The model, its loss and the measurements behind every choice: docs/eenet.md.
+
+Scorer JSON (``policy["scorer"]``)::
+
+    {"type": "eenet",
+     "features": ["class_probs", "max_prob", "entropy", "vote", "previous_utilities"],
+     "negative_slope": 0.01,
+     "exits": [{"shared_weight": [[...D_k] x H_k], "shared_bias": [...H_k],
+                "utility_weight": [...H_k], "utility_bias": float,
+                "assign_weight": [...H_k], "assign_bias": float}, ...K]}
+
+Exit k (0-based) sees D_k = C + 3 + k inputs: its class probabilities, the three
+confidence measures (max-prob, entropy, vote), and the sigmoid utilities q̂ of the k
+earlier exits. The score compared with the thresholds is the pre-sigmoid utility.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from eenet_cli.core.figures import validation_figures
+from eenet_cli.core.measures import ExitFeatures
+from eenet_cli.core.thresholds import (
+    Ranking,
+    fit_distribution,
+    fit_geometric,
+    search_thresholds,
+    within_budget,
+)
+from eenet_cli.errors import BudgetError, InputError
+
+FEATURES = ["class_probs", "max_prob", "entropy", "vote", "previous_utilities"]
+NEGATIVE_SLOPE = 0.01
+
+Progress = Callable[[int, int, dict], None]
+
+
+# -- the scorer -------------------------------------------------------------------------
+
+_CHUNK = 8192  # rows per block at most
+_BLOCK_BYTES = 64 * 2**20  # working memory of one block's hidden layer and inputs
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def eenet_forward(scorer: dict, features: ExitFeatures) -> tuple[np.ndarray, np.ndarray]:
+    """Pre-sigmoid utilities and assignment logits, both ``[N, K]`` float64."""
+    n, k, c = features.probs.shape
+    exits = scorer["exits"]
+    if len(exits) != k:
+        raise InputError(f"scorer has {len(exits)} exits, predictions have {k}")
+    slope = float(scorer.get("negative_slope", 0.01))
+    params = []
+    for j, e in enumerate(exits):
+        w = np.asarray(e["shared_weight"], dtype=np.float64)
+        if w.ndim != 2 or w.shape[1] != c + 3 + j:
+            raise InputError(f"scorer exit {j}: shared_weight must be [H, {c + 3 + j}], got {list(w.shape)}")
+        params.append(
+            (
+                w,
+                np.asarray(e["shared_bias"], dtype=np.float64),
+                np.asarray(e["utility_weight"], dtype=np.float64),
+                float(e["utility_bias"]),
+                np.asarray(e["assign_weight"], dtype=np.float64),
+                float(e["assign_bias"]),
+            )
+        )
+    util = np.empty((n, k), dtype=np.float64)
+    assign = np.empty((n, k), dtype=np.float64)
+    conf = np.stack([features.max_prob, features.entropy, features.vote], axis=2)  # [N, K, 3]
+    # rows per block: bounded so that a policy with a wide hidden layer or many classes
+    # works in bounded memory instead of allocating [rows, H] for 8192 rows at once
+    width = max(max(p[0].shape[0] for p in params), c + 3 + k)
+    chunk = int(max(1, min(_CHUNK, _BLOCK_BYTES // (8 * width))))
+    for start in range(0, n, chunk):
+        sl = slice(start, start + chunk)
+        prev: list[np.ndarray] = []
+        for j, (w, b, wu, bu, wa, ba) in enumerate(params):
+            x = np.concatenate([features.probs[sl, j].astype(np.float64), conf[sl, j], *(p[:, None] for p in prev)], axis=1)
+            h = x @ w.T + b
+            h = np.where(h > 0, h, slope * h)
+            u = h @ wu + bu
+            util[sl, j] = u
+            assign[sl, j] = h @ wa + ba
+            prev.append(_sigmoid(u))
+    return util, assign
+
+
+def eenet_utilities(scorer: dict, features: ExitFeatures) -> np.ndarray:
+    return eenet_forward(scorer, features)[0]
+
+
+def assignment_distribution(scorer: dict, features: ExitFeatures) -> np.ndarray:
+    """p_k = mean over samples of softmax_k(assignment logits) (Algorithm 1, line 7)."""
+    _, a = eenet_forward(scorer, features)
+    a = a - a.max(axis=1, keepdims=True)
+    r = np.exp(a)
+    r /= r.sum(axis=1, keepdims=True)
+    return r.mean(axis=0)
+
+
+# -- training settings and results ------------------------------------------------------
+
+
+@dataclass
+class EENetHyper:
+    """Training settings; every default is a measured choice (docs/eenet.md)."""
+
+    hidden_ratio: float = 0.5  # D_h = max(min_hidden, ceil(hidden_ratio * D_k))
+    min_hidden: int = 8
+    alpha: float = 1.0  # weight of L_budget
+    beta: float = 0.01  # weight of L_CE
+    lr: float = 1e-2
+    weight_decay: float = 0.01
+    decoupled_weight_decay: bool = True  # AdamW; False = L2 added to the gradient (torch Adam)
+    max_steps: int = 500
+    min_steps: int = 50
+    patience: int = 50  # steps without improvement of the held-out utility loss
+    eval_every: int = 5
+    min_delta: float = 1e-5
+    holdout: float = 0.2  # share of the validation rows held out for early stopping
+    batch_size: int | None = None  # None: full batch unless a step would exceed max_batch_work
+    max_batch_work: float = 1.5e9  # multiply-adds of the first layers per step (auto mini-batch)
+    min_batch: int = 256
+    init: str = "spline"  # "spline" | "prior" | "torch"
+    spline_units: int = 4
+    detach_previous: bool = True
+    num_threads: int | None = 1
+    progress_every: int = 10
+
+    def hidden_sizes(self, num_classes: int, num_exits: int) -> list[int]:
+        return [max(self.min_hidden, math.ceil(self.hidden_ratio * (num_classes + 3 + k))) for k in range(num_exits)]
+
+
+@dataclass
+class EENetResult:
+    """A trained scorer (numpy JSON format), its exit distribution and how training went."""
+
+    scorer: dict
+    distribution: np.ndarray
+    history: dict
+    hyperparameters: dict
+    seed: int = 0
+    budget: float = 0.0
+    seconds: float = 0.0
+    extras: dict = field(default_factory=dict, repr=False)
+
+
+Learner = Callable[..., EENetResult]
+"""Trains EENet: ``learner(features, costs, budget, *, seed, hyper, progress) -> EENetResult``
+(:func:`eenet_cli.learn.eenet_torch.train_eenet`)."""
+
+
+def require_learner(learner: Learner | None) -> Learner:
+    """``learner``, or a clear error when the caller did not wire one in."""
+    if learner is None:
+        raise InputError(
+            "training EENet needs a learner: pass learner=eenet_cli.learn.eenet_torch.train_eenet "
+            "(eenet_cli.core does not import torch)",
+            field="learner",
+        )
+    return learner
+
+
+# -- checks, targets and initial values (numpy; the trainer uses them) ------------------
+
+
+def _check_inputs(features: ExitFeatures, costs, budget: float) -> np.ndarray:
+    if features.labels is None:
+        raise InputError("EENet needs labels to learn a policy", field="label")
+    n, k = features.num_samples, features.num_exits
+    if n < 2:
+        raise InputError(f"EENet needs at least 2 validation samples, got {n}")
+    costs = np.asarray(costs, dtype=np.float64)
+    if costs.shape != (k,):
+        raise InputError(f"expected {k} costs (one per exit), got {costs.size}", field="costs")
+    if not np.all(np.isfinite(costs)) or np.any(costs <= 0) or np.any(np.diff(costs) <= 0):
+        raise InputError("costs must be positive and strictly increasing", field="costs")
+    budget = float(budget)
+    if not math.isfinite(budget) or not within_budget(costs[0], budget):
+        raise BudgetError(f"budget {budget:g} is below the cost of the first exit ({costs[0]:g})")
+    return costs
+
+
+INITS = ("spline", "prior", "torch")
+
+
+def _check_hyper(hyper: EENetHyper) -> None:
+    if hyper.init not in INITS:
+        raise InputError(f"unknown initialisation {hyper.init!r}; expected one of {', '.join(INITS)}", field="init")
+    if not 0.0 <= hyper.holdout < 1.0:
+        raise InputError(f"holdout must be in [0, 1), got {hyper.holdout}", field="holdout")
+    for name in ("lr", "hidden_ratio", "max_batch_work"):
+        if not getattr(hyper, name) > 0:
+            raise InputError(f"{name} must be positive, got {getattr(hyper, name)}", field=name)
+    for name in ("alpha", "beta", "weight_decay"):
+        if not getattr(hyper, name) >= 0:
+            raise InputError(f"{name} must be >= 0, got {getattr(hyper, name)}", field=name)
+    if hyper.max_steps < 0 or hyper.min_steps < 0 or hyper.patience < 1 or hyper.eval_every < 1:
+        raise InputError("max_steps and min_steps must be >= 0, patience and eval_every >= 1", field="steps")
+
+
+def targets(correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 3 and eq. 4: q = correctness per exit; r = uniform over the correct exits, or
+    uniform over all exits when none is correct.
+
+    >>> q, r = targets(np.array([[False, True, True], [False, False, False]]))
+    >>> r.tolist()
+    [[0.0, 0.5, 0.5], [0.3333333333333333, 0.3333333333333333, 0.3333333333333333]]
+    """
+    correct = np.asarray(correct, dtype=bool)
+    k = correct.shape[1]
+    n_ok = correct.sum(axis=1, keepdims=True)
+    r = np.where(n_ok > 0, correct / np.maximum(n_ok, 1), 1.0 / k)
+    return correct.astype(np.float64), r
+
+
+def tilted_distribution(base: np.ndarray, costs: np.ndarray, budget: float) -> np.ndarray:
+    """``p ∝ base · exp(-λ c̃)`` (c̃ = costs scaled to [0, 1]) with ``Σ p c = budget``.
+
+    The distribution closest to ``base`` (in KL) whose expected cost is the budget; used to
+    initialise the assignment heads. Budgets outside ``[c_1, c_K]`` give the end points.
+    """
+    costs = np.asarray(costs, dtype=np.float64)
+    logb = np.log(np.clip(np.asarray(base, dtype=np.float64), 1e-12, None))
+    span = costs[-1] - costs[0]
+    scaled = (costs - costs[0]) / span if span > 0 else np.zeros_like(costs)
+
+    def dist(lam: float) -> np.ndarray:
+        z = logb - lam * scaled
+        z = np.exp(z - z.max())
+        return z / z.sum()
+
+    lo, hi = -500.0, 500.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if dist(mid) @ costs > budget:
+            lo = mid
+        else:
+            hi = mid
+    return dist(hi)
+
+
+def _logistic_fit(x: np.ndarray, y: np.ndarray, l2: float = 1e-4, iters: int = 50) -> tuple[np.ndarray, float]:
+    """Damped Newton for a small ridge-penalised logistic regression, in float64.
+
+    The coefficients are pulled towards 0 and the intercept towards the smoothed base rate,
+    so an exit that is always (or never) right gets a large but finite utility.
+    """
+    n, d = x.shape
+    xa = np.concatenate([x, np.ones((n, 1))], axis=1)
+    rate = (float(y.sum()) + 0.5) / (n + 1.0)
+    centre = np.zeros(d + 1)
+    centre[-1] = math.log(rate / (1 - rate))
+    beta = centre.copy()
+    reg = np.full(d + 1, l2 * n)
+    for _ in range(iters):
+        p = 0.5 * (1.0 + np.tanh(0.5 * (xa @ beta)))
+        grad = xa.T @ (p - y) + reg * (beta - centre)
+        hess = (xa * (p * (1 - p))[:, None]).T @ xa + np.diag(reg)
+        step = np.linalg.solve(hess, grad)
+        big = np.abs(step).max()
+        if big > 5.0:
+            step *= 5.0 / big
+        beta -= step
+        if big < 1e-9:
+            break
+    beta = np.clip(beta, -50.0, 50.0)
+    return beta[:-1], float(beta[-1])
+
+
+# -- policies ---------------------------------------------------------------------------
+
+THRESHOLD_METHODS = ("quota", "search", "geometric")
+
+
+def _training_info(trained: EENetResult) -> dict:
+    h = trained.history
+    epochs = h["steps"] * h["batch_size"] / max(h["train_rows"], 1)
+    return {
+        "seed": trained.seed,
+        "hyperparameters": trained.hyperparameters,
+        "steps": int(h["steps"]),
+        "best_step": int(h["best_step"]),
+        "epochs": float(epochs),
+        "final_loss": float(h["final_loss"]),
+        "final_loss_terms": {key: float(v) for key, v in h["final"].items()},
+        "holdout_loss_g": h["holdout_loss_g"],
+        "budget": trained.budget,
+        "learned_distribution": [float(x) for x in trained.distribution],
+        "expected_cost": float(h["expected_cost"]),
+    }
+
+
+def _utilities(trained: EENetResult, features: ExitFeatures) -> np.ndarray:
+    """The numpy utilities of ``features``; reused from training when it saw this very object."""
+    ref = trained.extras.get("features_ref")
+    if ref is not None and ref() is features and trained.extras.get("numpy_utilities") is not None:
+        return trained.extras["numpy_utilities"]
+    return eenet_utilities(trained.scorer, features)
+
+
+def _resolve_scores(scores_override, features: ExitFeatures, trained: EENetResult):
+    scorer = trained.scorer
+    if scores_override is None:
+        return scorer, _utilities(trained, features)
+    if isinstance(scores_override, dict):
+        from eenet_cli.core.policy import compute_scores
+
+        return scores_override, compute_scores(scores_override, features)
+    override_scorer, scores = scores_override
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (features.num_samples, features.num_exits):
+        raise InputError(
+            f"scores_override must be [{features.num_samples}, {features.num_exits}], got {list(scores.shape)}"
+        )
+    return override_scorer, scores
+
+
+def _search_rules(p: np.ndarray) -> dict:
+    """eenet-search's candidate threshold rules on the learned utilities, simplest first:
+    Algorithm 1's quotas, the geometric distribution, and coordinate ascent on accuracy
+    started from each (on a 64-quantile grid, and on a coarser 16-quantile grid that has
+    less room to fit noise)."""
+
+    def quota(ranking, costs, budget, correct):
+        return fit_distribution(ranking, costs, budget, p, rounding="round").thresholds
+
+    def geometric(ranking, costs, budget, correct):
+        return fit_geometric(ranking, costs, budget).thresholds
+
+    def searched(start, grid, rounds):
+        def rule(ranking, costs, budget, correct):
+            return search_thresholds(ranking, costs, budget, correct, start(ranking, costs, budget, correct),
+                                     grid=grid, rounds=rounds)
+        return rule
+
+    return {
+        "quota": quota,
+        "geometric": geometric,
+        "search-from-quota": searched(quota, 64, 4),
+        "search-from-geometric": searched(geometric, 64, 4),
+        "coarse-search-from-quota": searched(quota, 16, 2),
+        "coarse-search-from-geometric": searched(geometric, 16, 2),
+    }
+
+
+SEARCH_FOLDS = 5
+
+
+def _search_policy(ranking: Ranking, scores, correct, costs, budget: float, p, seed: int):
+    """eenet-search: the candidate rule with the best 5-fold cross-validated accuracy on the
+    validation rows, refitted on all of them (so the realised validation cost <= budget)."""
+    from eenet_cli.core.thresholds import cross_validated_choice
+
+    rules = _search_rules(np.asarray(p, dtype=np.float64))
+    chosen, figures = cross_validated_choice(rules, scores, correct, costs, budget, folds=SEARCH_FOLDS, seed=seed)
+    thr = rules[chosen](ranking, costs, budget, correct)
+    info = {
+        "selection": f"{SEARCH_FOLDS}-fold cross-validated accuracy" if figures else "too few rows to cross-validate",
+        "chosen_rule": chosen,
+        "cross_validated_accuracy": {key: float(v) for key, v in figures.items()},
+    }
+    return thr, info
+
+
+def fit_eenet_policy(
+    features: ExitFeatures,
+    costs,
+    budget: float,
+    *,
+    learner: Learner | None = None,
+    seed: int = 0,
+    hyper: EENetHyper | None = None,
+    progress: Progress | None = None,
+    thresholds: str = "quota",
+    scores_override=None,
+    trained: EENetResult | None = None,
+    ranking: Ranking | None = None,
+) -> dict:
+    """Train EENet with ``learner`` (or reuse ``trained``) and fit thresholds on the same
+    validation rows.
+
+    ``thresholds``: ``"quota"`` (Algorithm 1: the learned distribution's quotas filled by
+    utility, with the realised-cost guarantee of :func:`fit_distribution`), ``"geometric"``
+    (learned utilities, MSDNet's geometric distribution: the eenet-geometric ablation) or
+    ``"search"`` (eenet-search: among the quota and geometric thresholds and coordinate
+    ascent on validation accuracy started from each, the rule with the best
+    cross-validated accuracy, see :func:`_search_policy`). ``scores_override`` replaces the utilities used for the
+    thresholds: a scorer dict (e.g. ``{"type": "maxprob"}``) or a ``(scorer, scores)``
+    pair; the returned policy then carries that scorer. ``ranking`` is an optional
+    precomputed :class:`Ranking` of the override's scores. ``trained`` reuses a training
+    result made at the same budget (``learner``, ``seed``, ``hyper`` and ``progress`` are
+    then unused), so several variants cost one training. ``learner`` is the trainer
+    (:data:`Learner`, e.g. :func:`eenet_cli.learn.eenet_torch.train_eenet`), needed only
+    when ``trained`` is not given.
+
+    Returns the policy's pieces: ``scorer``, ``thresholds``, ``exit_distribution``
+    (planned share per exit), ``validation``, ``training`` and ``threshold_fit``.
+    """
+    if thresholds not in THRESHOLD_METHODS:
+        raise InputError(f"unknown threshold method {thresholds!r}; expected one of {', '.join(THRESHOLD_METHODS)}")
+    costs = _check_inputs(features, costs, budget)
+    budget = float(budget)
+    if trained is None:
+        trained = require_learner(learner)(features, costs, budget, seed=seed, hyper=hyper, progress=progress)
+    elif thresholds != "geometric" and not math.isclose(trained.budget, budget, rel_tol=1e-12, abs_tol=0.0):
+        raise InputError(
+            f"the training result was made for budget {trained.budget:g}, not {budget:g}; "
+            "its exit distribution only applies to its own budget"
+        )
+    if ranking is not None and scores_override is None:
+        raise InputError("a precomputed ranking needs scores_override naming the scorer it ranks")
+    scorer, scores = _resolve_scores(scores_override, features, trained)
+    if ranking is None:
+        ranking = Ranking(scores)
+    elif ranking.shape != scores.shape:
+        raise InputError(f"the ranking is {list(ranking.shape)}, the features are {list(scores.shape)}")
+    p = np.asarray(trained.distribution, dtype=np.float64)
+    info: dict = {"method": thresholds}
+    if thresholds == "geometric":
+        fit = fit_geometric(ranking, costs, budget)
+        info.update(fit.info)
+        thr, planned = fit.thresholds, fit.distribution
+    else:
+        fit = fit_distribution(ranking, costs, budget, p, rounding="round")
+        info.update(fit.info)
+        info["rounding"] = "round"
+        thr, planned = fit.thresholds, fit.distribution
+        if thresholds == "search":
+            thr, choice = _search_policy(ranking, scores, features.correct, costs, budget, p, seed)
+            info.update(choice)
+            planned = None
+    validation = validation_figures(features, scores, thr, costs)
+    if planned is None:
+        planned = validation["exit_fractions"]
+    if not within_budget(validation["avg_cost"], budget):  # the fitters above guarantee it; guard the contract
+        raise AssertionError("fitted thresholds overrun the budget on validation")
+    return {
+        "scorer": scorer,
+        "thresholds": [None if t is None else float(t) for t in thr],
+        "exit_distribution": [float(x) for x in planned],
+        "validation": validation,
+        "training": _training_info(trained),
+        "threshold_fit": info,
+    }
+
+
+def fit_eenet_maxprob(
+    features: ExitFeatures,
+    costs,
+    budget: float,
+    *,
+    learner: Learner | None = None,
+    seed: int = 0,
+    hyper: EENetHyper | None = None,
+    progress: Progress | None = None,
+    trained: EENetResult | None = None,
+    ranking: Ranking | None = None,
+) -> dict:
+    """The eenet-maxprob ablation: EENet's learned exit distribution, max-prob scores.
+
+    ``ranking`` may be a precomputed ``Ranking(features.max_prob)``.
+    """
+    scores = features.max_prob if ranking is None else ranking.scores
+    return fit_eenet_policy(
+        features,
+        costs,
+        budget,
+        learner=learner,
+        seed=seed,
+        hyper=hyper,
+        progress=progress,
+        thresholds="quota",
+        scores_override=({"type": "maxprob"}, scores),
+        trained=trained,
+        ranking=ranking,
+    )

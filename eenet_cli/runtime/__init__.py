@@ -1,0 +1,30 @@
+"""The model wing: everything that loads, feeds and runs torch models.
+
+One module per job; imports only go downwards in this list (no circles), and nothing here
+imports the command line (``eenet_cli.commands``, ``eenet_cli.cli``, ``eenet_cli.api``):
+
+* :mod:`~eenet_cli.runtime.messages`: one-line text for an exception from user code;
+* :mod:`~eenet_cli.runtime.batch`: helpers over one batch ``x`` (tensor or dict/tuple of tensors);
+* :mod:`~eenet_cli.runtime.models`: the built-in models and the ``digits`` dataset;
+* :mod:`~eenet_cli.runtime.pt2`: checking a ``torch.export`` archive before torch reads it;
+* :mod:`~eenet_cli.runtime.hf`: the optional ``transformers`` dependency;
+* :mod:`~eenet_cli.runtime.weights`: reading weights files and loading them strictly;
+* :mod:`~eenet_cli.runtime.text_model`: Hugging Face encoders as staged multi-exit models;
+* :mod:`~eenet_cli.runtime.text_data`: text tables and tokenisation;
+* :mod:`~eenet_cli.runtime.load`: model specs -> :class:`~eenet_cli.runtime.load.LoadedModel`;
+* :mod:`~eenet_cli.runtime.data`: data specs -> checked ``(x, y)`` batches;
+* :mod:`~eenet_cli.runtime.run`: one batch through a loaded model, every exit, checked;
+* :mod:`~eenet_cli.runtime.early_exit`: :class:`EarlyExitModel`, a policy run for real;
+* :mod:`~eenet_cli.runtime.profile`: timing each exit (``eenet profile``);
+* :mod:`~eenet_cli.runtime.dump`: streaming exit scores to Parquet (``eenet dump``).
+
+Importing the package imports torch (through :mod:`~eenet_cli.runtime.early_exit`); the
+command line imports it lazily, inside the commands that need it, so ``eenet --help``
+stays free of torch.
+"""
+
+from __future__ import annotations
+
+from eenet_cli.runtime.early_exit import EarlyExitModel, EarlyExitResult, check_policy
+
+__all__ = ["EarlyExitModel", "EarlyExitResult", "check_policy"]
