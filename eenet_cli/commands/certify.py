@@ -24,7 +24,7 @@ to stderr. See docs/certify.md.
 
 Examples:
 
-\\b
+\b
   eenet fit sample_data/digits.parquet --budget 60% --method maxprob --confidence 0.9 -o certified.json
   eenet certify certified.json sample_data/digits.parquet --confidence 0.95 -o bounds.json
   eenet certify certified.json sample_data/digits.parquet --calibration-rows
