@@ -55,6 +55,17 @@ class Streams:
     def summary(self, message: str) -> None:
         summary(message, self.quiet)
 
+    def write_text_artifact(self, text: str) -> None:
+        """A text (JSON) artifact to its file and/or stdout, once complete."""
+        from eenet_cli.artifacts.files import write_text
+
+        if self.artifact == "-" or (self.json and self.artifact is None):
+            write_stdout_bytes(text.encode("utf-8"))
+        elif self.artifact is not None:
+            write_text(self.artifact, text)
+            if self.json:
+                write_stdout_bytes(text.encode("utf-8"))
+
 
 def plan_streams(
     output: str | None,

@@ -8,7 +8,7 @@ import typer
 
 from eenet_cli.app import app
 from eenet_cli.commands.options import ConfidenceOpt, JsonOpt, OutputOpt, QuietOpt, SeedOpt, check_seed, parse_share, select_split
-from eenet_cli.render import plan_streams, summary, write_stdout_bytes
+from eenet_cli.render import plan_streams, summary
 
 CERTIFY_HELP = """Bound a policy's expected cost, accuracy drop and disagreement on fresh rows.
 
@@ -45,7 +45,7 @@ def certify_command(
 ) -> None:
 
     from eenet_cli import api
-    from eenet_cli.artifacts.files import dumps, write_text
+    from eenet_cli.artifacts.files import dumps
     from eenet_cli.artifacts.policy import read_policy
     from eenet_cli.certified import calibration_split, certify_existing, rows_digest
     from eenet_cli.errors import InputError
@@ -96,13 +96,7 @@ def certify_command(
         "empirical": bounds["empirical"],
         "budget": (policy.get("budget") or {}).get("value"),
     }
-    text = dumps(doc)
-    if streams.artifact == "-" or (streams.json and streams.artifact is None):
-        write_stdout_bytes(text.encode("utf-8"))
-    elif streams.artifact is not None:
-        write_text(streams.artifact, text)
-        if streams.json:
-            write_stdout_bytes(text.encode("utf-8"))
+    streams.write_text_artifact(dumps(doc))
     pct = f"{100 * conf:.4g}%"
     lines = [f"with {pct} confidence ({where} of {predictions}): expected cost <= {bounds['cost_bound']:.4g}{unit}"]
     if doc["budget"] is not None:

@@ -19,7 +19,7 @@ from eenet_cli.commands.options import (
     parse_share,
 )
 from eenet_cli.core.methods import POLICY_METHODS, methods_help
-from eenet_cli.render import plan_streams, progress_bar, summary, write_stdout_bytes
+from eenet_cli.render import plan_streams, progress_bar, summary
 
 FIT_HELP = f"""Learn an exit policy for an average per-sample budget; write it as JSON.
 
@@ -80,7 +80,7 @@ def fit_command(
     from eenet_cli import api
     from eenet_cli.artifacts.costs import parse_budget
     from eenet_cli.errors import InputError
-    from eenet_cli.artifacts.files import dumps, write_text
+    from eenet_cli.artifacts.files import dumps
     from eenet_cli.core.methods import POLICY_METHODS, check_method
 
     check_method(method, POLICY_METHODS)
@@ -115,11 +115,7 @@ def fit_command(
     seconds = time.perf_counter() - start
     if record_time:
         policy["training"]["seconds"] = round(seconds, 3)
-    text = dumps(policy)
-    if streams.artifact == "-":
-        write_stdout_bytes(text.encode("utf-8"))
-    else:
-        write_text(streams.artifact, text)
+    streams.write_text_artifact(dumps(policy))
     # said once the inputs have passed every check, so bad input gets exactly one line
     summary(f"costs: {cost.source} ({', '.join(f'{c:g}' for c in cost.values)} {cost.unit})", quiet)
     v = policy["validation"]

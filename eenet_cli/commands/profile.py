@@ -22,7 +22,6 @@ from eenet_cli.render import (
     progress_bar,
     summary,
     warn,
-    write_stdout_bytes,
 )
 
 PROFILE_HELP = """Measure the cost of each exit of a staged model and write a costs JSON.
@@ -187,7 +186,7 @@ def profile_command(
             f"exit {k + 1} timing is noisy: p10 {p10:.4g} ms, median {med:.4g} ms, p90 {p90:.4g} ms "
             f"((p90-p10)/median = {(p90 - p10) / med:.2f} > 0.2); {noise_advice(threads)}"
         )
-    write_artifact(streams, dumps(doc))
+    streams.write_text_artifact(dumps(doc))
     title = f"{model}: cumulative cost per exit (batch {res.batch_size}, {res.threads} thread(s), {res.device})"
     console = streams.view_console()
     if console is not None:
@@ -203,18 +202,6 @@ def noise_advice(threads: int | None) -> str:
     """What to try against noisy timings, leaving out what was already done."""
     advice = ["more --repeats", "a quieter machine"] if threads == 1 else ["--threads 1", "more --repeats", "a quieter machine"]
     return f"consider {', '.join(advice[:-1])} or {advice[-1]}"
-
-
-def write_artifact(streams, text: str) -> None:
-    """A JSON artifact to its file or to stdout, once complete."""
-    from eenet_cli.artifacts.files import write_text
-
-    if streams.artifact == "-" or (streams.json and streams.artifact is None):
-        write_stdout_bytes(text.encode("utf-8"))
-    elif streams.artifact is not None:
-        write_text(streams.artifact, text)
-        if streams.json:
-            write_stdout_bytes(text.encode("utf-8"))
 
 
 def _where(streams) -> str:
@@ -254,7 +241,7 @@ def _profile_policy(model, opts, policy_path, data_spec, costs_spec, batch_size,
         run = run_policy(loaded, pol, src, repeats=repeats, warmup=warmup, progress=lambda n: update(n))
     doc = policy_run_document(run, pol, cost, policy=str(policy_path), model=model, data=data_spec, device=loaded.device, threads=torch.get_num_threads())
     doc["created_by"] = CREATED_BY
-    write_artifact(streams, dumps(doc))
+    streams.write_text_artifact(dumps(doc))
     console = streams.view_console()
     if console is not None:
         console.print(_policy_table(doc, f"policy {policy_path} on {data_spec} (batch {run.batch_size}, {doc['threads']} thread(s), {repeats} passes)"))
