@@ -1,4 +1,13 @@
 """One module per subcommand; importing this package registers each on
 :data:`eenet_cli.app.app`."""
 
-from eenet_cli.commands import apply, certify, dump, evaluate, fit, plot, profile, schema  # noqa: F401
+from eenet_cli.commands import (  # noqa: F401
+    apply,
+    certify,
+    dump,
+    evaluate,
+    fit,
+    plot,
+    profile,
+    schema,
+)

@@ -2,18 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
-
-import typer
-
 from eenet_cli.app import app
-from eenet_cli.commands.options import (
-    JsonOpt,
-    OutputOpt,
-    QuietOpt,
-    certificate_line,
-    select_split,
-)
+from eenet_cli.commands.options import JsonOpt, OutputOpt, PolicyArg, PredictionsArg, QuietOpt, RowsOpt, certificate_line, select_split
 from eenet_cli.render import plan_streams, summary, write_stdout_bytes
 
 APPLY_HELP = """Run a policy over predictions with numpy alone (Algorithm 2, offline).
@@ -36,10 +26,10 @@ Examples:
 
 @app.command("apply", help=APPLY_HELP)
 def apply_command(
-    policy_path: Annotated[str, typer.Argument(metavar="POLICY", help="Policy JSON from `eenet fit`.", show_default=False)],
-    predictions: Annotated[str, typer.Argument(help="Predictions Parquet file or folder ('-' for stdin).", show_default=False)],
+    policy_path: PolicyArg,
+    predictions: PredictionsArg,
     output: OutputOpt = None,
-    split: Annotated[Optional[str], typer.Option("--split", help="Rows of this split (val, test, ...) or all. Default: test when there is a split column.")] = None,
+    split: RowsOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from eenet_cli.app import app
-from eenet_cli.commands.options import ConfidenceOpt, JsonOpt, OutputOpt, QuietOpt, SeedOpt, check_seed, parse_share, select_split
+from eenet_cli.commands.options import ConfidenceOpt, JsonOpt, OutputOpt, PolicyArg, PredictionsArg, QuietOpt, RowsOpt, SeedOpt, check_seed, parse_share, select_split
 from eenet_cli.render import plan_streams, summary
 
 CERTIFY_HELP = """Bound a policy's expected cost, accuracy drop and disagreement on fresh rows.
@@ -33,10 +33,10 @@ Examples:
 
 @app.command("certify", help=CERTIFY_HELP)
 def certify_command(
-    policy_path: Annotated[str, typer.Argument(metavar="POLICY", help="Policy JSON from `eenet fit`.", show_default=False)],
-    predictions: Annotated[str, typer.Argument(help="Predictions Parquet file or folder ('-' for stdin).", show_default=False)],
+    policy_path: PolicyArg,
+    predictions: PredictionsArg,
+    split: RowsOpt = None,
     confidence: ConfidenceOpt = None,
-    split: Annotated[Optional[str], typer.Option("--split", help="Rows: val, test or all (default test when there is a split column).")] = None,
     calibration_rows: Annotated[bool, typer.Option("--calibration-rows", help="Use the policy's own calibration rows (reproduces its certificate).")] = False,
     seed: SeedOpt = 0,
     output: OutputOpt = None,

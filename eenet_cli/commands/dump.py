@@ -10,16 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from eenet_cli.app import app
-from eenet_cli.commands.options import (
-    CostsOpt,
-    DataOpt,
-    JsonOpt,
-    ModelArg,
-    ModelOptions,
-    OutputOpt,
-    QuietOpt,
-    model_options,
-)
+from eenet_cli.commands.options import CostsOpt, DataOpt, JsonOpt, ModelArg, ModelOptions, OutputOpt, QuietOpt, model_options
 from eenet_cli.render import plan_streams, progress_bar, summary, write_stdout_bytes
 
 DUMP_HELP = """Run a multi-exit model over data and write every exit's scores to a predictions Parquet file.

@@ -8,23 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from eenet_cli.app import app
-from eenet_cli.commands.options import (
-    ConfidenceOpt,
-    CostsOpt,
-    JsonOpt,
-    OutputOpt,
-    QuietOpt,
-    check_seed,
-    parse_share,
-)
+from eenet_cli.commands.options import ConfidenceOpt, CostsOpt, JsonOpt, OutputOpt, QuietOpt, check_seed, parse_share
 from eenet_cli.core.methods import ALL_METHODS, DEFAULT_EVALUATE_METHODS
-from eenet_cli.render import (
-    fit_table_columns,
-    plan_streams,
-    progress_bar,
-    summary,
-    write_stdout_bytes,
-)
+from eenet_cli.render import fit_table_columns, plan_streams, progress_bar, summary, write_stdout_bytes
 
 EVALUATE_HELP = f"""Report test accuracy and realised cost per (method, budget).
 

@@ -8,16 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from eenet_cli.app import app
-from eenet_cli.commands.options import (
-    ConfidenceOpt,
-    CostsOpt,
-    OutputOpt,
-    QuietOpt,
-    SeedOpt,
-    certificate_line,
-    check_seed,
-    parse_share,
-)
+from eenet_cli.commands.options import ConfidenceOpt, CostsOpt, OutputOpt, QuietOpt, SeedOpt, certificate_line, check_seed, parse_share
 from eenet_cli.core.methods import POLICY_METHODS, methods_help
 from eenet_cli.render import plan_streams, progress_bar, summary
 
@@ -79,9 +70,9 @@ def fit_command(
 ) -> None:
     from eenet_cli import api
     from eenet_cli.artifacts.costs import parse_budget
-    from eenet_cli.errors import InputError
     from eenet_cli.artifacts.files import dumps
     from eenet_cli.core.methods import POLICY_METHODS, check_method
+    from eenet_cli.errors import InputError
 
     check_method(method, POLICY_METHODS)
     check_seed(seed)

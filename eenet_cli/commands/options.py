@@ -27,6 +27,12 @@ CostsOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed, 0 to 2**32-1 (same inputs + seed = same output).")]
 
 MAX_SEED = 2**32 - 1
+PolicyArg = Annotated[str, typer.Argument(metavar="POLICY", help="Policy JSON from `eenet fit`.", show_default=False)]
+PredictionsArg = Annotated[str, typer.Argument(help="Predictions Parquet file or folder ('-' for stdin).", show_default=False)]
+RowsOpt = Annotated[
+    Optional[str],
+    typer.Option("--split", help="Rows of this split (val, test, ...) or all. Default: test when there is a split column."),
+]
 ConfidenceOpt = Annotated[
     Optional[str],
     typer.Option("--confidence", help="Certify with this confidence, e.g. 0.9 or 90% (1 - delta); see docs/certify.md.", show_default=False),

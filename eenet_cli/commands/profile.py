@@ -8,21 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from eenet_cli.app import app
-from eenet_cli.commands.options import (
-    DataOpt,
-    JsonOpt,
-    ModelArg,
-    ModelOptions,
-    OutputOpt,
-    QuietOpt,
-    model_options,
-)
-from eenet_cli.render import (
-    plan_streams,
-    progress_bar,
-    summary,
-    warn,
-)
+from eenet_cli.commands.options import DataOpt, JsonOpt, ModelArg, ModelOptions, OutputOpt, QuietOpt, model_options
+from eenet_cli.render import plan_streams, progress_bar, summary, warn
 
 PROFILE_HELP = """Measure the cost of each exit of a staged model and write a costs JSON.
 
