@@ -35,9 +35,9 @@ Examples:
 def certify_command(
     policy_path: PolicyArg,
     predictions: PredictionsArg,
+    calibration_rows: Annotated[bool, typer.Option("--calibration-rows", help="Use the policy's own calibration rows (reproduces its certificate).")] = False,
     split: RowsOpt = None,
     confidence: ConfidenceOpt = None,
-    calibration_rows: Annotated[bool, typer.Option("--calibration-rows", help="Use the policy's own calibration rows (reproduces its certificate).")] = False,
     seed: SeedOpt = 0,
     output: OutputOpt = None,
     json_out: JsonOpt = False,
