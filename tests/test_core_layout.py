@@ -34,7 +34,7 @@ FORBIDDEN = (
     "eenet_cli.api",
     "eenet_cli.io",
     "eenet_cli.artifacts",
-    # the model side's old homes (shims for eenet_cli.runtime)
+    # the model side's old module names (now eenet_cli.runtime)
     "eenet_cli.models",
     "eenet_cli.modelspec",
     "eenet_cli.profiling",
@@ -105,7 +105,7 @@ def _ids(paths: list[Path]) -> list[str]:
     return [p.relative_to(CORE).as_posix() for p in paths]
 
 
-def test_the_excluded_shims_exist():
+def test_the_excluded_modules_exist():
     """An excluded name that is gone should leave EXCLUDE too."""
     assert all((CORE / name).exists() for name in EXCLUDE), sorted(n for n in EXCLUDE if not (CORE / n).exists())
 

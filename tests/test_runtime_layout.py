@@ -2,7 +2,7 @@
 
 Every module under ``eenet_cli/runtime`` is parsed (not imported). Its imports, anywhere in
 the file (inside functions too), may name only the shared modules below and the runtime
-package itself: never the commands, the CLI or the API, nor the old shims
+package itself: never the commands, the CLI or the API, nor the old module names
 (``eenet_cli.modelspec``, ``eenet_cli.text``, ...). The imports that run when a module is
 imported (module level, not inside functions, not under ``if TYPE_CHECKING:``) must form
 no circle among eenet_cli modules, following them out of runtime as far as they go.

@@ -392,7 +392,7 @@ class OnlineSample:
                     ent = 0.0 if ent < 0.0 else (1.0 if ent > 1.0 else ent)  # np.clip (NaN stays NaN)
                 if code == _ENTROPY:
                     score = ent
-                else:  # EENet's pre-sigmoid utility: eenet_scorer.eenet_forward for one row
+                else:  # EENet's pre-sigmoid utility: core.eenet.eenet_forward for one row
                     layers = bufs.layers
                     if j:  # the previous exit's sigmoid utility, an input from this exit on
                         q = 0.5 * (1.0 + float(_tanh(0.5 * self._util)))
