@@ -326,6 +326,24 @@ def _parse(text: str, rel: str, what: str) -> ast.AST:
         raise _Refused(f"member {rel}: {what} {text[:60]!r} is not an expression") from None
 
 
+def _visit_arithmetic(node: ast.AST, visit, bad) -> None:
+    """The part the shape-expression and guard allow-lists share: number constants and
+    arithmetic, comparison and boolean operators (only those in ``_OPS``); anything else is
+    refused."""
+    if isinstance(node, ast.Constant):
+        if type(node.value) not in (int, float, bool):
+            raise bad(node)
+    elif isinstance(node, (ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare)):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.cmpop, ast.operator, ast.unaryop, ast.boolop)):
+                if not isinstance(child, _OPS):
+                    raise bad(child)
+                continue
+            visit(child)
+    else:
+        raise bad(node)
+
+
 def _check_sym_expr(text: str, rel: str) -> None:
     """``sympy.sympify`` evaluates the text: only shape symbols and known functions may appear."""
     import sympy
@@ -359,21 +377,11 @@ def _check_sym_expr(text: str, rel: str) -> None:
             name = node.id
             if not (name in _SYM_FUNCS or name in _SYM_CONSTANTS or (_SYMBOL.fullmatch(name) and not hasattr(sympy, name))):
                 raise bad(node)
-        elif isinstance(node, ast.Constant):
-            if type(node.value) not in (int, float, bool):
-                raise bad(node)
         elif isinstance(node, ast.Tuple):  # Piecewise((expr, cond), ...)
             for child in node.elts:
                 visit(child)
-        elif isinstance(node, (ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare)):
-            for child in ast.iter_child_nodes(node):
-                if isinstance(child, (ast.cmpop, ast.operator, ast.unaryop, ast.boolop)):
-                    if not isinstance(child, _OPS):
-                        raise bad(child)
-                    continue
-                visit(child)
         else:
-            raise bad(node)
+            _visit_arithmetic(node, visit, bad)
 
     visit(_parse(text, rel, "shape expression"))
 
@@ -426,18 +434,8 @@ def _check_guard(text: str, rel: str) -> None:
         elif isinstance(node, ast.Name):
             if node.id != "inf":
                 raise bad(node)
-        elif isinstance(node, ast.Constant):
-            if type(node.value) not in (int, float, bool):
-                raise bad(node)
-        elif isinstance(node, (ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare)):
-            for child in ast.iter_child_nodes(node):
-                if isinstance(child, (ast.cmpop, ast.operator, ast.unaryop, ast.boolop)):
-                    if not isinstance(child, _OPS):
-                        raise bad(child)
-                    continue
-                visit(child)
         else:
-            raise bad(node)
+            _visit_arithmetic(node, visit, bad)
 
     if "\n" in text or '"' in text or "\\" in text:
         raise _Refused(f"member {rel}: guard {text[:60]!r} is not a plain shape check")
