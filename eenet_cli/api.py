@@ -205,7 +205,7 @@ def fit_policy(
     max_drop: float | None = None,
     max_disagreement: float | None = None,
     deploy_batch: int | None = None,
-    calibration_share: float = 0.5,
+    calibration_share: float | None = None,
 ) -> dict:
     """Fit a policy for ``budget`` on the validation rows; returns the policy dict (docs/spec.md §2.4).
 
@@ -241,7 +241,8 @@ def fit_policy(
         check_level("confidence", confidence, "--confidence")
         check_level("max_drop", max_drop, "--max-drop")
         check_level("max_disagreement", max_disagreement, "--max-disagreement")
-        check_level("calibration_share", calibration_share, "--calibration-share")
+        if calibration_share is not None:
+            check_level("calibration_share", calibration_share, "--calibration-share")
         if deploy_batch is not None and (confidence is None or b is None or int(deploy_batch) < 1):
             raise InputError("needs --confidence, a --budget and a positive number of samples", field="--deploy-batch")
         policy = fit_certified(

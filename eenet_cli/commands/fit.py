@@ -64,7 +64,7 @@ def fit_command(
     max_drop: Annotated[Optional[str], typer.Option("--max-drop", help="Largest accuracy drop against the last exit, e.g. 1% or 0.01: the cheapest policy within it (certified with --confidence).", show_default=False)] = None,
     max_disagreement: Annotated[Optional[str], typer.Option("--max-disagreement", help="Largest share of predictions that differ from the last exit's (needs no labels), e.g. 2%.", show_default=False)] = None,
     deploy_batch: Annotated[Optional[int], typer.Option("--deploy-batch", help="With --confidence: certify the mean cost of the next N deployed samples, not only the expected cost.", show_default=False)] = None,
-    calibration_share: Annotated[float, typer.Option("--calibration-share", help="With --confidence: share of the validation rows held out to certify on.")] = 0.5,
+    calibration_share: Annotated[float | None, typer.Option("--calibration-share", help="With --confidence: share of the validation rows held out to certify on [default: half; up to 3/4 for a loss limit alone on few rows].", show_default=False)] = None,
     record_time: Annotated[bool, typer.Option("--record-time", help="Store the fit's wall-clock seconds in the policy (makes the file differ between runs).")] = False,
     quiet: QuietOpt = False,
 ) -> None:

@@ -680,16 +680,58 @@ def calibrate(
     s = _check_scores(scores_cal)
     n, k = s.shape
     thr = _check_thresholds(thresholds, k)
-    c = _check_costs(costs, k)
-    correct, preds = _check_labels(correct, preds, n, k)
-    delta = _check_delta(delta)
-    if on_infeasible not in ("raise", "return"):
-        raise ValueError("on_infeasible must be 'raise' or 'return'")
     g = np.asarray(grid, dtype=np.float64).ravel()
     if g.size == 0:
         raise ValueError("grid is empty")
     if np.isnan(g).any() or np.any(g[1:] <= g[:-1]):
         raise ValueError("grid must be strictly increasing and free of NaN")
+    cal = calibrate_columns(
+        exits_for_shifts(s, thr, g), [shifted_thresholds(thr, lam) for lam in g], costs,
+        budget=budget, max_drop=max_drop, max_disagreement=max_disagreement, correct=correct, preds=preds,
+        delta=delta, seed=seed, deploy_batch=deploy_batch, cost_share=cost_share, on_infeasible="return",
+    )
+    if cal.index is not None:
+        cal.shift = float(g[cal.index])
+    elif cal.reason and cal.reason.startswith("no policy in the family"):
+        cal.reason = cal.reason.replace("no policy in the family", "no shift in the grid", 1)
+    if not cal.feasible and on_infeasible == "raise":
+        raise Infeasible(cal.reason or "infeasible", cal)
+    return cal
+
+
+def calibrate_columns(
+    exits: np.ndarray,
+    cols_thr: Sequence[Thresholds],
+    costs: Sequence[float],
+    *,
+    budget: float | None = None,
+    max_drop: float | None = None,
+    max_disagreement: float | None = None,
+    correct: np.ndarray | None = None,
+    preds: np.ndarray | None = None,
+    delta: float = 0.1,
+    seed: int = 0,
+    deploy_batch: int | None = None,
+    cost_share: float = 0.5,
+    on_infeasible: str = "raise",
+) -> Calibration:
+    """:func:`calibrate` on any family of policies fixed before the calibration rows were
+    seen: ``exits`` (``[n, G]``) is where each calibration row stops under each policy,
+    the columns ordered from the cheapest policy to the dearest, and ``cols_thr[g]`` the
+    thresholds of policy ``g`` (they say which exits it can reach on any data). The walks,
+    the choice and the guarantee are :func:`calibrate`'s; ``shift`` is left ``None`` and
+    ``index`` names the chosen column."""
+    k = len(cols_thr[0]) if len(cols_thr) else 0
+    exits = np.asarray(exits)
+    if exits.ndim != 2 or exits.shape[1] != len(cols_thr) or exits.shape[1] == 0:
+        raise ValueError(f"exits must be [n, G] with one column per policy, got {exits.shape} for {len(cols_thr)} policies")
+    n = exits.shape[0]
+    c = _check_costs(costs, k)
+    correct, preds = _check_labels(correct, preds, n, k)
+    delta = _check_delta(delta)
+    if on_infeasible not in ("raise", "return"):
+        raise ValueError("on_infeasible must be 'raise' or 'return'")
+    cols_thr = [_check_thresholds(t, k) for t in cols_thr]
     losses = [m for m, lvl in (("drop", max_drop), ("disagreement", max_disagreement)) if lvl is not None]
     if budget is None and not losses:
         raise ValueError("nothing to certify: give a budget, max_drop and/or max_disagreement")
@@ -705,10 +747,8 @@ def calibrate(
     deltas = _split_delta(delta, budget is not None, losses, cost_share)
     levels = {"drop": max_drop, "disagreement": max_disagreement}
     order = sample_order(n, seed)
-    exits = exits_for_shifts(s, thr, g)
-    cols_thr = [shifted_thresholds(thr, lam) for lam in g]
     ranges = np.array([_exit_range(t) for t in cols_thr])  # [G, 2]: (lo, hi) exit per column
-    G = g.size
+    G = len(cols_thr)
     tested: dict[str, int] = {}
     certified: dict[str, tuple[int, int] | None] = {}
 
@@ -763,7 +803,7 @@ def calibrate(
     if chosen is None:
         req = " and ".join(f"{m} <= {_fmt(levels[m])}" for m in losses)
         if losses and jl >= G:
-            reason = f"no shift in the grid certifies {req} (a grid should end at +inf: everyone at the last exit)"
+            reason = f"no policy in the family certifies {req} (a family should end with everyone at the last exit)"
         elif budget is not None and jb is not None and (jb < 0 or (losses and jl > jb)):
             needed = _needed_budget(exits, cols_thr, ranges, c, deltas["cost"], order, deploy_batch, jl if losses else 0)
             if losses and jb >= 0:  # both walks certify something, but their sets do not meet
@@ -791,7 +831,7 @@ def calibrate(
         bd, emp = {}, {}
     cal = Calibration(
         feasible=chosen is not None,
-        shift=None if chosen is None else float(g[chosen]),
+        shift=None,
         thresholds=None if chosen is None else cols_thr[chosen],
         index=chosen,
         n=n,
