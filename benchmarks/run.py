@@ -129,7 +129,7 @@ def machine() -> str:
             f"numpy {numpy.__version__}, torch {torch.__version__}")
 
 
-SECTIONS = ("read", "evaluate", "fit", "fit-big", "fit-long", "apply", "decision", "startup")
+SECTIONS = ("read", "evaluate", "fit", "fit-big", "fit-long", "certify", "apply", "decision", "startup")
 
 
 def run_code(code: str) -> dict:
@@ -319,6 +319,34 @@ def main() -> None:
             f"{big_n // 2} test rows, budget 50% = {d['budget']:.3g} {d['unit']}; default {d['seconds']:.0f} s, {d['steps']}/{d['max_steps']} steps; "
             f"long {lg['seconds']:.0f} s, {lg['steps']}/{lg['max_steps']} steps (Python API, same seed; fit times exclude the features)",
         )
+
+    # certification's overhead: the same command with and without --confidence, interleaved --
+    if "certify" in only:
+        out = BENCH_DIR / "c.json"
+        pairs = [
+            ("fit maxprob", ["fit", str(big), "--method", "maxprob", "--budget", "50%"]),
+            ("fit lookahead", ["fit", str(big), "--method", "lookahead", "--budget", "50%"]),
+            ("fit eenet", ["fit", str(big), "--method", "eenet", "--budget", "50%"]),
+            ("evaluate 4 baselines, 5 budgets", ["evaluate", str(big), "--methods", "maxprob,entropy,vote,patience", "--budgets", "1.5,2,2.5,3,3.5"]),
+        ]
+        for name, base in pairs:
+            plain, cert = [], []
+            for _ in range(1 if name == "fit eenet" else r):  # interleaved, so drift hits both alike
+                plain.append(cli_time(base + ["-q", "-o", str(out)], 1)[0])
+                cert.append(cli_time(base + ["--confidence", "0.9", "-q", "-o", str(out)], 1)[0])
+            a, b = statistics.median(plain), statistics.median(cert)
+            t.add(f"{name} --confidence 0.9, {big_n // 2} val rows x 5 x {big_c}", f"{b:.1f} s (+{100 * (b / a - 1):.0f}%)",
+                  "< +20%", b < 1.2 * a, f"without: {a:.1f} s")
+        pol = BENCH_DIR / "cert-policy.json"
+        subprocess.run([sys.executable, "-m", "eenet_cli", "fit", str(big), "--method", "maxprob", "--budget", "50%",
+                        "--confidence", "0.9", "-q", "-o", str(pol)], check=True, cwd=ROOT)
+        plain, cert = [], []
+        for _ in range(r):
+            plain.append(cli_time(["apply", str(pol), str(big), "-q", "-o", str(BENCH_DIR / "a.parquet")], 1)[0])
+            cert.append(cli_time(["certify", str(pol), str(big), "--confidence", "0.95", "-q", "-o", str(out)], 1)[0])
+        a, b = statistics.median(plain), statistics.median(cert)
+        t.add(f"certify a policy on {big_n} rows x 5 x {big_c} (vs apply)", f"{b:.1f} s (+{100 * (b / a - 1):.0f}%)",
+              "< +20%", b < 1.2 * a, f"apply: {a:.1f} s")
 
     # 5. applying a policy at batch size 1 -------------------------------------------------
     if "apply" in only:

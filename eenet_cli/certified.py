@@ -87,10 +87,13 @@ def fit_certified(
     progress: Callable | None = None,
     learner=None,
     predictions_sha256: str = "",
+    caches: dict | None = None,
 ) -> dict:
     """A policy of ``method`` whose requested levels hold with probability >=
     ``confidence`` over the calibration rows (``confidence=None``: the same choice made on
-    the empirical figures alone, on every validation row, with no statement of confidence)."""
+    the empirical figures alone, on every validation row, with no statement of confidence).
+    ``caches`` (any dict the caller keeps) reuses the budget-free parts of a fit (trained
+    scorers, lookahead's estimators) across calls on the same features and fit rows."""
     costs = np.asarray(costs, dtype=np.float64)
     n = feats.num_samples
     if budget is None and max_drop is None and max_disagreement is None:
@@ -107,7 +110,12 @@ def fit_certified(
         if fit_mask.sum() < 20 or cal_mask.sum() < 20:
             raise InputError(f"{n} validation rows are too few to fit on one part and certify on the other (at least 40)", field="--confidence")
     fit_feats, cal_feats = feats.subset(fit_mask), feats.subset(cal_mask)
-    cache = FitCache(fit_feats)
+    key = (id(feats), hashlib.sha256(np.packbits(fit_mask).tobytes()).hexdigest())
+    cache = caches.get(key) if caches is not None else None
+    if cache is None:
+        cache = FitCache(fit_feats)
+        if caches is not None:
+            caches[key] = cache
     policy = fit_method(method, cache, costs, base_budget, unit, seed=seed, hyper=hyper, progress=progress, learner=learner)
     if budget is None:
         # only loss limits: a family chosen on the fit rows, calibrated on the others (docs/certify.md)
@@ -135,6 +143,7 @@ def fit_certified(
         path_info = {"family": name, "size": len(family), "chosen": j}
     else:
         path_info = None
+        base_thresholds = list(policy["thresholds"])
         fit_scores = compute_scores(policy["scorer"], fit_feats)
         grid = shift_grid(fit_scores, policy["thresholds"], costs=costs)
         cal_scores = compute_scores(policy["scorer"], cal_feats)
@@ -159,7 +168,7 @@ def fit_certified(
         policy["budget"] = {"value": float(budget), "unit": unit}
     if confidence is not None:
         policy["certificate"] = certificate(cal, confidence, unit, calibration_share, seed, cal_mask, predictions_sha256, int(fit_mask.sum()))
-    extra = {"shift": shift} if path_info is None else {"calibrated_over": path_info}
+    extra = {"shift": shift, "uncalibrated_thresholds": base_thresholds} if path_info is None else {"calibrated_over": path_info}
     policy["threshold_fit"] = {**policy.get("threshold_fit", {}), **extra, "fitted_at_budget": base_budget}
     return policy
 

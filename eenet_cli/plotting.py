@@ -71,6 +71,7 @@ OVERRUN_COLOUR = "#D00000"  # red: not to be mistaken for the orange of maxprob 
 EXITED_COLOUR = "#BBBBBB"
 THRESHOLD_COLOUR = "#222222"
 REFERENCE_COLOUR = "#777777"
+CERTIFIED_COLOUR = "#1B7837"  # green rings: points that carry a certificate
 
 _SPARE_STYLES = [("#555555", m, ls) for ls in ("-", "--", ":") for m in ("p", "<", ">", "d", "8")]
 
@@ -266,6 +267,9 @@ def tradeoff_figure(
         methods = ordered_methods([str(r["method"]) for r in records])
         overrun_x: list[float] = []
         overrun_y: list[float] = []
+        certified: list[tuple[float, float]] = []
+        before: list[tuple[float, float]] = []
+        confidence = None
         for i, m in enumerate(methods):
             rows = sorted((r for r in records if r["method"] == m), key=lambda r: float(r["budget"]))
             rows = [r for r in rows if r.get(acc_key) is not None and r.get(cost_key) is not None]
@@ -282,6 +286,19 @@ def tradeoff_figure(
                 if r.get(met_key) is False:
                     overrun_x.append(xi)
                     overrun_y.append(yi)
+                if r.get("certified_confidence") is not None:
+                    certified.append((xi, yi))
+                    confidence = float(r["certified_confidence"])
+                    if split == "test" and r.get("uncertified_avg_cost") is not None:
+                        before.append((float(r["uncertified_avg_cost"]), 100.0 * float(r["uncertified_accuracy"])))
+        if certified:
+            cx, cy = zip(*certified)
+            ax.scatter(cx, cy, s=110, marker="o", facecolors="none", edgecolors=CERTIFIED_COLOUR, linewidths=1.1, zorder=4,
+                       label=f"certified: expected cost <= budget, {100 * confidence:.3g}% sure")
+        if before:
+            bx, by = zip(*before)
+            ax.scatter(bx, by, s=14, marker="o", color=REFERENCE_COLOUR, alpha=0.6, zorder=2,
+                       label="the same fits before certification")
         if overrun_x:
             ax.scatter(
                 overrun_x, overrun_y, s=70, marker="X", facecolors="none", edgecolors=OVERRUN_COLOUR,

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 
 from conftest import ROOT, invoke, write_synthetic
@@ -100,3 +102,93 @@ def test_the_guarantee_holds_over_redrawn_splits(tmp_path, method):
     assert r["draws"] == 50 and r["overruns"] <= 12, r  # 0.1 * 50 = 5; the 99.9th percentile of Bin(50, 0.1) is 12
     (plain,) = evaluate(preds, budgets=[2.0, 3.0], methods=[method], resplits=25)["resplits"]
     assert plain["overruns"] >= r["overruns"], (plain, r)
+
+
+def _one_threshold_ltt(feats, costs, eps: float, delta: float):
+    """Learn-then-Test on one max-prob threshold shared by every exit, on *every*
+    validation row (an independent reference written here, not the package's code): walk
+    the thresholds from the dearest end, each tested with the exact binomial bound on the
+    harm count, and keep the cheapest one reached before the first failure."""
+    from scipy.stats import beta
+
+    mp, correct = feats.max_prob, feats.correct
+    n, k = mp.shape
+    taus = np.unique(np.quantile(mp[:, :-1], np.linspace(0, 1, 401)))[::-1]
+    chosen = None
+    for tau in taus:
+        stop = mp[:, :-1] >= tau
+        ex = np.where(stop.any(axis=1), stop.argmax(axis=1), k - 1)
+        harm = int((~correct[np.arange(n), ex] & correct[:, -1]).sum())
+        if beta.ppf(1 - delta, harm + 1, n - harm) > eps:  # Clopper-Pearson upper bound
+            break
+        chosen = tau
+    return chosen
+
+
+def _cost_of_one_threshold(feats, costs, tau) -> float:
+    k = feats.num_exits
+    if tau is None:
+        return float(costs[-1])
+    stop = feats.max_prob[:, :-1] >= tau
+    ex = np.where(stop.any(axis=1), stop.argmax(axis=1), k - 1)
+    return float(np.asarray(costs)[ex].mean())
+
+
+@pytest.mark.slow
+def test_certified_learned_policies_cost_less_than_one_ltt_threshold_at_the_same_certified_drop(tmp_path):
+    """At a certified accuracy drop of 1% (δ = 0.1), on a set whose exits differ and are
+    miscalibrated (5,000 validation rows), the certified learned policies cost less on the
+    test rows than one max-prob threshold chosen by Learn-then-Test on all validation rows,
+    and both keep the drop on the test rows near 1%."""
+    path = write_synthetic(tmp_path / "p.parquet", n=10_000, c=10, seed=11, miscalibration=1.0)
+    preds = load_predictions(str(path))
+    val, test = preds.rows(preds.split == "val"), preds.rows(preds.split == "test")
+    costs = np.array([1.0, 2.0, 3.0, 4.0])
+    vf, tf = val.features(), test.features()
+    ltt = _cost_of_one_threshold(tf, costs, _one_threshold_ltt(vf, costs, 0.01, 0.1))
+    for method in ("lookahead", "eenet"):
+        pol = fit_policy(preds, None, method=method, max_drop=0.01, confidence=0.9)
+        assert pol["certificate"]["guarantees"][0]["upper_bound"] <= 0.01
+        a = apply_policy(pol, test)
+        cost = a.summary["avg_cost"]
+        drop = tf.correct[:, -1].mean() - a.correct.mean()
+        assert cost < ltt, (method, cost, ltt)
+        assert drop <= 0.02, (method, drop)
+
+
+def test_a_loss_limit_alone_calibrates_over_a_family_chosen_on_the_fit_rows(digits):
+    """The family and its members are fixed by the fit rows: changing the calibration
+    rows' labels never changes which policies are candidates, only which one is chosen."""
+    from eenet_cli.certified import calibration_split, default_share, fit_certified
+
+    feats = digits.rows(digits.split == "val").features()
+    costs = np.array(digits.meta["costs"]["costs"]) if digits.meta.get("costs") else None
+    costs = costs if costs is not None else np.array([0.35, 0.7, 1.03, 1.6])
+    pol = fit_certified("maxprob", feats, costs, "ms", budget=None, confidence=0.9, max_drop=0.05)
+    info = pol["threshold_fit"]["calibrated_over"]
+    assert info["family"] in ("budget path", "threshold shift", "one threshold") and 0 <= info["chosen"] < info["size"]
+    share = default_share(feats.num_samples, 0.1, None, 0.05, None)
+    assert pol["certificate"]["calibration"]["share"] == share and 0.5 <= share <= 0.75
+    assert default_share(feats.num_samples, 0.1, 1.0, 0.05, None) == 0.5  # with a budget: half
+    # the certificate is about the calibration rows alone: recomputing it there agrees
+    cal = calibration_split(feats.num_samples, share, 0)
+    from eenet_cli.certified import certify_existing
+
+    again = certify_existing(pol, feats.subset(cal), confidence=0.9, deltas=pol["certificate"] and {"drop": 0.1})
+    assert again["drop_bound"] == pytest.approx(pol["certificate"]["guarantees"][0]["upper_bound"], rel=0, abs=1e-12)
+
+
+def test_evaluate_with_confidence_reports_the_uncertified_fit_beside_and_plots_mark_certified_points(digits, tmp_path):
+    doc = evaluate(digits, budgets=[0.8, 1.2], methods=["maxprob"], confidence=0.9)
+    for r in doc["results"]:
+        assert r["certified_confidence"] == 0.9
+        assert {"uncertified_accuracy", "uncertified_avg_cost", "uncertified_budget_met"} <= set(r)
+        # the calibration only makes exits harder to take at this budget or easier; either way it moved from the fit
+        assert r["certified_cost_bound"] <= r["budget"] + 1e-12
+    from eenet_cli.plotting import tradeoff_figure
+
+    fig = tradeoff_figure(doc["results"], unit="ms")
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any(lbl.startswith("certified") for lbl in labels) and "the same fits before certification" in labels
+    plain = tradeoff_figure(evaluate(digits, budgets=[0.8, 1.2], methods=["maxprob"])["results"], unit="ms")
+    assert not any(t.get_text().startswith("certified") for t in plain.axes[0].get_legend().get_texts())

@@ -26,7 +26,7 @@ import pytest
 from conftest import ROOT
 
 EENET = [sys.executable, "-m", "eenet_cli"]
-COMMANDS = ["profile", "dump", "fit", "apply", "certify", "evaluate", "plot", "schema"]
+COMMANDS = ["profile", "dump", "fit", "apply", "certify", "evaluate", "plot", "schema", "export"]
 TIMEOUT = 300
 
 
@@ -118,6 +118,11 @@ def check_artifact(path: Path) -> None:
         assert data[:5] == b"%PDF-"
     elif suffix == ".csv":
         assert data.count(b"\n") >= 2
+    elif suffix == ".eenet":
+        import zipfile
+
+        with zipfile.ZipFile(path) as zf:
+            assert json.loads(zf.read("manifest.json"))["format"] == "eenet-bundle"
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from eenet_cli.commands import (  # noqa: F401
     certify,
     dump,
     evaluate,
+    export,
     fit,
     plot,
     profile,

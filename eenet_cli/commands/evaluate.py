@@ -139,6 +139,12 @@ def render_table(doc: dict, console) -> None:
         ("val cost", "right", 4, [f"{r['val_avg_cost']:.4g}" for r in recs]),
         ("test exits", "left", 5, ["/".join(f"{x:.2f}" for x in r["exit_fractions"]) for r in recs]),
     ]
+    if any("uncertified_avg_cost" in r for r in recs):  # evaluate --confidence: the fit before calibration
+        columns.insert(5, ("uncert. cost", "right", 2, [
+            f"{r['uncertified_avg_cost']:.4g}" + ("" if r["uncertified_budget_met"] else " NO") if "uncertified_avg_cost" in r else ""
+            for r in recs]))
+        columns.insert(5, ("uncert. acc", "right", 2, [
+            f"{100 * r['uncertified_accuracy']:.2f}%" if "uncertified_accuracy" in r else "" for r in recs]))
     table, keep = fit_table_columns(console, columns)
     table.title = f"accuracy vs budget: {doc['split']}"
     for i, r in enumerate(recs):

@@ -3,12 +3,20 @@ realises when run for real (``--policy``). torch is imported inside the command.
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from eenet_cli.app import app
-from eenet_cli.commands.options import DataOpt, JsonOpt, ModelArg, ModelOptions, OutputOpt, QuietOpt, model_options
+from eenet_cli.commands.options import (
+    DataOpt,
+    JsonOpt,
+    ModelArg,
+    ModelOptions,
+    OutputOpt,
+    QuietOpt,
+    model_options,
+)
 from eenet_cli.render import plan_streams, progress_bar, summary, warn
 
 PROFILE_HELP = """Measure the cost of each exit of a staged model and write a costs JSON.
@@ -37,6 +45,15 @@ decision, and puts the offline estimate sum_k fraction_k * c_k from those costs 
 the given costs (--costs, or the policy's) beside the realised latency, with the ratio
 realised / estimate. See docs/runtime.md.
 
+MODEL may be a bundle from `eenet export`: then --data alone runs the bundled policy,
+with the bundled costs as the offline estimate. --batch-size takes a list (1,8,64) with a
+policy: each batch size is run in turn, and a table compares, per batch size, the realised
+per-sample latency with the full model's and with the offline estimate sum_k f_k c_k,
+with the speed-up over the full model and the ideal one, c_K / expected cost. The full
+model and every exit's prefix are timed interleaved with the early-exit calls, each pass
+over the data is a block, and the figures are medians over the blocks; when the blocks
+disagree too much the table says the machine was too noisy to tell.
+
 Examples (on the shipped sample model):
 
 \b
@@ -44,6 +61,8 @@ Examples (on the shipped sample model):
   eenet profile resnet56 --input-shape 3,32,32 --unit MFLOPs --repeats 5 -o resnet56_flops.json
   eenet fit sample_data/digits.parquet --budget 60% -o policy.json
   eenet profile digits-cnn --weights sample_data/digits_model.safetensors --threads 1 --policy policy.json --data digits:test --repeats 2
+  eenet export digits-cnn --weights sample_data/digits_model.safetensors --policy policy.json -o digits.eenet
+  eenet profile digits.eenet --data digits:test --batch-size 1,16 --threads 1 --repeats 3 --warmup 2
 
 Your own model (an import string runs its module's code):
 
@@ -85,11 +104,19 @@ def _profile_table(doc: dict, title: str):
 @model_options
 def profile_command(
     model: ModelArg,
-    input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="One sample's shape without the batch axis, e.g. 3,32,32 (built-in models have a default).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per timed call; costs are per call. With --policy: the runtime's batch size (default 1); the data's batches, a DataLoader's own included, are split or joined to it.")] = 1,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads (default: torch's choice).")] = None,
+    input_shape: Annotated[str | None, typer.Option("--input-shape", help="One sample's shape without the batch axis, e.g. 3,32,32 (built-in models have a default).")] = None,
+    batch_size: Annotated[
+        str,
+        typer.Option(
+            "--batch-size",
+            help="Samples per timed call; costs are per call. With --policy: the runtime's batch size (default 1); the data's "
+            "batches, a DataLoader's own included, are split or joined to it. With a policy, a list like 1,8,64 runs each "
+            "and compares them.",
+        ),
+    ] = "1",
+    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads (default: torch's choice).")] = None,
     repeats: Annotated[
-        Optional[int],
+        int | None,
         typer.Option(
             "--repeats",
             help="Timed rounds, each runs every exit's prefix once (default 200). With --policy: timed passes over --data "
@@ -100,9 +127,9 @@ def profile_command(
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed rounds first.")] = 20,
     unit: Annotated[str, typer.Option("--unit", help="Costs unit: ms, us, s (latency) or flops, MFLOPs, GFLOPs (FLOP counts).")] = "ms",
     output: OutputOpt = None,
-    policy: Annotated[Optional[str], typer.Option("--policy", help="Policy JSON: run it for real over --data and report latency and accuracy.")] = None,
+    policy: Annotated[str | None, typer.Option("--policy", help="Policy JSON: run it for real over --data and report latency and accuracy.")] = None,
     data: DataOpt = None,
-    costs: Annotated[Optional[str], typer.Option("--costs", help="With --policy: costs JSON or inline 1.2,2.5,3.7ms for the offline estimate (default: the policy's costs).")] = None,
+    costs: Annotated[str | None, typer.Option("--costs", help="With --policy: costs JSON or inline 1.2,2.5,3.7ms for the offline estimate (default: the policy's costs).")] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     opts: ModelOptions = ModelOptions(),
@@ -117,21 +144,24 @@ def profile_command(
         raise InputError(f"must be at least 1, got {repeats}", field="--repeats")
     if warmup < 0:
         raise InputError(f"must be 0 or more, got {warmup}", field="--warmup")
-    if batch_size < 1:
-        raise InputError(f"must be at least 1, got {batch_size}", field="--batch-size")
+    batch_sizes = parse_batch_sizes(batch_size)
+    bundled_policy = policy is None and data is not None and _is_bundle(model)
+    if len(batch_sizes) > 1 and policy is None and not bundled_policy:
+        raise InputError("several batch sizes need a policy run (--policy and --data, or a bundle and --data)", field="--batch-size")
+    batch_size = batch_sizes[0]
     streams = plan_streams(
         output,
-        what="costs" if policy is None else "policy run",
+        what="costs" if policy is None and not bundled_policy else "policy run",
         json_out=json_out,
         json_is_artifact=True,
         quiet=quiet,
         inputs=[("model", model), ("weights", opts.weights), ("policy", policy), ("data", data), ("costs file", costs)],
     )
-    if policy is not None:
+    if policy is not None or bundled_policy:
         if data is None:
             raise InputError("--policy needs --data to run the policy on", field="--data")
         _profile_policy(
-            model, opts, policy, data, costs, batch_size, threads, warmup, streams, quiet,
+            model, opts, policy, data, costs, batch_sizes, threads, warmup, streams, quiet,
             repeats=POLICY_REPEATS if repeats is None else repeats,
         )
         return
@@ -185,6 +215,36 @@ def profile_command(
     )
 
 
+MAX_BATCH_SIZES = 16
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    """``1`` or ``1,8,64``: positive integers, each once."""
+    from eenet_cli.errors import InputError
+
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(str(text)) > 200 or len(parts) > MAX_BATCH_SIZES:
+        raise InputError(f"expected at most {MAX_BATCH_SIZES} batch sizes like 1,8,64, got {text[:40]!r}", field="--batch-size")
+    out: list[int] = []
+    for p in parts:
+        try:
+            v = int(p)
+        except ValueError:
+            raise InputError(f"expected a positive integer or a list like 1,8,64, got {text!r}", field="--batch-size") from None
+        if v < 1:
+            raise InputError(f"must be at least 1, got {v}", field="--batch-size")
+        if v in out:
+            raise InputError(f"batch size {v} is given twice", field="--batch-size")
+        out.append(v)
+    return out
+
+
+def _is_bundle(model: str) -> bool:
+    from eenet_cli.runtime.bundle import is_bundle
+
+    return is_bundle(model)
+
+
 def noise_advice(threads: int | None) -> str:
     """What to try against noisy timings, leaving out what was already done."""
     advice = ["more --repeats", "a quieter machine"] if threads == 1 else ["--threads 1", "more --repeats", "a quieter machine"]
@@ -197,7 +257,7 @@ def _where(streams) -> str:
     return "; written to stdout" if streams.artifact in (None, "-") else f"; written to {streams.artifact}"
 
 
-def _profile_policy(model, opts, policy_path, data_spec, costs_spec, batch_size, threads, warmup, streams, quiet, *, repeats: int = POLICY_REPEATS) -> None:
+def _profile_policy(model, opts, policy_path, data_spec, costs_spec, batch_sizes, threads, warmup, streams, quiet, *, repeats: int = POLICY_REPEATS) -> None:
     import torch
 
     from eenet_cli.artifacts.costs import load_costs, parse_costs_json
@@ -205,39 +265,123 @@ def _profile_policy(model, opts, policy_path, data_spec, costs_spec, batch_size,
     from eenet_cli.artifacts.policy import read_policy
     from eenet_cli.errors import InputError
     from eenet_cli.runtime.data import load_data, rebatch
-    from eenet_cli.runtime.profile import run_policy
+    from eenet_cli.runtime.profile import compare_blocks, run_policy
 
+    if isinstance(batch_sizes, int):
+        batch_sizes = [batch_sizes]
     if threads is not None:
         torch.set_num_threads(threads)
-    pol = read_policy(policy_path)
+    pol = read_policy(policy_path) if policy_path is not None else None
     cost = load_costs(costs_spec) if costs_spec else None
+    loaded = opts.load(model)
+    bundled = getattr(loaded.module, "eenet_bundle", False)
+    if pol is None:  # a bundle and --data: its own policy, and its own costs unless --costs
+        pol = loaded.module.policy
+        policy_path = f"{model} (bundled policy)"
+        if cost is None and loaded.module.costs is not None:
+            cost = parse_costs_json(loaded.module.costs, f"{model} (bundled costs)")
+    elif bundled and cost is None and loaded.module.costs is not None:
+        cost = parse_costs_json(loaded.module.costs, f"{model} (bundled costs)")
     if cost is None and isinstance(pol.get("costs"), dict):
         cost = parse_costs_json(pol["costs"], f"{policy_path} (costs)")
-    loaded = opts.load(model)
     from eenet_cli.runtime import check_policy
 
     if not loaded.staged:
         raise InputError("running a policy needs a staged model (stages and heads)", source=model)
-    check_policy(pol, loaded.num_exits or 0, policy_path)
+    check_policy(pol, loaded.num_exits or 0, str(policy_path))
     if cost is not None and cost.num_exits != loaded.num_exits:
         raise InputError(f"has {cost.num_exits} costs but the model has {loaded.num_exits} exits", source=cost.source)
-    # --batch-size is the runtime's batch: the data's batches (a DataLoader's own included) are split or joined to it
-    src = rebatch(load_data(data_spec, batch_size, text=opts.text(loaded)), batch_size)
-    total = src.num_samples * repeats if src.num_samples is not None else None
-    with progress_bar(f"running policy ({repeats} passes)", total, quiet) as update:
-        run = run_policy(loaded, pol, src, repeats=repeats, warmup=warmup, progress=lambda n: update(n))
-    doc = policy_run_document(run, pol, cost, policy=str(policy_path), model=model, data=data_spec, device=loaded.device, threads=torch.get_num_threads())
-    doc["created_by"] = CREATED_BY
-    streams.write_text_artifact(dumps(doc))
+    given_ms = _costs_ms(cost)
+    given_batch = int(cost.extra.get("batch_size", 1)) if cost is not None and isinstance(cost.extra.get("batch_size"), int) else 1
+    docs = []
+    for batch_size in batch_sizes:
+        # --batch-size is the runtime's batch: the data's batches (a DataLoader's own included) are split or joined to it
+        src = rebatch(load_data(data_spec, batch_size, text=opts.text(loaded)), batch_size)
+        total = src.num_samples * repeats if src.num_samples is not None else None
+        with progress_bar(f"running policy at batch size {batch_size} ({repeats} passes)", total, quiet) as update:
+            run = run_policy(loaded, pol, src, repeats=repeats, warmup=warmup, progress=lambda n: update(n))
+        doc = policy_run_document(run, pol, cost, policy=str(policy_path), model=model, data=data_spec, device=loaded.device, threads=torch.get_num_threads())
+        doc["comparison"] = compare_blocks(run, given_ms, given_batch)
+        doc["created_by"] = CREATED_BY
+        docs.append(doc)
+        if len(batch_sizes) > 1:
+            summary(f"batch size {batch_size}: {_comparison_line(doc['comparison'])}", quiet)
+    if len(docs) == 1:
+        out = docs[0]
+    else:
+        out = {
+            "policy": str(policy_path),
+            "model": model,
+            "data": data_spec,
+            "batch_sizes": list(batch_sizes),
+            "threads": torch.get_num_threads(),
+            "device": loaded.device,
+            "repeats": repeats,
+            "warmup": warmup,
+            "comparison": [d["comparison"] for d in docs],
+            "runs": docs,
+            "created_by": CREATED_BY,
+        }
+    streams.write_text_artifact(dumps(out))
     console = streams.view_console()
     if console is not None:
-        console.print(_policy_table(doc, f"policy {policy_path} on {data_spec} (batch {run.batch_size}, {doc['threads']} thread(s), {repeats} passes)"))
-    met = doc.get("budget_met")
-    verdict = "" if met is None else ("; budget met" if met else "; budget MISSED")
+        if len(docs) == 1:
+            run_doc = docs[0]
+            console.print(_policy_table(run_doc, f"policy {policy_path} on {data_spec} (batch {run_doc['batch_size']}, {run_doc['threads']} thread(s), {repeats} passes)"))
+        console.print(_comparison_table([d["comparison"] for d in docs], f"early exit vs the full model ({docs[0]['threads']} thread(s), {repeats} blocks)", console))
+    met = docs[0].get("budget_met")
+    verdict = "" if met is None or len(docs) > 1 else ("; budget met" if met else "; budget MISSED")
+    sizes = ",".join(str(b) for b in batch_sizes)
     summary(
-        f"ran {policy_path} on {data_spec}: {run.batch_size} per batch, {repeats} passes{verdict}{_where(streams)}",
+        f"ran {policy_path} on {data_spec}: batch size {sizes}, {repeats} passes{verdict}{_where(streams)}",
         quiet,
     )
+
+
+def _costs_ms(cost) -> list[float] | None:
+    """The given costs in ms, if they are times."""
+    if cost is None:
+        return None
+    from eenet_cli.artifacts.costs import unit_scale
+
+    dim, factor = unit_scale(cost.unit)
+    return [float(v) * factor * 1e3 for v in cost.values] if dim == "time" else None
+
+
+def _comparison_line(c: dict) -> str:
+    off = c.get("realised_over_offline_estimate")
+    return (
+        f"realised {c['realised_ms_per_sample']:.4g} ms/sample, full model {c['full_model_ms_per_sample']:.4g}, "
+        f"in-run estimate {c['estimate_ms_per_sample']:.4g} (x{c['realised_over_estimate']:.3f})"
+        + ("" if off is None else f", offline estimate {c['offline_estimate_ms_per_sample']:.4g} (x{off:.3f})")
+        + f", speed-up {c['speedup']:.2f} of ideal {c['ideal_speedup']:.2f}; {c['verdict']}"
+    )
+
+
+def _comparison_table(rows: list[dict], title: str, console):
+    from eenet_cli.render import fit_table_columns
+
+    def f(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    cols = [
+        ("batch", "right", 0, [str(r["batch_size"]) for r in rows]),
+        ("realised ms/sample", "right", 0, [f(r["realised_ms_per_sample"], ".4g") for r in rows]),
+        ("full model", "right", 0, [f(r["full_model_ms_per_sample"], ".4g") for r in rows]),
+        ("offline est.", "right", 2, [f(r.get("offline_estimate_ms_per_sample"), ".4g") for r in rows]),
+        ("realised/offline", "right", 2, [f(r.get("realised_over_offline_estimate"), ".3f") for r in rows]),
+        ("in-run est.", "right", 1, [f(r["estimate_ms_per_sample"], ".4g") for r in rows]),
+        ("realised/in-run", "right", 1, [f(r["realised_over_estimate"], ".3f") for r in rows]),
+        ("speed-up", "right", 0, [f(r["speedup"], ".2f") for r in rows]),
+        ("ideal", "right", 0, [f(r["ideal_speedup"], ".2f") for r in rows]),
+        ("of ideal", "right", 1, [f(r["speedup_over_ideal"], ".0%") for r in rows]),
+        ("steady", "right", 0, ["no" if r["noisy"] else "yes" for r in rows]),
+    ]
+    table, keep = fit_table_columns(console, cols)
+    table.title = title
+    for i in range(len(rows)):
+        table.add_row(*[cols[j][3][i] for j in keep])
+    return table
 
 
 def _r(v: float | None) -> float | None:

@@ -76,7 +76,7 @@ def evaluate_features(
     trains EENet (see :func:`eenet_cli.core.methods.fit_method`); the EENet methods need it.
     ``fitter(method, cache, budget)`` replaces the plain fit (``evaluate --confidence``
     passes the certified one); a policy with a ``certificate`` adds its cost bound to the
-    record.
+    record, and the test figures of the same fit before its calibration (``uncertified_*``).
     """
     costs = np.asarray(costs, dtype=np.float64)
     cache = FitCache(val)
@@ -98,6 +98,12 @@ def evaluate_features(
                 if cert is not None:
                     extra["certified_confidence"] = cert["confidence"]
                     extra["certified_cost_bound"] = cert["guarantees"][0]["upper_bound"]
+                    before = policy.get("threshold_fit", {}).get("uncalibrated_thresholds")
+                    if before is not None:  # the same fit before its calibration: the uncertified figures
+                        plain = test_figures({**policy, "thresholds": before}, test, costs)
+                        extra["uncertified_accuracy"] = plain["accuracy"]
+                        extra["uncertified_avg_cost"] = plain["avg_cost"]
+                        extra["uncertified_budget_met"] = within_budget(plain["avg_cost"], budget)
                 records.append(_record(method, budget, unit, test_figures(policy, test, costs), policy["validation"], extra))
                 if keep_policies:
                     policies.append(policy)

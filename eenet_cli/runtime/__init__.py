@@ -15,6 +15,8 @@ imports the command line (``eenet_cli.commands``, ``eenet_cli.cli``, ``eenet_cli
 * :mod:`~eenet_cli.runtime.data`: data specs -> checked ``(x, y)`` batches;
 * :mod:`~eenet_cli.runtime.run`: one batch through a loaded model, every exit, checked;
 * :mod:`~eenet_cli.runtime.early_exit`: :class:`EarlyExitModel`, a policy run for real;
+* :mod:`~eenet_cli.runtime.bundle`: ``eenet export`` bundles, written, checked and loaded
+  (:func:`load_bundle`);
 * :mod:`~eenet_cli.runtime.profile`: timing each exit (``eenet profile``);
 * :mod:`~eenet_cli.runtime.dump`: streaming exit scores to Parquet (``eenet dump``).
 
@@ -27,4 +29,14 @@ from __future__ import annotations
 
 from eenet_cli.runtime.early_exit import EarlyExitModel, EarlyExitResult, check_policy
 
-__all__ = ["EarlyExitModel", "EarlyExitResult", "check_policy"]
+
+def load_bundle(path, device: str = "cpu"):
+    """Load an ``eenet export`` bundle (torch and numpy only, nothing unpickled) as a callable
+    module: ``preds, exits, scores = load_bundle("model.eenet")(x)``
+    (:func:`eenet_cli.runtime.bundle.load_bundle`)."""
+    from eenet_cli.runtime.bundle import load_bundle as _load
+
+    return _load(path, device)
+
+
+__all__ = ["EarlyExitModel", "EarlyExitResult", "check_policy", "load_bundle"]

@@ -6,6 +6,14 @@ the samples still running, asks the policy (numpy, :class:`~eenet_cli.core.onlin
 from exits 1..k only) which of them stop, and carries only the others on to stage k+1.
 At batch size 1 it simply stops computing at the accepted exit.
 
+*Re-batching.* The hidden state handed from stage k to stage k+1 may be one tensor or any
+nesting of tuples, lists and dicts of tensors (a text model's hidden states and attention
+mask, say). After each exit decision :func:`gather_rows` keeps, in every tensor of the state
+whose first axis is the batch, only the rows of the samples that go on, in their order
+(one ``index_select`` per tensor); anything else in the state (a scalar, a tensor without
+the batch axis) passes unchanged. Results are scattered back to each sample's place in the
+batch, so the order of the batch is kept.
+
 The decisions equal the offline :func:`~eenet_cli.core.policy.apply_to_features` ones on
 the same logits: both use the same arithmetic. (Logits computed on a different batch can
 differ in the last bits, so a sample whose score sits exactly on a threshold may, rarely,
@@ -22,7 +30,9 @@ go the other way.)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +41,7 @@ from torch import nn
 from eenet_cli.core.online import OnlinePolicy
 from eenet_cli.core.policy import check_scorer
 from eenet_cli.errors import InputError
+from eenet_cli.runtime.batch import batch_len
 
 
 @dataclass
@@ -40,6 +51,27 @@ class EarlyExitResult:
     preds: torch.Tensor  # [B] int64 prediction at the exit taken
     exits: torch.Tensor  # [B] int64 0-based exit taken
     logits: torch.Tensor  # [B, C] scores at the exit taken
+    scores: torch.Tensor | None = None  # [B] float64 the policy's score at the exit taken
+
+
+def gather_rows(state: Any, index: torch.Tensor, batch: int) -> Any:
+    """``state`` with only the batch rows ``index`` (in that order), for a tensor or any nesting
+    of tuples, lists and dicts of tensors. A tensor whose first axis is not ``batch`` long (a
+    shared constant) and any non-tensor value are kept as they are."""
+    if isinstance(state, torch.Tensor):
+        if state.ndim == 0 or state.shape[0] != batch:
+            return state
+        return state.index_select(0, index if index.device == state.device else index.to(state.device))
+    if isinstance(state, Mapping):
+        return type(state)((k, gather_rows(v, index, batch)) for k, v in state.items()) if type(state) is not dict else {
+            k: gather_rows(v, index, batch) for k, v in state.items()
+        }
+    if isinstance(state, tuple):
+        items = [gather_rows(v, index, batch) for v in state]
+        return type(state)(*items) if hasattr(state, "_fields") else tuple(items)
+    if isinstance(state, list):
+        return [gather_rows(v, index, batch) for v in state]
+    return state
 
 
 def check_policy(policy: dict, num_exits: int, source: str = "policy") -> None:
@@ -69,8 +101,9 @@ class EarlyExitModel(nn.Module):
     """A staged multi-exit model that stops each sample where the policy says.
 
     ``forward(x)`` returns ``(preds, exits)``, both ``[B]`` int64; :meth:`run` also
-    returns the logits at the exit taken. ``scores="probs"`` tells it the heads
-    already output probabilities (never softmaxed twice).
+    returns the logits and the policy's score at the exit taken. ``x`` is a tensor or a
+    dict/tuple of tensors (the first stage's input, batch first). ``scores="probs"`` tells it
+    the heads already output probabilities (never softmaxed twice).
     """
 
     def __init__(self, model: nn.Module, policy: dict, *, scores: str = "logits"):
@@ -84,6 +117,7 @@ class EarlyExitModel(nn.Module):
         self.policy = policy
         self.online = OnlinePolicy({**policy, "num_exits": self.num_exits})
         self.probs = scores == "probs"
+        self._samples: list = []  # reusable single-sample decision states
 
     @property
     def stages(self) -> nn.ModuleList:
@@ -98,43 +132,57 @@ class EarlyExitModel(nn.Module):
         return r.preds, r.exits
 
     @torch.inference_mode()
-    def run(self, x: torch.Tensor) -> EarlyExitResult:
-        b = x.shape[0]
+    def run(self, x: Any) -> EarlyExitResult:
+        b = batch_len(x)
         if b == 1:
             return self._run_one(x)
         state = self.online.begin(b)
         exits = np.full(b, -1, dtype=np.int64)
         preds = np.zeros(b, dtype=np.int64)
+        scores = np.zeros(b, dtype=np.float64)
         out_logits: torch.Tensor | None = None
-        rows = np.arange(b)  # batch rows still running
+        rows = np.arange(b)  # batch rows still running, in batch order
         h = x
         for k in range(self.num_exits):
             h = self.stages[k](h)
             logits = self.heads[k](h)
             z = logits.float().cpu().numpy()
-            stop, pred, _ = self.online.step(state, k, z, rows, probs=self.probs)
+            stop, pred, score = self.online.step(state, k, z, rows, probs=self.probs)
             if out_logits is None:
                 out_logits = torch.empty((b, logits.shape[1]), dtype=logits.dtype, device=logits.device)
             if stop.any():
                 done = rows[stop]
                 exits[done], preds[done] = k, pred[stop]
+                scores[done] = score[stop] if k < self.num_exits - 1 else np.nan  # the last exit accepts without a score
+                if stop.all():
+                    out_logits[torch.from_numpy(done).to(logits.device)] = logits
+                    break
                 sel = torch.from_numpy(np.flatnonzero(stop)).to(logits.device)
                 out_logits[torch.from_numpy(done).to(logits.device)] = logits.index_select(0, sel)
-            if stop.all():
-                break
-            keep = ~stop
-            if not keep.all():
-                h = h.index_select(0, torch.from_numpy(np.flatnonzero(keep)).to(h.device))
+                keep = np.flatnonzero(~stop)
+                h = gather_rows(h, torch.from_numpy(keep), len(rows))
                 rows = rows[keep]
         assert out_logits is not None
-        return EarlyExitResult(torch.from_numpy(preds), torch.from_numpy(exits), out_logits)
+        return EarlyExitResult(torch.from_numpy(preds), torch.from_numpy(exits), out_logits, torch.from_numpy(scores))
 
-    def _run_one(self, x: torch.Tensor) -> EarlyExitResult:
+    def _run_one(self, x: Any) -> EarlyExitResult:
         """Batch size 1: the policy's lean single-sample path, fed exit by exit on demand,
         so nothing after the accepted exit is computed."""
         exits = _LazyExits(self, x)
-        k, pred = self.online.run(exits, probs=self.probs)
-        return EarlyExitResult(torch.tensor([pred]), torch.tensor([k]), exits.last)
+        pool = self._samples
+        try:
+            s = pool.pop()  # atomic: concurrent callers never share a sample's buffers
+            s.reset()
+        except IndexError:
+            s = self.online.sample(self.probs)
+        step = s.step
+        for j in range(self.num_exits):
+            if step(exits[j]):
+                break
+        score = float("nan") if s.score is None or j == self.num_exits - 1 else float(s.score)
+        result = EarlyExitResult(torch.tensor([s.prediction]), torch.tensor([j]), exits.last, torch.tensor([score], dtype=torch.float64))
+        pool.append(s)
+        return result
 
 
 class _LazyExits:
@@ -142,7 +190,7 @@ class _LazyExits:
     (stage k and head k run then, in order): the policy reads ``exits[k]`` only if exit
     k-1 did not stop the sample."""
 
-    def __init__(self, ee: EarlyExitModel, x: torch.Tensor):
+    def __init__(self, ee: EarlyExitModel, x: Any):
         self.ee = ee
         self.h = x
         self.rows: list[np.ndarray] = []

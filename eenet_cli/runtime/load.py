@@ -8,6 +8,9 @@ A *model spec* is one of
   ``--model-arg key=value`` pairs and must return a ``torch.nn.Module``,
 * a ``torch.export`` file (``.pt2``), checked member by member before torch reads it
   (:mod:`eenet_cli.runtime.pt2`),
+* an ``eenet export`` bundle (a zip file with a ``manifest.json``, recognised by its content
+  whatever its name; :mod:`eenet_cli.runtime.bundle`), checked the same way: the model is its
+  stages and heads, and it carries its own policy and costs,
 * a Hugging Face model folder (``config.json`` + weights): a BERT-like text encoder made
   staged with exit heads by :func:`eenet_cli.runtime.text_model.build_text_model` (the
   ``--model-arg`` pairs go to it: ``num_classes``, ``exits``, ``pooling``, ...).
@@ -184,6 +187,8 @@ def load_model(spec: str, model_args: dict | None = None, weights: str | None = 
     input_shape = None
     if not spec:
         raise InputError("no model given", field="MODEL")
+    if spec.endswith(".eenet") or _is_bundle(spec):
+        return _load_bundle(spec, model_args, weights, device)
     if spec.endswith(".pt2"):
         if model_args:
             raise InputError("--model-arg does not apply to a torch.export file", source=spec)
@@ -234,6 +239,25 @@ def load_model(spec: str, model_args: dict | None = None, weights: str | None = 
     if not spec.endswith(".pt2"):  # an exported module is already on its device and in eval form
         module = module.to(dev).eval()
     return LoadedModel(module, spec, "staged" if k else "all-exits", k, input_shape, str(dev), model_args)
+
+
+def _is_bundle(spec: str) -> bool:
+    from eenet_cli.runtime.bundle import is_bundle
+
+    return is_bundle(spec)
+
+
+def _load_bundle(spec: str, model_args: dict, weights: str | None, device: str) -> LoadedModel:
+    """An ``eenet export`` bundle: checked member by member, nothing unpickled."""
+    from eenet_cli.runtime.bundle import read_bundle
+
+    if model_args:
+        raise InputError("--model-arg does not apply to an eenet bundle (it holds the exported model)", source=spec, field="--model-arg")
+    if weights:
+        raise InputError("an eenet bundle carries its own weights; drop --weights", source=spec, field="--weights")
+    dev = check_device(device)
+    module = read_bundle(spec, str(dev))
+    return LoadedModel(module, spec, "staged", len(module.stages), module.input_shape, str(dev), {})
 
 
 def _call_factory(factory, model_args: dict, spec: str) -> Any:

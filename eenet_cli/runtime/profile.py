@@ -33,7 +33,7 @@ from torch import nn
 
 from eenet_cli.core.thresholds import ACCEPT_ALL
 from eenet_cli.errors import InputError, WorkFailed
-from eenet_cli.runtime.batch import batch_len, batch_slice
+from eenet_cli.runtime.batch import batch_len, batch_slice, batch_to
 from eenet_cli.runtime.early_exit import EarlyExitModel
 from eenet_cli.runtime.load import LoadedModel
 from eenet_cli.runtime.run import run_checked
@@ -388,6 +388,108 @@ class PolicyRun:
         return float(np.dot(self.exit_fractions, self.prefix_mean_of_medians()) / self.prefix_batch_size)
 
 
+NOISY_SPREAD = 0.10  # (p75 - p25) / median of the block ratios above this: too noisy to tell
+
+
+def _quartile_spread(values: np.ndarray) -> float:
+    med = float(np.median(values))
+    if not np.isfinite(med) or med <= 0:
+        return float("inf")
+    q75, q25 = np.percentile(values, [75, 25])
+    return float((q75 - q25) / med)
+
+
+def compare_blocks(run: PolicyRun, given_costs_ms: list[float] | None = None, given_batch_size: int = 1) -> dict:
+    """The early-exit run against the full model and the offline estimate, block by block.
+
+    A *block* is one pass over the data. In each pass every call of the policy is timed
+    next to a prefix slot (:func:`run_policy`), so the full model (the last exit's prefix, on
+    a full batch of real inputs) and every exit's prefix are timed interleaved with the
+    early-exit calls, in the same process and moments. Per block, with the same statistic on
+    both sides (the mean of that pass's timings, per sample):
+
+    * realised = the early-exit calls' time / their samples (at batch size B > 1, the calls
+      of B samples only, when there are any, so that a smaller last batch does not count);
+    * full = the last exit's prefix time / its samples;
+    * estimate = sum_k f_k c_k, c_k = exit k's prefix time / its samples, f_k the share of
+      those samples that took exit k;
+    * speed-up = full / realised, ideal = full / estimate (= c_K / expected cost), and
+      realised / estimate.
+
+    The medians over the blocks are the figures; the spread of the blocks says whether the
+    machine was steady enough to tell: ``noisy`` when there are fewer than 3 blocks, or the
+    interquartile range of realised / estimate or of the speed-up exceeds ``NOISY_SPREAD`` of
+    its median (the full model's drift between blocks is reported, not judged: each block
+    compares like with like). ``given_costs_ms`` (ms per call of
+    ``given_batch_size`` samples) gives the offline estimate from the given costs beside it.
+    """
+    k = run.num_exits
+    b = run.batch_size
+    full_calls = run.call_sizes == b if b > 1 and (run.call_sizes == b).any() else np.ones(len(run.call_sizes), dtype=bool)
+    samples = int(run.call_sizes[full_calls].sum())
+    counts = np.bincount(np.concatenate([run.call_exits[i] for i in np.flatnonzero(full_calls)]), minlength=k)
+    frac = counts / max(samples, 1)
+    realised = run.call_ms[:, full_calls].sum(axis=1) / max(samples, 1)  # [passes]
+    per = np.stack([run.slot_ms[:, run.slot_exits == j].mean(axis=1) for j in range(k)], axis=1) / run.prefix_batch_size  # [passes, K]
+    full = per[:, -1]
+    estimate = per @ frac
+    ratio = realised / estimate
+    speedup = full / realised
+    ideal = full / estimate
+    med = {name: float(np.median(v)) for name, v in (("realised", realised), ("full", full), ("estimate", estimate),
+                                                     ("ratio", ratio), ("speedup", speedup), ("ideal", ideal))}
+    spread_ratio = _quartile_spread(ratio)
+    spread_speedup = _quartile_spread(speedup)
+    drift = float((full.max() - full.min()) / med["full"]) if med["full"] > 0 else float("inf")
+    blocks = len(realised)
+    # a machine whose speed moves between blocks is fine (each block compares like with like);
+    # blocks that disagree with each other are not
+    noisy = blocks < 3 or spread_ratio > NOISY_SPREAD or spread_speedup > NOISY_SPREAD
+    reasons = []
+    if blocks < 3:
+        reasons.append(f"only {blocks} block(s); 3 or more (--repeats) are needed to tell")
+    if spread_ratio > NOISY_SPREAD:
+        reasons.append(f"realised/estimate varied by {spread_ratio:.0%} (interquartile) over the blocks")
+    if spread_speedup > NOISY_SPREAD:
+        reasons.append(f"the speed-up varied by {spread_speedup:.0%} (interquartile) over the blocks")
+    out: dict = {
+        "batch_size": b,
+        "blocks": blocks,
+        "samples": samples,
+        "exit_fractions": [float(v) for v in frac],
+        "statistic": "per block (one pass): mean time per sample of that pass's timings; the figures are medians over the blocks",
+        "realised_ms_per_sample": med["realised"],
+        "full_model_ms_per_sample": med["full"],
+        "estimate_ms_per_sample": med["estimate"],
+        "realised_over_estimate": med["ratio"],
+        "speedup": med["speedup"],
+        "ideal_speedup": med["ideal"],
+        "speedup_over_ideal": med["speedup"] / med["ideal"] if med["ideal"] > 0 else None,
+        "per_block": {
+            "realised_ms_per_sample": [_r6(v) for v in realised],
+            "full_model_ms_per_sample": [_r6(v) for v in full],
+            "estimate_ms_per_sample": [_r6(v) for v in estimate],
+            "realised_over_estimate": [_r6(v) for v in ratio],
+            "speedup": [_r6(v) for v in speedup],
+        },
+        "spread": {"realised_over_estimate": _r6(spread_ratio), "speedup": _r6(spread_speedup), "full_model_drift": _r6(drift)},
+        "noisy": bool(noisy),
+        "verdict": "too noisy to tell: " + "; ".join(reasons) if noisy else "steady enough to tell",
+    }
+    if given_costs_ms is not None and len(given_costs_ms) == k:
+        c = np.asarray(given_costs_ms, dtype=np.float64) / max(int(given_batch_size), 1)
+        offline = float(c @ frac)
+        out["offline_estimate_ms_per_sample"] = offline
+        out["realised_over_offline_estimate"] = med["realised"] / offline if offline > 0 else None
+        out["ideal_speedup_given_costs"] = float(c[-1] / offline) if offline > 0 else None
+        out["speedup_over_ideal_given_costs"] = med["speedup"] / out["ideal_speedup_given_costs"] if offline > 0 else None
+    return out
+
+
+def _r6(v: float) -> float:
+    return float(f"{float(v):.6g}")
+
+
 def _prefix_inputs(xs: list, batch_size: int) -> list:
     """The inputs the prefixes are timed on: real inputs of the data, one call's worth each
     (single samples at batch size 1; the full batches otherwise, or the largest if none is)."""
@@ -439,20 +541,15 @@ def run_policy(
     xs: list = []
     ys: list[torch.Tensor] = []
     for x, y in data:
-        if not isinstance(x, torch.Tensor):
-            if not callable(pack):
-                raise InputError(
-                    "the runtime takes one input tensor per batch; this data gives a dict/tuple and the model has no "
-                    "eenet_pack_inputs() to pack it",
-                    source=data.spec,
-                )
+        if not isinstance(x, torch.Tensor) and callable(pack):
             x = pack(x)  # e.g. tokenised text -> [B, 2, T] (ids, mask)
+        # otherwise a dict/tuple batch goes to the first stage as it is (the runtime re-batches any nesting)
         if batch_len(x) == 0:
             continue
-        x = x.to(device)
+        x = batch_to(x, device)
         if not xs:
             with torch.inference_mode():
-                outs = run_checked(model, x[:1], data.spec)
+                outs = run_checked(model, batch_slice(x, slice(0, 1)), data.spec)
             c = outs[0].shape[1]
             if policy.get("num_classes", c) != c:
                 raise InputError(f"policy is for {policy['num_classes']} classes, the model gives {c}", field="num_classes")

@@ -298,8 +298,8 @@ def _adjust(cases: list[Case]) -> list[Case]:
 
 
 def model_cases() -> list[Case]:
-    """profile / dump / plot cases: always part of the corpus."""
-    return _model_cases() + _plot_cases()
+    """profile / dump / export / plot cases: always part of the corpus."""
+    return _model_cases() + _export_cases() + _plot_cases()
 
 
 TINY = "in/model_tiny.npz"  # 8 digits-shaped samples: a case that does run the model ends fast
@@ -314,6 +314,38 @@ def _dump(case_id: str, model: str, *extra: str, expect: tuple[str, ...], data: 
 def _profile(case_id: str, model: str, *extra: str, expect: tuple[str, ...], **kw) -> Case:
     out = _out(case_id, "costs.json")
     return Case(case_id, "profile", ("profile", model, "--repeats", "2", "--warmup", "0", *extra, "-o", out), expect, output=out, **kw)
+
+
+def _export(case_id: str, model: str, policy: str, *extra: str, expect: tuple[str, ...], **kw) -> Case:
+    out = _out(case_id, "model.eenet")
+    return Case(case_id, "export", ("export", model, "--policy", policy, *extra, "-o", out), expect, output=out, **kw)
+
+
+DIGITS_POLICY = "in/model_digits_policy.json"  # fits digits-cnn: 4 exits, 10 classes
+
+
+def _export_cases() -> list[Case]:
+    m = "in/model_{}".format
+    return [
+        _export("export_no_such_policy", "digits-cnn", "in/no_such_policy.json", expect=("in/no_such_policy.json", "no such file")),
+        _export("export_policy_other_k", "digits-cnn", POLICY, expect=(POLICY, "4")),
+        _export("export_policy_version_2", "digits-cnn", m("policy_v2.json"), expect=(m("policy_v2.json"), "version", "upgrade")),
+        _export("export_weights_malicious_pickle", "digits-cnn", DIGITS_POLICY, "--weights", m("payload.pt"),
+                expect=(m("payload.pt"), "weights_only=True")),
+        _export("export_unknown_builtin", "resnet9000", DIGITS_POLICY, expect=("resnet9000", "unknown model")),
+        _export("export_input_shape", "digits-cnn", DIGITS_POLICY, "--input-shape", "three,32", expect=("--input-shape", "3,32,32")),
+        _export("export_wrong_input_shape", "digits-cnn", DIGITS_POLICY, "--input-shape", "3,32,32", expect=("--input-shape", "cannot run")),
+        _export("export_data_and_shape", "digits-cnn", DIGITS_POLICY, "--data", TINY, "--input-shape", "1,8,8", expect=("--input-shape", "--data")),
+        _export("export_all_exits_model", "json:loads", DIGITS_POLICY, expect=("json:loads",)),
+        Case("export_onto_the_policy", "export", ("export", "digits-cnn", "--policy", DIGITS_POLICY, "-o", DIGITS_POLICY),
+             (DIGITS_POLICY, "--output", "is also the policy")),
+        _dump("dump_bundle_newer_version", m("bundle_v2.eenet"), expect=(m("bundle_v2.eenet"), "version", "upgrade")),
+        _dump("dump_bundle_with_a_pickle", m("bundle_pickle.eenet"), expect=(m("bundle_pickle.eenet"), "data.pkl", "refused")),
+        _profile("profile_bundle_not_a_zip", m("not_a_bundle.eenet"), expect=(m("not_a_bundle.eenet"), "not an eenet bundle")),
+        _profile("profile_batch_sizes_without_policy", "digits-cnn", "--batch-size", "1,8", expect=("--batch-size", "policy")),
+        _profile("profile_batch_size_list_zero", "digits-cnn", "--policy", POLICY, "--data", TINY, "--batch-size", "1,0",
+                 expect=("--batch-size", "at least 1")),
+    ]
 
 
 def _plot(case_id: str, *inputs: str, expect: tuple[str, ...], out_name: str = "figure.png", existing: bool = False, **kw) -> Case:
@@ -623,6 +655,18 @@ def _model_inputs(d: Path) -> None:
     (d / "model_garbage.safetensors").write_bytes(b"\xff" * 64)
 
 
+def _bundle_inputs(d: Path) -> None:
+    """Broken bundles that need no export: a newer format version, a pickle member, not a zip."""
+    import zipfile
+
+    with zipfile.ZipFile(d / "model_bundle_v2.eenet", "w") as zf:
+        zf.writestr("manifest.json", json.dumps({"format": "eenet-bundle", "version": 2, "members": {}}))
+    with zipfile.ZipFile(d / "model_bundle_pickle.eenet", "w") as zf:
+        zf.writestr("manifest.json", json.dumps({"format": "eenet-bundle", "version": 1}))
+        zf.writestr("data.pkl", (d / "model_payload.pt").read_bytes())
+    (d / "model_not_a_bundle.eenet").write_bytes(b"not a zip at all\n")
+
+
 def _digits_policy_v2(d: Path) -> None:
     """A policy that fits digits-cnn (4 exits, 10 classes), but of version 2."""
     from eenet_cli import api
@@ -632,6 +676,7 @@ def _digits_policy_v2(d: Path) -> None:
     preds = api.predictions_from_arrays(s.logits, s.labels, split=s.split, costs=s.costs)
     policy = api.fit_policy(preds, "2ms", method="maxprob")
     _json(d / "model_policy_v2.json", {**policy, "version": 2})
+    _json(d / "model_digits_policy.json", policy)
 
 
 def build(root: Path, cases: list[Case] = CASES) -> None:
@@ -652,9 +697,10 @@ def build(root: Path, cases: list[Case] = CASES) -> None:
     results = api.evaluate(preds, budgets=["2ms"], methods=["maxprob", "oracle"])
     write_results(d / "results.json", results)
     _results_inputs(d, results)
-    if any(c.command in ("dump", "profile") for c in cases):
+    if any(c.command in ("dump", "profile", "export") for c in cases):
         _model_inputs(d)
         _digits_policy_v2(d)
+        _bundle_inputs(d)
     for c in cases:
         (root / "out" / c.id).mkdir(parents=True, exist_ok=True)
         if c.existing and c.output:
