@@ -195,6 +195,23 @@ def test_readme_pipeline_runs(mode, tmp_path):
             check_artifact(tmp_path / name)
 
 
+@pytest.mark.slow
+def test_readme_deployment_path_runs(tmp_path):
+    """The README's fit -> export -> load-and-run block, piped, from a folder beside the data."""
+    (tmp_path / "sample_data").symlink_to(ROOT / "sample_data")
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    m = re.search(r"Deploy what you fitted.*?```bash\n(.*?)```", text, re.S)
+    assert m, "README has no 'Deploy what you fitted' block"
+    steps = [line.strip() for line in m.group(1).splitlines() if line.strip()]
+    assert [s.split()[0] for s in steps] == ["eenet", "eenet", "python"]
+    for step in steps:
+        shell = as_shell(step) if step.startswith("eenet ") else shlex.quote(sys.executable) + step[len("python"):]
+        rc, out, err = run_piped(shell, tmp_path)
+        assert rc == 0 and "Traceback" not in err, f"{step}\n{err[-3000:]}"
+    counts = json.loads(out.split(":", 1)[1])
+    assert sum(counts) == 64 and len(counts) == 4
+
+
 # --------------------------------------------------------------------------- the headline bug
 
 
