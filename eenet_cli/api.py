@@ -46,8 +46,11 @@ KNOWN_SPLITS = ("train", "val", "test")
 
 
 def load_predictions(path: str) -> Predictions:
-    """Read and validate a predictions file or folder of part files (docs/spec.md §2.1)."""
-    return read_predictions(path)
+    """Read and validate a predictions file or folder of part files (docs/spec.md §2.1).
+
+    Streamed: only the per-exit features are kept (full scores are read again only if a
+    method asks for them); a compact file (§2.1.1) gives the same features."""
+    return read_predictions(path, stream=True)
 
 
 def predictions_from_arrays(

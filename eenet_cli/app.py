@@ -19,7 +19,7 @@ from eenet_cli.errors import EenetError
 
 state = {"debug": False}
 
-COMMAND_ORDER = ["profile", "dump", "fit", "apply", "certify", "evaluate", "plot", "export", "schema"]
+COMMAND_ORDER = ["profile", "dump", "compact", "fit", "apply", "certify", "evaluate", "plot", "export", "schema"]
 
 
 class _Group(TyperGroup):

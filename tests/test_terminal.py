@@ -26,7 +26,7 @@ import pytest
 from conftest import ROOT
 
 EENET = [sys.executable, "-m", "eenet_cli"]
-COMMANDS = ["profile", "dump", "fit", "apply", "certify", "evaluate", "plot", "schema", "export"]
+COMMANDS = ["profile", "dump", "compact", "fit", "apply", "certify", "evaluate", "plot", "schema", "export"]
 TIMEOUT = 300
 
 

@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,30 +32,54 @@ from eenet_cli.errors import InputError
 EXIT_PREFIX = "exit_"
 
 
-@dataclass
 class Predictions:
-    """Per-exit scores of N samples, as read from a predictions file (docs/spec.md §2.1)."""
+    """Per-exit scores of N samples, as read from a predictions file (docs/spec.md §2.1).
 
-    scores: np.ndarray  # [N, K, C] float32
-    labels: np.ndarray | None  # [N] int64
-    split: np.ndarray | None  # [N] object (str)
-    sample_id: np.ndarray | None
-    meta: dict
-    source: str
-    files: list[Path] = field(default_factory=list)
-    _sha: str | None = None
+    Read whole (``scores`` is ``[N, K, C]`` float32), or streamed (per-exit features only;
+    ``scores`` is then read from the file on first use), or compact (docs/spec.md §2.1.1:
+    no full score vectors exist, and ``scores`` raises one line saying so).
+    """
+
+    def __init__(self, scores=None, labels=None, split=None, sample_id=None, meta=None, source="", files=None, _sha=None,
+                 *, features=None, lazy=None, rows=None):
+        self._scores = scores
+        self.labels = labels
+        self.split = split
+        self.sample_id = sample_id
+        self.meta = meta if meta is not None else {}
+        self.source = source
+        self.files = list(files) if files else []
+        self._sha = _sha
+        self._features = features  # streamed or compact: the per-exit features of these rows
+        self._lazy = lazy  # streamed full file: a LazyScores of the whole file
+        self._rows = rows  # streamed full file: these rows' positions in the file
+
+    @property
+    def compact(self) -> bool:
+        return self._scores is None and self._lazy is None
+
+    @property
+    def scores(self) -> np.ndarray:
+        if self._scores is not None:
+            return self._scores
+        if self._lazy is None:
+            from eenet_cli.core.measures import COMPACT_REFUSAL
+
+            raise InputError(COMPACT_REFUSAL.format(what="this operation"), source=self.source)
+        full = self._lazy.get()
+        return full if self._rows is None else full[self._rows]
 
     @property
     def num_samples(self) -> int:
-        return int(self.scores.shape[0])
+        return int(self._scores.shape[0]) if self._scores is not None else self._features.num_samples
 
     @property
     def num_exits(self) -> int:
-        return int(self.scores.shape[1])
+        return int(self._scores.shape[1]) if self._scores is not None else self._features.num_exits
 
     @property
     def num_classes(self) -> int:
-        return int(self.scores.shape[2])
+        return int(self._scores.shape[2]) if self._scores is not None else self._features.num_classes
 
     @property
     def score_kind(self) -> str:
@@ -68,18 +92,18 @@ class Predictions:
         return self._sha
 
     def rows(self, mask: np.ndarray) -> "Predictions":
-        return Predictions(
-            scores=self.scores[mask],
-            labels=None if self.labels is None else self.labels[mask],
-            split=None if self.split is None else self.split[mask],
-            sample_id=None if self.sample_id is None else self.sample_id[mask],
-            meta=self.meta,
-            source=self.source,
-            files=self.files,
-            _sha=self._sha,
-        )
+        take = (lambda a: None if a is None else a[mask])  # noqa: E731
+        if self._scores is not None:
+            return Predictions(self._scores[mask], take(self.labels), take(self.split), take(self.sample_id), self.meta,
+                               self.source, self.files, self._sha)
+        idx = np.flatnonzero(mask) if np.asarray(mask).dtype == bool else np.asarray(mask)
+        base = None if self._lazy is None else (idx if self._rows is None else self._rows[idx])
+        return Predictions(None, take(self.labels), take(self.split), take(self.sample_id), self.meta, self.source,
+                           self.files, self._sha, features=self._features.subset(idx), lazy=self._lazy, rows=base)
 
     def features(self):
+        if self._features is not None:
+            return self._features
         from eenet_cli.core.measures import exit_features
 
         return exit_features(self.scores, self.score_kind, self.labels)
@@ -322,11 +346,15 @@ def _fill_from_parts(pfs, files, source, cols, want, names, num_classes, scores,
     return not nonfinite
 
 
-def read_predictions(path: str | os.PathLike, *, validate: bool = True) -> Predictions:
+def read_predictions(path: str | os.PathLike, *, validate: bool = True, stream: bool = False) -> Predictions:
     """Read a predictions file or folder of part files into ``[N, K, C]`` float32.
 
     Exit columns are copied row group by row group straight from Arrow buffers into one
     preallocated array: no per-row Python objects and no second full-size copy.
+
+    With ``stream=True`` a full-score file is read batch by batch into per-exit features
+    only (peak memory bounded by the features, not the scores; the scores are read again
+    if something asks for them). A compact file (docs/spec.md §2.1.1) is always streamed.
     """
     import pyarrow as pa
 
@@ -362,8 +390,8 @@ def read_predictions(path: str | os.PathLike, *, validate: bool = True) -> Predi
     fmt = meta.get("format", "predictions")
     if fmt != "predictions":
         raise InputError(f"expected eenet.format 'predictions', got {fmt!r}", source=source, field="eenet.format")
-    if "version" in meta:
-        check_version("predictions", meta["version"], f"{source}: metadata eenet.version")
+    if _is_compact(meta, first_schema, source):
+        return _read_compact(pfs, files, source, meta, first_schema, sha, validate)
     cols, num_classes, _ = _check_schema(first_schema, source)
     for f, pf in pfs[1:]:
         if not pf.schema_arrow.remove_metadata().equals(first_schema.remove_metadata()):
@@ -377,6 +405,8 @@ def read_predictions(path: str | os.PathLike, *, validate: bool = True) -> Predi
     if scores_kind not in ("logits", "probs"):
         raise InputError(f"expected 'logits' or 'probs', got {scores_kind!r}", source=source, field="eenet.scores")
     names = first_schema.names
+    if stream:
+        return _read_full_streamed(path, pfs, files, source, meta, names, cols, num_classes, scores_kind, sha, reopen, validate)
     n = sum(pf.metadata.num_rows for _, pf in pfs)
     if n == 0:
         raise InputError("has no rows", source=source)
@@ -409,6 +439,529 @@ def read_predictions(path: str | os.PathLike, *, validate: bool = True) -> Predi
         # the copy already checked finiteness; the full scan runs only to name the first bad score
         validate_predictions(preds, check_finite=not finite)
     return preds
+
+
+# --------------------------------------------------------------------------- streamed reading
+
+STREAM_BATCH_BYTES = 1 << 25  # scores per streamed batch (32 MiB of float32): bounds the decoded temporaries
+
+
+def _is_compact(meta: dict, schema, source: str) -> bool:
+    """Whether the file is the compact layout (version 2); refuses versions this release
+    cannot read, with one line."""
+    import pyarrow as pa
+
+    if "version" not in meta:
+        return False
+    v = meta["version"]
+    major = None
+    if not isinstance(v, bool) and isinstance(v, (int, float, str)):
+        try:
+            major = int(str(v).split(".")[0])
+        except ValueError:
+            major = None
+    if major == COMPACT_VERSION:
+        t = schema.field("exit_0").type if "exit_0" in schema.names else None
+        if t is not None and pa.types.is_struct(t):
+            return True
+        # any other version-2 layout is one this release does not know: refused as before
+    check_version("predictions", v, f"{source}: metadata eenet.version")
+    return False
+
+
+def _batches(pfs, files, source, columns, rows_per_batch):
+    """Yield ``(part source, first row, record batch)`` over every part file, in order."""
+    import pyarrow as pa
+
+    row = 0
+    for f, pf in pfs:
+        src = source if len(files) == 1 else str(f)
+        it = pf.iter_batches(batch_size=rows_per_batch, columns=columns, use_threads=True)
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                break
+            except (pa.ArrowException, OSError) as e:
+                raise InputError(f"cannot read the rows after row {row} ({str(e).splitlines()[0]})", source=src) from None
+            yield src, row, batch
+            row += batch.num_rows
+
+
+def _fsl_numpy(arr, width: int, src: str, name: str, dtype=None) -> np.ndarray:
+    """``[rows, width]`` numpy view of a fixed_size_list array (no copy)."""
+    child = arr.values
+    if child.null_count:
+        raise InputError("holds nulls inside its lists", source=src, field=name)
+    dt = np.dtype(dtype) if dtype is not None else np.dtype(_NUMPY_FLOAT.get(str(child.type)) or f"int{child.type.bit_width}")
+    start = (arr.offset * width + child.offset) * dt.itemsize
+    return np.frombuffer(child.buffers()[1], dtype=dt, count=len(arr) * width, offset=start).reshape(len(arr), width)
+
+
+class _SmallColumns:
+    """label, split and sample_id, gathered batch by batch (see :func:`_fill_from_parts`)."""
+
+    def __init__(self, n: int, names):
+        self.names = names
+        self.labels = np.empty(n, dtype=np.int64) if "label" in names else None
+        self.split_parts: list[np.ndarray] = []
+        self.id_parts: list[np.ndarray] = []
+
+    def add(self, batch, row: int, src: str) -> None:
+        import pyarrow as pa
+
+        m = batch.num_rows
+        if self.labels is not None:
+            lab = pa.chunked_array([batch.column("label")])
+            _no_nulls(lab, row, src, "label")
+            self.labels[row : row + m] = _ints(lab, row, src, "label")
+        if "split" in self.names:
+            sp = pa.chunked_array([batch.column("split")])
+            if sp.null_count:
+                raise InputError(f"{sp.null_count} rows have no split", source=src, field="split")
+            self.split_parts.append(_strings(sp))
+        if "sample_id" in self.names:
+            sid = pa.chunked_array([batch.column("sample_id")])
+            _no_nulls(sid, row, src, "sample_id")
+            self.id_parts.append(_ints(sid, row, src, "sample_id") if pa.types.is_integer(sid.type) else _strings(sid))
+
+    def split(self):
+        return np.concatenate(self.split_parts) if self.split_parts else None
+
+    def ids(self):
+        return np.concatenate(self.id_parts) if self.id_parts else None
+
+
+def _pipelined(items, work, small):
+    """Run ``work(item)`` on a worker thread while the next item decodes (at most two in
+    flight); ``small(item)`` runs on this thread. Errors come out in row order."""
+    from collections import deque
+
+    workers = READ_THREADS
+    if workers < 2:
+        for item in items:
+            small(item)
+            work(item)
+        return
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eenet-stream") as ex:
+        try:
+            for item in items:
+                pending.append(ex.submit(work, item))
+                try:
+                    small(item)
+                except InputError:
+                    while pending:  # an earlier row's error is the one reported
+                        pending.popleft().result()
+                    raise
+                while len(pending) >= workers:
+                    pending.popleft().result()
+            while pending:
+                pending.popleft().result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+
+def _check_full_block(block: np.ndarray, start: int, kind: str, src: str) -> None:
+    """The checks :func:`validate_predictions` makes, on one streamed block of scores."""
+    finite = np.isfinite(block)
+    if not finite.all():
+        bad = np.argwhere(~finite)[0]
+        raise InputError(f"non-finite score (NaN or infinite) at row {start + bad[0]}, class {bad[2]}", source=src, field=f"exit_{bad[1]}")
+    if kind == "probs":
+        if (block < 0).any():
+            raise InputError("eenet.scores is 'probs' but some scores are negative", source=src, field="eenet.scores")
+        sums = block.sum(axis=-1, dtype=np.float64)
+        off = np.abs(sums - 1.0) > 1e-3
+        if off.any():
+            r, e = np.argwhere(off)[0]
+            raise InputError(
+                f"eenet.scores is 'probs' but row {start + r} sums to {sums[r, e]:.4g}, not 1 (store logits, or softmaxed scores)",
+                source=src,
+                field=f"exit_{e}",
+            )
+
+
+def _read_full_streamed(path, pfs, files, source, meta, names, cols, num_classes, kind, sha, reopen, validate) -> Predictions:
+    from eenet_cli.core.measures import FeatureBlocks, LazyScores
+
+    n = sum(pf.metadata.num_rows for _, pf in pfs)
+    if n == 0:
+        raise InputError("has no rows", source=source)
+    if num_classes < 2:
+        raise InputError(f"needs at least 2 classes, got {num_classes}", source=source, field="exit_0")
+    k = len(cols)
+    feats = FeatureBlocks(n, k)
+    small = _SmallColumns(n, names)
+    want = cols + [c for c in ("label", "split", "sample_id") if c in names]
+    rows = max(1, STREAM_BATCH_BYTES // (4 * k * num_classes))
+
+    def work(item) -> None:
+        src, start, batch = item
+        m = batch.num_rows
+        block = np.empty((m, k, num_classes), dtype=np.float32)
+        for j, name in enumerate(cols):
+            col = batch.column(name)
+            if col.null_count:
+                raise InputError(f"{col.null_count} rows have no scores (null)", source=src, field=name)
+            with np.errstate(over="ignore"):
+                block[:, j, :] = _fixed_list_view(col, num_classes, src, name)
+        if validate:
+            _check_full_block(block, start, kind, src)
+        feats.add_full(start, block, kind)
+
+    _pipelined(_batches(pfs, files, source, want, rows), work, lambda item: small.add(item[2], item[1], item[0]))
+
+    def load() -> np.ndarray:
+        return _eager_scores(pfs, files, source, cols, names, num_classes, reopen)
+
+    lazy = LazyScores(load, num_classes)
+    preds = Predictions(
+        None, small.labels, small.split(), small.ids(), meta, source, [] if sha is not None else files, sha,
+        features=feats.features(kind, num_classes, small.labels, lazy, source), lazy=lazy,
+    )
+    if validate:
+        _check_rows(preds, num_classes)
+    return preds
+
+
+def _eager_scores(pfs, files, source, cols, names, num_classes, reopen) -> np.ndarray:
+    """Every score of the file as ``[N, K, C]`` float32 (the whole-file read)."""
+    n = sum(pf.metadata.num_rows for _, pf in pfs)
+    scores = np.empty((n, len(cols), num_classes), dtype=np.float32)
+    workers = min(len(cols), READ_THREADS)
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eenet-read") if workers > 1 else None
+    try:
+        _fill_from_parts(pfs, files, source, cols, list(cols), [], num_classes, scores, None, [], [], executor, reopen)
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+    return scores
+
+
+def _check_rows(p: Predictions, num_classes: int) -> None:
+    """Label range and sample-id uniqueness (the row checks of :func:`validate_predictions`)."""
+    src = p.source
+    if p.labels is not None:
+        bad = (p.labels < 0) | (p.labels >= num_classes)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError(f"label {p.labels[i]} at row {i} is outside [0, {num_classes})", source=src, field="label")
+    if p.sample_id is not None:
+        splits = p.split if p.split is not None else np.zeros(p.num_samples, dtype=object)
+        for value in np.unique(splits):  # a handful of splits, not samples
+            rows = np.flatnonzero(splits == value)
+            ids = p.sample_id[rows]
+            order = np.argsort(ids, kind="stable")
+            same = ids[order][1:] == ids[order][:-1]
+            if same.any():
+                i = int(rows[order][1:][np.argmax(same)])
+                dup = p.sample_id[i].item() if isinstance(p.sample_id[i], np.generic) else p.sample_id[i]
+                raise InputError(f"sample_id {dup!r} appears more than once within a split", source=src, field="sample_id")
+
+
+# --------------------------------------------------------------------------- compact predictions (§2.1.1)
+
+COMPACT_VERSION = 2
+COMPACT_FIELDS = ("top_scores", "top_classes", "logsumexp", "entropy", "pred_scores", "label_score")
+
+
+def _check_compact_schema(schema, meta: dict, source: str) -> tuple[list[str], int, int, bool]:
+    """(exit columns, top-k, classes, has label_score) of a compact file, or one line on what is wrong."""
+    import pyarrow as pa
+
+    names = schema.names
+    exit_cols = [n for n in names if n.startswith(EXIT_PREFIX)]
+    k = len(exit_cols)
+    expected = [f"{EXIT_PREFIX}{j}" for j in range(k)]
+    if sorted(exit_cols, key=lambda s: (len(s), s)) != expected:
+        raise InputError(f"exit columns must be exit_0 ... exit_{k - 1} with no gaps, got {exit_cols}", source=source, field="exit columns")
+    c = meta.get("num_classes")
+    if type(c) is not int or c < 2:
+        raise InputError(f"a compact file must say its number of classes (an integer >= 2), got {c!r}", source=source, field="eenet.num_classes")
+    if "num_exits" in meta and meta["num_exits"] != k:
+        raise InputError(f"says {meta['num_exits']} exits but the file has {k} exit columns", source=source, field="eenet.num_exits")
+    with_label = "label" in names
+    top_k = None
+    for name in expected:
+        t = schema.field(name).type
+        if not pa.types.is_struct(t):
+            raise InputError(f"expected a struct of top-k fields (compact layout), got {t}", source=source, field=name)
+        fields = {t.field(i).name: t.field(i).type for i in range(t.num_fields)}
+        need = [f for f in COMPACT_FIELDS if f != "label_score" or with_label]
+        missing = [f for f in need if f not in fields]
+        if missing:
+            raise InputError(f"struct lacks field(s) {', '.join(missing)}", source=source, field=name)
+        floats = (pa.types.is_float32, pa.types.is_float16)
+        for f, size, kinds in (("top_scores", None, floats), ("top_classes", None, (pa.types.is_int32, pa.types.is_int64)),
+                               ("pred_scores", k, floats)):
+            ft = fields[f]
+            if not (pa.types.is_fixed_size_list(ft) and any(is_(ft.value_type) for is_ in kinds)):
+                raise InputError(f"expected {f} as a fixed_size_list of {'int32' if f == 'top_classes' else 'float32'}, got {ft}", source=source, field=f"{name}.{f}")
+            if size is not None and ft.list_size != size:
+                raise InputError(f"{f} holds {ft.list_size} values, expected one per exit ({size})", source=source, field=f"{name}.{f}")
+        if fields["top_scores"].list_size != fields["top_classes"].list_size:
+            raise InputError("top_scores and top_classes hold different numbers of values", source=source, field=f"{name}.top_classes")
+        if top_k is None:
+            top_k = fields["top_scores"].list_size
+        elif fields["top_scores"].list_size != top_k:
+            raise InputError(f"keeps the top {fields['top_scores'].list_size} classes but exit_0 keeps {top_k}", source=source, field=name)
+        for f in ("logsumexp", "entropy"):
+            if not pa.types.is_float64(fields[f]):
+                raise InputError(f"expected {f} as float64, got {fields[f]}", source=source, field=f"{name}.{f}")
+        if with_label and not (pa.types.is_float32(fields["label_score"]) or pa.types.is_float16(fields["label_score"])):
+            raise InputError(f"expected label_score as float32, got {fields['label_score']}", source=source, field=f"{name}.label_score")
+    if not 2 <= top_k <= c:
+        raise InputError(f"keeps the top {top_k} classes; a compact file keeps between 2 and num_classes ({c})", source=source, field="exit_0.top_scores")
+    if "sample_id" in names:
+        t = schema.field("sample_id").type
+        if not (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)):
+            raise InputError(f"expected integers or strings, got {t}", source=source, field="sample_id")
+    if with_label and not pa.types.is_integer(schema.field("label").type):
+        raise InputError(f"expected int64 labels, got {schema.field('label').type}", source=source, field="label")
+    if "split" in names and not (pa.types.is_string(schema.field("split").type) or pa.types.is_large_string(schema.field("split").type) or pa.types.is_dictionary(schema.field("split").type)):
+        raise InputError(f"expected strings, got {schema.field('split').type}", source=source, field="split")
+    return expected, top_k, c, with_label
+
+
+def _read_compact(pfs, files, source, meta, schema, sha, validate) -> Predictions:
+    from eenet_cli.core.measures import FeatureBlocks
+
+    cols, top_k, c, _ = _check_compact_schema(schema, meta, source)
+    for f, pf in pfs[1:]:
+        if not pf.schema_arrow.remove_metadata().equals(schema.remove_metadata()):
+            raise InputError(f"part file schema differs from {files[0].name}", source=str(f))
+    kind = meta.get("scores", "logits")
+    if kind not in ("logits", "probs"):
+        raise InputError(f"expected 'logits' or 'probs', got {kind!r}", source=source, field="eenet.scores")
+    n = sum(pf.metadata.num_rows for _, pf in pfs)
+    if n == 0:
+        raise InputError("has no rows", source=source)
+    k = len(cols)
+    names = schema.names
+    feats = FeatureBlocks(n, k)
+    small = _SmallColumns(n, names)
+    want = cols + [x for x in ("label", "split", "sample_id") if x in names]
+
+    def work(item) -> None:
+        src, start, batch = item
+        m = batch.num_rows
+        parts = {f: [] for f in COMPACT_FIELDS[:5]}
+        for j, name in enumerate(cols):
+            col = batch.column(name)
+            if col.null_count:
+                raise InputError(f"{col.null_count} rows have no value (null)", source=src, field=name)
+            children = dict(zip([col.type.field(i).name for i in range(col.type.num_fields)], col.flatten()))
+            for f in ("logsumexp", "entropy"):
+                if children[f].null_count:
+                    raise InputError(f"{children[f].null_count} rows have no value (null)", source=src, field=f"{name}.{f}")
+                parts[f].append(children[f].to_numpy(zero_copy_only=False))
+            for f, width, dt in (("top_scores", top_k, np.float32), ("top_classes", top_k, np.int64), ("pred_scores", k, np.float32)):
+                if children[f].null_count:
+                    raise InputError(f"{children[f].null_count} rows have no value (null)", source=src, field=f"{name}.{f}")
+                parts[f].append(_fsl_numpy(children[f], width, src, f"{name}.{f}").astype(dt))
+        top = np.stack(parts["top_scores"], axis=1)
+        cls = np.stack(parts["top_classes"], axis=1)
+        lse = np.stack(parts["logsumexp"], axis=1)
+        ent = np.stack(parts["entropy"], axis=1)
+        pred = np.stack(parts["pred_scores"], axis=1)
+        if validate:
+            for f, a in (("top_scores", top), ("logsumexp", lse), ("entropy", ent), ("pred_scores", pred)):
+                bad = ~np.isfinite(a)
+                if bad.any():
+                    at = np.argwhere(bad)[0]
+                    raise InputError(f"non-finite value (NaN or infinite) at row {start + at[0]}", source=src, field=f"exit_{at[1]}.{f}")
+            bad = (cls < 0) | (cls >= c)
+            if bad.any():
+                at = np.argwhere(bad)[0]
+                raise InputError(f"class {cls[tuple(at)]} at row {start + at[0]} is outside [0, {c})", source=src, field=f"exit_{at[1]}.top_classes")
+            if (ent < -1e-6).any():
+                at = np.argwhere(ent < -1e-6)[0]
+                raise InputError(f"entropy {ent[tuple(at)]:.4g} at row {start + at[0]} is negative", source=src, field=f"exit_{at[1]}.entropy")
+            if kind == "logits":
+                off = lse < top.max(axis=-1) - 1e-3
+                if off.any():
+                    at = np.argwhere(off)[0]
+                    raise InputError(f"logsumexp at row {start + at[0]} is below the largest stored logit", source=src, field=f"exit_{at[1]}.logsumexp")
+        feats.add_compact(start, top, cls, lse, ent, pred, kind)
+
+    rows = max(1, STREAM_BATCH_BYTES // (8 * k * (top_k + k + 2)))
+    _pipelined(_batches(pfs, files, source, want, rows), work, lambda item: small.add(item[2], item[1], item[0]))
+    preds = Predictions(
+        None, small.labels, small.split(), small.ids(), meta, source, [] if sha is not None else files, sha,
+        features=feats.features(kind, c, small.labels, None, source),
+    )
+    if validate:
+        _check_rows(preds, c)
+    return preds
+
+
+def compact_schema(num_exits: int, top_k: int, *, with_label: bool = True, with_split: bool = True, sample_id_type=None):
+    import pyarrow as pa
+
+    fields = [
+        pa.field("top_scores", pa.list_(pa.float32(), top_k), nullable=False),
+        pa.field("top_classes", pa.list_(pa.int32(), top_k), nullable=False),
+        pa.field("logsumexp", pa.float64(), nullable=False),
+        pa.field("entropy", pa.float64(), nullable=False),
+        pa.field("pred_scores", pa.list_(pa.float32(), num_exits), nullable=False),
+    ]
+    if with_label:
+        fields.append(pa.field("label_score", pa.float32(), nullable=False))
+    cols = [pa.field(f"{EXIT_PREFIX}{j}", pa.struct(fields), nullable=False) for j in range(num_exits)]
+    if with_label:
+        cols.append(pa.field("label", pa.int64()))
+    if with_split:
+        cols.append(pa.field("split", pa.string()))
+    if sample_id_type is not None:
+        cols.append(pa.field("sample_id", sample_id_type))
+    return pa.schema(cols)
+
+
+class CompactWriter:
+    """Stream compact predictions (docs/spec.md §2.1.1) into one Parquet file, a row group
+    per ``write`` call; the file appears under its name only when ``close()`` succeeds."""
+
+    def __init__(self, path, *, num_exits: int, num_classes: int, top_k: int, scores: str = "logits", costs=None,
+                 model=None, class_names=None, sample_id_type=None, with_split: bool = True, with_label: bool = True,
+                 with_ids: bool = True):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.path = Path(path)
+        self.num_exits, self.num_classes, self.top_k, self.with_label = num_exits, num_classes, top_k, with_label
+        meta = predictions_metadata(num_exits, num_classes, scores=scores, costs=costs, model=model, class_names=class_names)
+        meta[b"eenet.version"] = json.dumps(COMPACT_VERSION).encode()
+        meta[b"eenet.top_k"] = json.dumps(top_k).encode()
+        self.schema = compact_schema(num_exits, top_k, with_label=with_label, with_split=with_split,
+                                     sample_id_type=(sample_id_type or pa.int64()) if with_ids else None).with_metadata(meta)
+        self._ctx = atomic_path(self.path)
+        self._tmp = self._ctx.__enter__()
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
+        self.rows = 0
+
+    def write(self, cols: dict, labels=None, split=None, sample_id=None) -> None:
+        """``cols``: the arrays of :func:`eenet_cli.core.measures.compact_block` for n rows."""
+        import pyarrow as pa
+
+        n, k = cols["logsumexp"].shape
+        arrays = []
+        struct_type = self.schema.field("exit_0").type
+        for j in range(k):
+            children = [
+                pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(cols["top_scores"][:, j]).reshape(-1)), self.top_k),
+                pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(cols["top_classes"][:, j], dtype=np.int32).reshape(-1)), self.top_k),
+                pa.array(np.ascontiguousarray(cols["logsumexp"][:, j])),
+                pa.array(np.ascontiguousarray(cols["entropy"][:, j])),
+                pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(cols["pred_scores"][:, j]).reshape(-1)), k),
+            ]
+            if self.with_label:
+                children.append(pa.array(np.ascontiguousarray(cols["label_score"][:, j])))
+            arrays.append(pa.StructArray.from_arrays(children, fields=list(struct_type)))
+        names = [f.name for f in self.schema]
+        if "label" in names:
+            arrays.append(pa.array(np.asarray(labels, dtype=np.int64)))
+        if "split" in names:
+            sp = np.full(n, split, dtype=object) if isinstance(split, str) or split is None else np.asarray(split, dtype=object)
+            arrays.append(pa.array(sp, type=pa.string()))
+        if "sample_id" in names:
+            ids = np.arange(self.rows, self.rows + n) if sample_id is None else sample_id
+            arrays.append(pa.array(ids, type=self.schema.field("sample_id").type))
+        self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
+        self.rows += n
+
+    def close(self) -> None:
+        self._writer.close()
+        self._ctx.__exit__(None, None, None)
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        with contextlib.suppress(BaseException):
+            self._ctx.__exit__(type(exc) if exc else RuntimeError, exc or RuntimeError("aborted"), None)
+
+    def __enter__(self) -> "CompactWriter":
+        return self
+
+    def __exit__(self, et, ev, tb) -> None:
+        if et is None:
+            self.close()
+        else:
+            self.abort(ev)
+
+
+def compact_predictions(path, output, *, top_k: int = 5, progress=None) -> dict:
+    """Convert a full-score predictions file (or folder of parts) into a compact file,
+    batch by batch (memory bounded by a batch of scores). Returns a summary dict."""
+    import pyarrow as pa
+
+    from eenet_cli.core.measures import compact_block
+
+    source = display(path)
+    files = _part_files(Path(path), source)
+    pfs = [(f, _open_parquet(f, source if len(files) == 1 else str(f))) for f in files]
+    schema = pfs[0][1].schema_arrow
+    meta = _decode_meta(schema.metadata, source)
+    for f, pf in pfs[1:]:
+        part_meta = _decode_meta(pf.schema_arrow.metadata, str(f))
+        for key in ("format", "version", "num_exits", "num_classes", "scores"):
+            if part_meta.get(key) != meta.get(key):
+                raise InputError(f"part file declares {key} {part_meta.get(key)!r} but {files[0].name} declares {meta.get(key)!r}", source=str(f), field=f"eenet.{key}")
+        if not pf.schema_arrow.remove_metadata().equals(schema.remove_metadata()):
+            raise InputError(f"part file schema differs from {files[0].name}", source=str(f))
+    fmt = meta.get("format", "predictions")
+    if fmt != "predictions":
+        raise InputError(f"expected eenet.format 'predictions', got {fmt!r}", source=source, field="eenet.format")
+    if _is_compact(meta, schema, source):
+        raise InputError("is already compact (top-k scores); compact reads a full-score file", source=source)
+    cols, c, _ = _check_schema(schema, source)
+    k = len(cols)
+    if "num_exits" in meta and meta["num_exits"] != k:
+        raise InputError(f"says {meta['num_exits']} exits but the file has {k} exit columns", source=source, field="eenet.num_exits")
+    if "num_classes" in meta and meta["num_classes"] != c:
+        raise InputError(f"says {meta['num_classes']} classes but exit columns hold {c}", source=source, field="eenet.num_classes")
+    kind = meta.get("scores", "logits")
+    if kind not in ("logits", "probs"):
+        raise InputError(f"expected 'logits' or 'probs', got {kind!r}", source=source, field="eenet.scores")
+    if not 2 <= top_k <= c:
+        raise InputError(f"must be between 2 and the number of classes ({c}), got {top_k}", field="--top-k")
+    n = sum(pf.metadata.num_rows for _, pf in pfs)
+    if n == 0:
+        raise InputError("has no rows", source=source)
+    names = schema.names
+    with_label = "label" in names
+    id_type = schema.field("sample_id").type if "sample_id" in names else None
+    want = cols + [x for x in ("label", "split", "sample_id") if x in names]
+    rows = max(1, STREAM_BATCH_BYTES // (4 * k * c))
+    written = 0
+    with CompactWriter(output, num_exits=k, num_classes=c, top_k=top_k, scores=kind, costs=meta.get("costs"),
+                       model=meta.get("model"), class_names=meta.get("class_names"), sample_id_type=id_type,
+                       with_split="split" in names, with_label=with_label, with_ids=id_type is not None) as w:
+        for src, start, batch in _batches(pfs, files, source, want, rows):
+            m = batch.num_rows
+            block = np.empty((m, k, c), dtype=np.float32)
+            for j, name in enumerate(cols):
+                col = batch.column(name)
+                if col.null_count:
+                    raise InputError(f"{col.null_count} rows have no scores (null)", source=src, field=name)
+                with np.errstate(over="ignore"):
+                    block[:, j, :] = _fixed_list_view(col, c, src, name)
+            _check_full_block(block, start, kind, src)
+            small = _SmallColumns(m, names)
+            small.add(batch, 0, src)
+            labels = small.labels
+            if labels is not None:
+                bad = (labels < 0) | (labels >= c)
+                if bad.any():
+                    i = int(np.argmax(bad))
+                    raise InputError(f"label {labels[i]} at row {start + i} is outside [0, {c})", source=src, field="label")
+            out = compact_block(block, kind, top_k, labels)
+            w.write(out, labels, small.split(), small.ids())
+            written += m
+            if progress is not None:
+                progress(m)
+    return {"input": source, "output": str(output), "rows": written, "num_exits": k, "num_classes": c, "top_k": top_k, "scores": kind}
 
 
 def validate_predictions(p: Predictions, *, check_finite: bool = True) -> None:

@@ -4,6 +4,7 @@
 from eenet_cli.commands import (  # noqa: F401
     apply,
     certify,
+    compact,
     dump,
     evaluate,
     export,

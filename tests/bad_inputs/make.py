@@ -712,3 +712,55 @@ def counts(cases: list[Case] = CASES) -> dict[str, int]:
     for c in cases:
         out[c.command] = out.get(c.command, 0) + 1
     return out
+
+
+# --------------------------------------------------------------------------- compact predictions (issue 20)
+
+def _compact(case_id: str, preds: str, *extra: str, expect: tuple[str, ...], existing: bool = False, **kw) -> Case:
+    out = _out(case_id, "compact.parquet")
+    return Case(case_id, "compact", ("compact", preds, *extra, "-o", out), expect, output=out, existing=existing, **kw)
+
+
+def _compact_cases() -> list[Case]:
+    p = "in/{}.parquet".format
+    return [
+        _compact("compact_not_parquet", p("not_parquet"), expect=(p("not_parquet"), "not a readable Parquet file")),
+        _compact("compact_top_k_one", GOOD, "--top-k", "1", expect=("--top-k", "at least 2")),
+        _compact("compact_top_k_above_classes", GOOD, "--top-k", "9", expect=("--top-k", "between 2", "(5)")),
+        _compact("compact_already_compact", p("compact"), expect=(p("compact"), "already compact")),
+        _compact("compact_nan_scores", p("nan_scores"), expect=(p("nan_scores"), "exit_1", "non-finite"), existing=True),
+        _compact("compact_stdin", "-", expect=("PREDICTIONS", "stdin")),
+        _compact("compact_no_exit_columns", p("no_exits"), expect=(p("no_exits"), "exit_0", "exit columns")),
+        _fit("compact_fit_eenet_refused", p("compact"), base=("--budget", "2ms", "--method", "eenet"),
+             expect=(p("compact"), "compact", "EENet", "full-score file")),
+        _evaluate("compact_missing_class_count", p("compact_no_c"), expect=(p("compact_no_c"), "eenet.num_classes", "integer")),
+        _evaluate("compact_class_outside", p("compact_bad_class"), expect=(p("compact_bad_class"), "exit_1.top_classes", "outside [0, 5)")),
+    ]
+
+
+CASES += _compact_cases()
+_build_without_compact = build
+
+
+def _compact_inputs(d: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from eenet_cli.artifacts.predictions import compact_predictions
+
+    compact_predictions(d / "good.parquet", d / "compact.parquet", top_k=3)
+    t = pq.read_table(d / "compact.parquet")
+    meta = {k: v for k, v in t.schema.metadata.items() if k != b"eenet.num_classes"}
+    pq.write_table(t.replace_schema_metadata(meta), d / "compact_no_c.parquet")
+    col = t.column("exit_1").combine_chunks()
+    children = col.flatten()
+    cls = children[1].values.to_numpy().copy()
+    cls[7] = 5
+    children[1] = pa.FixedSizeListArray.from_arrays(pa.array(cls), children[1].type.list_size)
+    bad = pa.StructArray.from_arrays(children, fields=list(col.type))
+    pq.write_table(t.set_column(t.schema.get_field_index("exit_1"), t.schema.field("exit_1"), bad), d / "compact_bad_class.parquet")
+
+
+def build(root: Path, cases: list[Case] = CASES) -> None:  # noqa: F811 - the base corpus, then the compact inputs
+    _build_without_compact(root, cases)
+    _compact_inputs(root / "in")
