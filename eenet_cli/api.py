@@ -331,8 +331,13 @@ def evaluate(
     on_step: Callable[[str, float], None] | None = None,
     confidence: float | None = None,
     resplits: int = 0,
+    note: Callable[[str], None] | None = None,
 ) -> dict:
-    """Accuracy vs budget for each method (docs/spec.md §2.5); returns the results document."""
+    """Accuracy vs budget for each method (docs/spec.md §2.5); returns the results document.
+
+    On compact predictions (docs/spec.md §2.1.1) the default methods leave out those whose
+    scorer reads full class-probability vectors (EENet's), saying so through ``note``
+    (default: one line on stderr); naming such a method explicitly is refused in one line."""
     from eenet_cli.core.evaluate import evaluate_features
     from eenet_cli.core.methods import ALL_METHODS, check_method
 
@@ -343,10 +348,17 @@ def evaluate(
         values = default_budgets(cost)
     else:
         values = [_budget_value(b, cost) for b in budgets]
-    methods = list(methods) if methods else list(DEFAULT_METHODS)
+    methods, left_out = _default_methods_for(preds, test, list(methods) if methods else list(DEFAULT_METHODS))
     for m in methods:
         check_method(m, ALL_METHODS)
     val, tst, how = split_for_evaluation(preds, test, val_fraction, seed)
+    if left_out:  # said once the inputs have passed their checks, so bad input gets exactly one line
+        if note is not None:
+            note(left_out)
+        else:
+            import sys
+
+            print(left_out, file=sys.stderr)
     learner = _learner_for(methods)
     fitter = _certified_fitter(cost, confidence, seed, hyper, learner) if confidence is not None else None
     records, _ = evaluate_features(
@@ -369,6 +381,23 @@ def evaluate(
         **({"resplits": resplit_check(val, tst, cost, values, methods, confidence, resplits, seed, hyper, learner)} if resplits else {}),
         "results": records,
     }
+
+
+def _default_methods_for(preds: Predictions, test: Predictions | None, methods: list[str]) -> tuple[list[str], str]:
+    """The default method list (evaluate's own, or the same list passed in) without the
+    methods whose scorer needs full score vectors when the predictions are compact, and the
+    note saying so ("" when nothing is left out)."""
+    from eenet_cli.core.methods import METHODS
+
+    if methods != list(DEFAULT_METHODS) or not (preds.compact or (test is not None and test.compact)):
+        return methods, ""
+    full = [m for m in methods if METHODS[m].scorer == "eenet"]
+    if not full:
+        return methods, ""
+    src = test.source if test is not None and test.compact and not preds.compact else preds.source
+    line = (f"note: {src} holds compact predictions; left out {', '.join(full)} "
+            f"({'its scorer reads' if len(full) == 1 else 'their scorers read'} full class-probability vectors)")
+    return [m for m in methods if m not in full], line
 
 
 def _certified_fitter(cost: Costs, confidence: float, seed: int, hyper, learner):

@@ -123,12 +123,19 @@ def _decode_meta(raw: dict[bytes, bytes] | None, source: str) -> dict:
     return out
 
 
-def _open_parquet(path: Path, source: str):
+STREAM_BUFFER_BYTES = 1 << 20  # a streamed read fetches a column chunk through a buffer this size
+
+
+def _open_parquet(path: Path, source: str, *, stream: bool = False):
+    """A ``ParquetFile``, or one line on why not. ``stream=True`` turns off Arrow's
+    pre-buffering (which keeps every column chunk read so far in memory until the handle is
+    dropped: the size of the file, on a whole-file pass) and reads column chunks through a
+    small buffer, page by page, so a batch holds only its own rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=STREAM_BUFFER_BYTES) if stream else pq.ParquetFile(path)
         pf.schema_arrow  # noqa: B018 - decoded lazily; a damaged footer fails here, not later
         return pf
     except PermissionError:
@@ -380,6 +387,7 @@ def read_predictions(path: str | os.PathLike, *, validate: bool = True, stream: 
     meta = _decode_meta(first_schema.metadata, source)
     for f, pf in pfs[1:]:  # every part must declare what the first declares
         part_meta = _decode_meta(pf.schema_arrow.metadata, str(f))
+        _same_layout(pfs[0], (f, pf), meta, part_meta)
         for key in ("format", "version", "num_exits", "num_classes", "scores"):
             if part_meta.get(key) != meta.get(key):
                 raise InputError(
@@ -469,13 +477,33 @@ def _is_compact(meta: dict, schema, source: str) -> bool:
     return False
 
 
+def _same_layout(first, part, first_meta: dict, part_meta: dict) -> None:
+    """Refuse, in one line, a folder that mixes compact and full-score part files."""
+    (f0, pf0), (f, pf) = first, part
+    a = _is_compact(first_meta, pf0.schema_arrow, str(f0))
+    b = _is_compact(part_meta, pf.schema_arrow, str(f))
+    if a != b:
+        what = ("compact predictions (top-k per exit)", "full scores")
+        raise InputError(
+            f"part file holds {what[not b]} but {f0.name} holds {what[not a]}; a folder's parts must all be one or the other "
+            "(eenet compact converts a full part)", source=str(f),
+        )
+
+
 def _batches(pfs, files, source, columns, rows_per_batch):
-    """Yield ``(part source, first row, record batch)`` over every part file, in order."""
+    """Yield ``(part source, first row, record batch)`` over every part file, in order.
+
+    Each file on disk is opened afresh for the pass with pre-buffering off (see
+    :func:`_open_parquet`) and dropped at its end, and Arrow's freed memory is handed back
+    after each file: memory is bounded by a batch, whatever the file or row group size."""
     import pyarrow as pa
 
     row = 0
+    pool = pa.default_memory_pool()
     for f, pf in pfs:
         src = source if len(files) == 1 else str(f)
+        if isinstance(f, Path) and str(f) != "-":
+            pf = _open_parquet(f, src, stream=True)
         it = pf.iter_batches(batch_size=rows_per_batch, columns=columns, use_threads=True)
         while True:
             try:
@@ -486,6 +514,9 @@ def _batches(pfs, files, source, columns, rows_per_batch):
                 raise InputError(f"cannot read the rows after row {row} ({str(e).splitlines()[0]})", source=src) from None
             yield src, row, batch
             row += batch.num_rows
+            del batch
+        del it, pf
+        pool.release_unused()
 
 
 def _fsl_numpy(arr, width: int, src: str, name: str, dtype=None) -> np.ndarray:
@@ -841,6 +872,31 @@ class CompactWriter:
         self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
         self.rows = 0
 
+    def append_from(self, path) -> None:
+        """Copy every row of an existing compact file (same K, C and top-k) into this one,
+        row group by row group (``dump --keep top-k:K --append``)."""
+        import pyarrow as pa
+
+        src = str(path)
+        pf = _open_parquet(Path(path), src, stream=True)
+        old = pf.schema_arrow
+        meta = _decode_meta(old.metadata, src)
+        if not _is_compact(meta, old, src):
+            raise InputError("--append: the file holds full scores; drop --keep to append to it, or write a new file", source=src, field="--keep")
+        _, top_k, c, _ = _check_compact_schema(old, meta, src)
+        k = meta.get("num_exits")
+        if (k, c, top_k) != (self.num_exits, self.num_classes, self.top_k):
+            raise InputError(
+                f"--append: the file keeps the top {top_k} of {c} classes at {k} exits; the new rows would keep the top "
+                f"{self.top_k} of {self.num_classes} at {self.num_exits}", source=src, field="--keep",
+            )
+        if not old.remove_metadata().equals(self.schema.remove_metadata()):
+            raise InputError("--append: the file's columns differ from the ones this dump writes; write a new file", source=src)
+        for g in range(pf.num_row_groups):
+            t = pf.read_row_group(g)
+            self._writer.write_table(pa.Table.from_arrays(t.columns, schema=self.schema))
+            self.rows += t.num_rows
+
     def write(self, cols: dict, labels=None, split=None, sample_id=None) -> None:
         """``cols``: the arrays of :func:`eenet_cli.core.measures.compact_block` for n rows."""
         import pyarrow as pa
@@ -894,8 +950,6 @@ class CompactWriter:
 def compact_predictions(path, output, *, top_k: int = 5, progress=None) -> dict:
     """Convert a full-score predictions file (or folder of parts) into a compact file,
     batch by batch (memory bounded by a batch of scores). Returns a summary dict."""
-    import pyarrow as pa
-
     from eenet_cli.core.measures import compact_block
 
     source = display(path)
@@ -905,6 +959,7 @@ def compact_predictions(path, output, *, top_k: int = 5, progress=None) -> dict:
     meta = _decode_meta(schema.metadata, source)
     for f, pf in pfs[1:]:
         part_meta = _decode_meta(pf.schema_arrow.metadata, str(f))
+        _same_layout(pfs[0], (f, pf), meta, part_meta)
         for key in ("format", "version", "num_exits", "num_classes", "scores"):
             if part_meta.get(key) != meta.get(key):
                 raise InputError(f"part file declares {key} {part_meta.get(key)!r} but {files[0].name} declares {meta.get(key)!r}", source=str(f), field=f"eenet.{key}")
@@ -1194,6 +1249,11 @@ class ExistingPredictions:
     fp16: bool
     rows: int
     names: tuple = ()  # the file's column names
+    top_k: int | None = None  # a compact file (docs/spec.md §2.1.1): the classes it keeps per exit
+
+    @property
+    def compact(self) -> bool:
+        return self.top_k is not None
 
 
 def read_existing(path: Path) -> ExistingPredictions:
@@ -1229,8 +1289,11 @@ def read_existing(path: Path) -> ExistingPredictions:
                 next_id = int(pc.max(ids).as_py()) + 1
         else:
             string_ids = True
-    fp16 = "exit_0" in names and pa.types.is_float16(pf.schema_arrow.field("exit_0").type.value_type)
-    return ExistingPredictions(meta, next_id, string_ids, fp16, pf.metadata.num_rows, tuple(names))
+    t0 = pf.schema_arrow.field("exit_0").type if "exit_0" in names else None
+    fp16 = t0 is not None and pa.types.is_fixed_size_list(t0) and pa.types.is_float16(t0.value_type)
+    compact = _is_compact(meta, pf.schema_arrow, src)
+    top_k = _check_compact_schema(pf.schema_arrow, meta, src)[1] if compact else None
+    return ExistingPredictions(meta, next_id, string_ids, fp16, pf.metadata.num_rows, tuple(names), top_k)
 
 
 def next_part_sample_id(folder: Path) -> int:

@@ -33,12 +33,20 @@ part files an earlier eenet dump recorded there, and says so.
 
 --scores probs stores softmax(outputs) instead of the raw outputs.
 
+--keep top-k:K writes compact predictions (docs/spec.md §2.1.1) instead of every class
+score: per exit the top K scores and their classes, the log-sum-exp, the entropy of the
+full distribution, each exit's score of every exit's prediction, and the label's score,
+computed batch by batch from the model's outputs (the same file `eenet compact --top-k K`
+makes from a full dump). For large output spaces (language models over a vocabulary):
+fit, apply, evaluate and certify read it as they read a full file.
+
 Examples (on the shipped sample model):
 
 \b
   eenet dump digits-cnn --weights sample_data/digits_model.safetensors --data digits:val --split val --costs sample_data/digits_costs.json -o preds.parquet
   eenet dump digits-cnn --weights sample_data/digits_model.safetensors --data digits:test --split test -o preds.parquet --append
   eenet dump digits-cnn --weights sample_data/digits_model.safetensors --data digits:val --split val --costs sample_data/digits_costs.json -q | eenet fit - --budget 60% -o policy.json
+  eenet dump digits-cnn --weights sample_data/digits_model.safetensors --data digits:val --split val --keep top-k:3 -o compact.parquet
 
 Your own model (an import string runs its module's code):
 
@@ -66,6 +74,7 @@ def dump_command(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Batch size for .npz/.pt/built-in data (a loader keeps its own).")] = 256,
     costs: CostsOpt = None,
     scores: Annotated[str, typer.Option("--scores", help="logits (raw outputs) or probs (softmax of the outputs).")] = "logits",
+    keep: Annotated[str, typer.Option("--keep", help="full (every class score) or top-k:K (compact predictions: the top K classes per exit, docs/spec.md §2.1.1).")] = "full",
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     opts: ModelOptions = ModelOptions(),
@@ -100,7 +109,11 @@ def dump_command(
         raise InputError(f"expected logits or probs, got {scores!r}", field="--scores")
     if split is not None and not split.strip():
         raise InputError("must not be empty", field="--split")
-    from eenet_cli.runtime.dump import shard_from_env
+    from eenet_cli.runtime.dump import parse_keep, shard_from_env
+
+    top_k = parse_keep(keep)
+    if top_k is not None and fp16:
+        raise InputError("--fp16 halves full scores; a compact file (--keep top-k:K) stores a few float32 numbers per exit, drop --fp16", field="--fp16")
 
     shard = shard_from_env()
     if to_stdout and shard.active:
@@ -113,7 +126,7 @@ def dump_command(
             spool = stack.enter_context(tempfile.TemporaryDirectory(prefix="eenet-dump-"))
             output = os.path.join(spool, "predictions.parquet")
         cost = load_costs(costs) if costs else None
-        _check_split_column(output, shard, split, append)  # before any model or data is loaded
+        _check_split_column(output, shard, split, append, top_k)  # before any model or data is loaded
         device = opts.device
         if device == "cuda" and shard.active and os.environ.get("LOCAL_RANK"):
             device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
@@ -140,6 +153,7 @@ def dump_command(
                 scores=scores,
                 costs=cost.to_json() if cost is not None else None,
                 shard=shard,
+                top_k=top_k,
                 progress=lambda n, rate: update(n, description=f"{label} {rate:,.0f} samples/s"),
                 log=lambda m: summary(m, quiet),
             )
@@ -148,9 +162,10 @@ def dump_command(
                 data_bytes = fh.read()
             write_stdout_bytes(data_bytes)
     acc = ", ".join(f"{a:.3f}" for a in res.exit_accuracy)
+    kept = f" (compact: top {top_k})" if top_k is not None else ""
     summary(
         f"wrote {'stdout' if to_stdout else res.path}: {res.rows} new rows ({res.total_rows} in all), {res.num_exits} exits x "
-        f"{res.num_classes} classes, {res.samples_per_second:,.0f} samples/s; exit accuracies {acc}",
+        f"{res.num_classes} classes{kept}, {res.samples_per_second:,.0f} samples/s; exit accuracies {acc}",
         quiet,
     )
     if json_out:
@@ -165,6 +180,7 @@ def dump_command(
                     "num_exits": res.num_exits,
                     "num_classes": res.num_classes,
                     "split": split,
+                    "top_k": top_k,
                     "exit_accuracy": res.exit_accuracy,
                     "seconds": res.seconds,
                 }
@@ -173,9 +189,10 @@ def dump_command(
         )
 
 
-def _check_split_column(output: str, shard, split: Optional[str], append: bool) -> None:
+def _check_split_column(output: str, shard, split: Optional[str], append: bool, top_k: Optional[int] = None) -> None:
     """--append needs a readable predictions file that keeps its shape (a split column in
-    both or neither); checked before the model runs, so a wrong target fails at once."""
+    both or neither, compact or full alike); checked before the model runs, so a wrong
+    target fails at once."""
     if not append:
         return
     from pathlib import Path
@@ -188,7 +205,14 @@ def _check_split_column(output: str, shard, split: Optional[str], append: bool) 
     if not path.is_file():
         output_file(output, shard)  # the right error for a folder/file mix-up
         raise InputError("--append: no such file to append to (drop --append to create it)", source=str(path), field="--output")
-    has_split = "split" in read_existing(path).names
+    old = read_existing(path)
+    if old.compact and top_k is None:
+        raise InputError(f"--append: the file holds compact predictions (top {old.top_k} per exit); add --keep top-k:{old.top_k} to append to it", source=str(path), field="--keep")
+    if top_k is not None and not old.compact:
+        raise InputError("--append: the file holds full scores; drop --keep to append to it, or write a new file", source=str(path), field="--keep")
+    if top_k is not None and old.top_k != top_k:
+        raise InputError(f"--append: the file keeps the top {old.top_k} classes per exit, this dump would keep {top_k} (use --keep top-k:{old.top_k})", source=str(path), field="--keep")
+    has_split = "split" in old.names
     if has_split and split is None:
         raise InputError("--append: the file has a split column; give --split for the new rows", source=str(path), field="--split")
     if not has_split and split is not None:

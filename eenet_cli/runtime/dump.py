@@ -126,6 +126,20 @@ def _barrier(shard: Shard) -> bool:
     return False
 
 
+def parse_keep(text: str | None) -> int | None:
+    """``--keep``: ``full`` (every class score; None) or ``top-k:K`` (compact predictions
+    keeping K classes per exit, docs/spec.md §2.1.1; returns K)."""
+    if text is None or text.strip() == "full":
+        return None
+    head, sep, tail = text.strip().partition(":")
+    if head != "top-k" or not sep or not tail.strip().isdigit():
+        raise InputError(f"expected full or top-k:K (K classes kept per exit, at least 2), got {text!r}", field="--keep")
+    k = int(tail)
+    if k < 2:
+        raise InputError(f"top-k:{k} keeps too few classes; keep at least 2 (the top two give the margin)", field="--keep")
+    return k
+
+
 def dump_predictions(
     model: LoadedModel,
     data: DataSource,
@@ -141,13 +155,28 @@ def dump_predictions(
     progress=None,
     log=None,
     lock_timeout: float | None = None,
+    top_k: int | None = None,
 ) -> DumpResult:
-    """Run ``model`` over ``data`` and write its exit scores (see the module docstring)."""
-    from eenet_cli.artifacts.predictions import PredictionsWriter, read_existing
+    """Run ``model`` over ``data`` and write its exit scores (see the module docstring).
+
+    With ``top_k`` the file is compact (docs/spec.md §2.1.1): each row group's columns are
+    computed from the buffered float32 scores by the very function ``eenet compact`` uses
+    (:func:`eenet_cli.core.measures.compact_block`), so the file equals a full dump
+    converted by ``eenet compact --top-k K``, value for value, and no full score is stored."""
+    from eenet_cli.artifacts.predictions import (
+        CompactWriter,
+        PredictionsWriter,
+        read_existing,
+    )
+    from eenet_cli.core.measures import compact_block
 
     shard = shard or Shard()
     if scores not in ("logits", "probs"):
         raise InputError(f"expected logits or probs, got {scores!r}", field="--scores")
+    if top_k is not None and top_k < 2:
+        raise InputError(f"top-k:{top_k} keeps too few classes; keep at least 2", field="--keep")
+    if top_k is not None and fp16:
+        raise InputError("--fp16 halves full scores; a compact file (--keep top-k:K) stores a few float32 numbers per exit, drop --fp16", field="--fp16")
     path = output_file(output, shard)
     old: ExistingPredictions | None = None
     with contextlib.ExitStack() as locks:  # --append: locked from reading the old rows to the rename
@@ -157,7 +186,13 @@ def dump_predictions(
             old_kind = old.meta.get("scores", "logits")
             if old_kind != scores:
                 raise InputError(f"--append: the file stores {old_kind}, this dump would add {scores} (use --scores {old_kind})", source=str(path), field="--scores")
-            if old.fp16 != fp16 and log:
+            if old.compact and top_k is None:
+                raise InputError(f"--append: the file holds compact predictions (top {old.top_k} per exit); add --keep top-k:{old.top_k} to append to it", source=str(path), field="--keep")
+            if top_k is not None and not old.compact:
+                raise InputError("--append: the file holds full scores; drop --keep to append to it, or write a new file", source=str(path), field="--keep")
+            if top_k is not None and old.top_k != top_k:
+                raise InputError(f"--append: the file keeps the top {old.top_k} classes per exit, this dump would keep {top_k} (use --keep top-k:{old.top_k})", source=str(path), field="--keep")
+            if old.fp16 != fp16 and log and top_k is None:
                 log(f"note: {path} stores {'float16' if old.fp16 else 'float32'} scores; the new rows follow it")
             fp16 = old.fp16
             if costs is None:
@@ -165,7 +200,7 @@ def dump_predictions(
             if shard.active:
                 old.next_id = _shared_next_id(path.parent, shard)
         device = torch.device(model.device)
-        writer: PredictionsWriter | None = None
+        writer: PredictionsWriter | CompactWriter | None = None
         buf_scores: list[np.ndarray] = []
         buf_labels: list[np.ndarray] = []
         buf_ids: list[np.ndarray] = []
@@ -183,9 +218,12 @@ def dump_predictions(
             if not buffered or writer is None:
                 return
             ids = np.concatenate(buf_ids)
+            block, labels = np.concatenate(buf_scores), np.concatenate(buf_labels)
+            if top_k is not None:
+                block = compact_block(block, scores, top_k, labels)
             writer.write(
-                np.concatenate(buf_scores),
-                np.concatenate(buf_labels),
+                block,
+                labels,
                 split=split,
                 sample_id=ids.astype(str).astype(object) if old and old.string_ids else ids,
             )
@@ -211,17 +249,24 @@ def dump_predictions(
                                 )
                         if costs is not None and len(costs.get("costs", [])) != k:
                             raise InputError(f"the costs have {len(costs.get('costs', []))} exits but the model gives {k}", field="--costs")
-                        writer = PredictionsWriter(
-                            path,
-                            num_exits=k,
-                            num_classes=c,
-                            scores=scores,
-                            fp16=fp16,
-                            costs=costs,
-                            model=model.spec if old is None else old.meta.get("model", model.spec),
-                            sample_id_type=_id_type(old),
-                            with_split=split is not None,
-                        )
+                        spec = model.spec if old is None else old.meta.get("model", model.spec)
+                        if top_k is not None:
+                            if top_k > c:
+                                raise InputError(f"top-k:{top_k} keeps more classes than the model has ({c})", field="--keep")
+                            writer = CompactWriter(path, num_exits=k, num_classes=c, top_k=top_k, scores=scores, costs=costs,
+                                                   model=spec, sample_id_type=_id_type(old), with_split=split is not None)
+                        else:
+                            writer = PredictionsWriter(
+                                path,
+                                num_exits=k,
+                                num_classes=c,
+                                scores=scores,
+                                fp16=fp16,
+                                costs=costs,
+                                model=spec,
+                                sample_id_type=_id_type(old),
+                                with_split=split is not None,
+                            )
                         if old is not None:
                             writer.append_from(path)
                         correct = np.zeros(k, dtype=np.int64)

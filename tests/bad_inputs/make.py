@@ -764,3 +764,27 @@ def _compact_inputs(d: Path) -> None:
 def build(root: Path, cases: list[Case] = CASES) -> None:  # noqa: F811 - the base corpus, then the compact inputs
     _build_without_compact(root, cases)
     _compact_inputs(root / "in")
+
+
+# --------------------------------------------------------------------------- dump --keep and streamed part folders (issue 20)
+
+def _keep_cases() -> list[Case]:
+    return [
+        _dump("dump_keep_unknown", "digits-cnn", "--keep", "top3", expect=("--keep", "full or top-k:K", "'top3'")),
+        _dump("dump_keep_top_k_one", "digits-cnn", "--keep", "top-k:1", expect=("--keep", "at least 2")),
+        _dump("dump_keep_top_k_above_classes", "digits-cnn", "--keep", "top-k:11", expect=("--keep", "more classes than the model has (10)")),
+        _dump("dump_keep_with_fp16", "digits-cnn", "--keep", "top-k:3", "--fp16", expect=("--fp16", "drop --fp16")),
+        _evaluate("evaluate_parts_compact_and_full", "in/mixed_parts", expect=("in/mixed_parts/part-00001.parquet", "compact", "full scores")),
+    ]
+
+
+CASES += _keep_cases()
+_build_without_keep = build
+
+
+def build(root: Path, cases: list[Case] = CASES) -> None:  # noqa: F811 - the corpus so far, then a folder of mixed parts
+    _build_without_keep(root, cases)
+    d = root / "in" / "mixed_parts"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "part-00000.parquet").write_bytes((root / "in" / "good.parquet").read_bytes())
+    (d / "part-00001.parquet").write_bytes((root / "in" / "compact.parquet").read_bytes())
