@@ -19,6 +19,7 @@ from eenet_cli.core.thresholds import (
     fit_geometric,
     geometric,
     quota_thresholds,
+    realised_cost,
 )
 from eenet_cli.synthetic import make_predictions
 
@@ -243,3 +244,28 @@ def test_overfitting_search_loses_the_cross_validation_to_quotas():
     chosen, figures = cross_validated_choice({"quota": quota, "search": searched}, scores, correct, costs, budget, seed=0)
     assert in_sample_gain > 0.02  # on the rows it tuned on, the search looks better ...
     assert figures["search"] - figures["quota"] < in_sample_gain / 2  # ... much less on rows it did not see
+
+
+def test_eenet_search_keeps_the_best_baselines_rule_among_its_candidates():
+    """With utilities that carry no information (noise), eenet-search's cross-validated
+    choice falls on a baseline's own rule; the policy then stops on that measure with the
+    baseline's thresholds, and on validation it equals that baseline."""
+    from eenet_cli.core.eenet import _search_policy
+    from eenet_cli.core.policy import SIMPLE_SCORERS
+
+    d = make_predictions(3000, 4, 10, seed=8, miscalibration=0.5)
+    val = d.split == "val"
+    fv = exit_features(d.logits[val], "logits", d.labels[val])
+    costs = np.asarray(d.costs, dtype=np.float64)
+    budget = 2.0
+    noise = np.random.default_rng(0).normal(size=(fv.num_samples, fv.num_exits))
+    p = np.full(fv.num_exits, 1.0 / fv.num_exits)
+    thr, info, measure = _search_policy(Ranking(noise), noise, fv.correct, costs, budget, p, 0, fv)
+    assert info["chosen_rule"].startswith("baseline-") and measure == info["chosen_rule"].split("-", 1)[1]
+    figures = info["cross_validated_accuracy"]
+    assert figures[info["chosen_rule"]] == max(figures.values())
+    scores = SIMPLE_SCORERS[measure](fv)
+    if measure != "patience":
+        assert thr == fit_geometric(Ranking(scores), costs, budget).thresholds
+    exits = apply_thresholds(scores, thr)
+    assert realised_cost(exits, costs) <= budget * (1 + 1e-9)

@@ -92,8 +92,6 @@ def test_fit_and_apply_same_decisions(runner, pair, tmp_path, name, method):
     r1, p_full = _policy(runner, full, method, tmp_path / "full.json")
     assert r1.exit_code == 0, r1.output
     r2, p_comp = _policy(runner, comp, method, tmp_path / "compact.json")
-    if method == "lookahead" and r2.exit_code == 2 and "compact" in r2.output:
-        pytest.xfail("lookahead still reads full probability vectors (core/lookahead.py: use features.top2_probs / pred_probs)")
     assert r2.exit_code == 0, r2.output
     for p in (p_full, p_comp):
         p.pop("provenance")

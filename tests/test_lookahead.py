@@ -115,29 +115,53 @@ def reference_estimates(scorer: dict, features) -> np.ndarray:
             }[what]())
         x = np.stack(columns, axis=1)
         for t in scorer["exits"][k]["targets"]:
-            z = (float(t["bias"]) + x @ np.asarray(t["weight"], dtype=np.float64)
-                 + np.asarray(t["class_bias"])[yk] + np.asarray(t["class_slope"])[yk] * margin[:, k])
+            if t.get("model") == "trees":
+                xt = np.concatenate([yk[:, None].astype(np.float64), x], axis=1) if c <= 255 else x
+                z = np.array([reference_forest(t["trees"], row, int(cls)) for row, cls in zip(xt, yk)])
+            else:
+                z = (float(t["bias"]) + x @ np.asarray(t["weight"], dtype=np.float64)
+                     + np.asarray(t["class_bias"])[yk] + np.asarray(t["class_slope"])[yk] * margin[:, k])
             out[:, k, int(t["exit"])] = _sigmoid(z)
     return out
 
 
-def reference_rule(p: np.ndarray, costs, lam: float) -> np.ndarray:
+def reference_forest(forest: dict, row: np.ndarray, cls: int) -> float:
+    """A forest's raw score for one row, walking each tree node by node (docs/lookahead.md)."""
+    going_left = {node: set(cats) for node, cats in forest["categorical"]}
+    total = float(forest["baseline"])
+    for root in forest["roots"]:
+        node = root
+        while forest["feature"][node] >= 0:
+            if node in going_left:
+                left = cls in going_left[node]
+            else:
+                left = row[forest["feature"][node]] <= forest["threshold"][node]
+            node = forest["left"][node] if left else forest["right"][node]
+        total += forest["value"][node]
+    return total
+
+
+def reference_rule(p: np.ndarray, costs, lam: float, skip=None) -> np.ndarray:
     """-gain_k = (P̂[k,k] - λ c_k) - max over every later exit j of (P̂[k,j] - λ c_j); 0 at the
     last exit. A plain loop over samples, exits and later exits."""
     n, k_seen, k_all = p.shape
     out = np.zeros((n, k_seen))
     for s in range(n):
         for k in range(min(k_seen, k_all - 1)):
-            best = max(p[s, k, j] - lam * costs[j] for j in range(k + 1, k_all))
+            best = max(p[s, k, j] - lam * costs[j] for j in range(k + 1, k_all) if not (skip and skip[j]))
             out[s, k] = (p[s, k, k] - lam * costs[k]) - best
     return out
 
 
 def reference_scores(scorer: dict, features) -> np.ndarray:
+    if "measure" in scorer:  # a baseline's own measure (test_baselines checks those)
+        from eenet_cli.core.policy import SIMPLE_SCORERS
+
+        return SIMPLE_SCORERS[scorer["measure"]](features)
     p = reference_estimates(scorer, features)
     if scorer["rule"] == "quota":
         return np.stack([p[:, k, k] for k in range(p.shape[1])], axis=1)
-    return reference_rule(p, scorer["costs"], float(scorer["lambda"]))
+    return reference_rule(p, scorer["costs"], float(scorer["lambda"]), scorer.get("skip"))
 
 
 def plain_exits(scores: np.ndarray, thresholds) -> list[int]:

@@ -155,3 +155,72 @@ def test_eenet_wide_scorer_matches_offline():
             if stop:
                 break
         assert (s.exit, s.prediction) == (off.exits[i], off.preds[i]) == op.run(d.logits[i])
+
+
+def _uneven(n=3000, seed=6):
+    """Four exits whose third is much weaker than the second (its logits are mostly noise)."""
+    d = make_predictions(n, 4, 10, seed=seed, miscalibration=0.5)
+    logits = d.logits.copy()
+    rng = np.random.default_rng(seed)
+    logits[:, 2] = 0.3 * logits[:, 2] + rng.normal(scale=2.0, size=logits[:, 2].shape).astype(logits.dtype)
+    val = d.split == "val"
+    return d, logits, val
+
+
+@pytest.mark.parametrize("measure_or_skip", ["skip", "measure-eenet", "measure-lookahead"])
+def test_switched_off_exits_and_measures_decide_the_same_online(measure_or_skip):
+    """A lookahead policy with an exit switched off, and learned scorers that stop on a
+    baseline measure, decide the same online (one sample, and a batch) as offline."""
+    from eenet_cli.core.lookahead import fit_lookahead
+
+    d, logits, val = _uneven()
+    fv = exit_features(logits[val], "logits", d.labels[val])
+    ft = exit_features(logits[~val], "logits", d.labels[~val])
+    costs = np.asarray(d.costs, dtype=np.float64)
+    fit = fit_lookahead(fv, costs, 2.2, seed=0)
+    scorer = dict(fit["scorer"])
+    thresholds = list(fit["thresholds"])
+    if measure_or_skip == "skip":
+        scorer.update(rule="lookahead", skip=[False, False, True, False])
+        scorer.pop("measure", None)
+        thresholds = [0.0, 0.0, None, None]
+    elif measure_or_skip == "measure-lookahead":
+        scorer.update(measure="vote", rule="quota")
+        thresholds = [0.9, 0.8, 0.7, None]
+    else:
+        scorer = {"type": "eenet", "measure": "vote", "exits": []}
+        thresholds = [0.9, 0.8, 0.7, None]
+    policy = {"num_exits": 4, "num_classes": 10, "thresholds": thresholds, "scorer": scorer}
+    offline = apply_to_features(policy, ft).exits
+    if measure_or_skip == "skip":
+        assert not np.any(offline == 2)  # nobody stops at the switched-off exit
+    op = OnlinePolicy(policy)
+    test_logits = logits[~val][:200]
+    assert [op.run(row)[0] for row in test_logits] == offline[:200].tolist()
+    state = op.begin(len(test_logits))
+    running = np.arange(len(test_logits))
+    exits = np.full(len(test_logits), -1)
+    for j in range(4):
+        stop, _, _ = op.step(state, j, test_logits[running, j], rows=running)
+        exits[running[stop]] = j
+        running = running[~stop]
+    assert exits.tolist() == offline[:200].tolist()
+
+
+def test_lookahead_switches_off_an_exit_that_never_pays():
+    """On exits with a weak third exit, the fit switches it off when cross-fitting says so,
+    and its validation cost stays within the budget."""
+    from eenet_cli.core.lookahead import fit_lookahead
+
+    d, logits, val = _uneven(4000)
+    fv = exit_features(logits[val], "logits", d.labels[val])
+    costs = np.asarray(d.costs, dtype=np.float64)
+    budget = 2.5
+    fit = fit_lookahead(fv, costs, budget, seed=0)
+    cands = {c["rule"]: c for c in fit["threshold_fit"]["candidates"]}
+    assert fit["validation"]["avg_cost"] <= budget * (1 + 1e-9)
+    if "lookahead-skip" in cands:
+        assert cands["lookahead-skip"]["skip"][2]
+        assert cands["lookahead-skip"]["cv_accuracy"] >= cands["lookahead"]["cv_accuracy"] + 0.002
+    # whatever was chosen, the weak exit takes (almost) nobody
+    assert fit["validation"]["exit_fractions"][2] < 0.05

@@ -88,6 +88,12 @@ def _validate_eenet_scorer(scorer: dict, k: int, c: int, source: str) -> None:
     exits = scorer.get("exits")
     if not isinstance(exits, list) or len(exits) != k:
         raise InputError(f"expected weights for {k} exits", source=source, field="scorer.exits")
+    from eenet_cli.core.policy import SIMPLE_SCORERS
+
+    measure = scorer.get("measure")
+    if "measure" in scorer and measure not in SIMPLE_SCORERS:
+        raise InputError(f"expected one of {', '.join(SIMPLE_SCORERS)}, got {measure!r}", source=source,
+                         field="scorer.measure")
     slope = scorer.get("negative_slope", 0.01)
     if not finite_number(slope):
         raise InputError(f"expected a number, got {slope!r}", source=source, field="scorer.negative_slope")

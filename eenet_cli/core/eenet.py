@@ -366,20 +366,65 @@ def _search_rules(p: np.ndarray) -> dict:
 SEARCH_FOLDS = 5
 
 
-def _search_policy(ranking: Ranking, scores, correct, costs, budget: float, p, seed: int):
+def _patience_rule(ranking, costs, budget, correct):
+    """PABEE's rule on run lengths: the most accurate patience t whose cost fits."""
+    from eenet_cli.core.thresholds import apply_thresholds, first_exit_thresholds, realised_cost
+
+    k = ranking.shape[1]
+    rows = np.arange(ranking.shape[0])
+    best = None
+    for t in range(1, k + 1):
+        thr = first_exit_thresholds(k) if t == 1 else [float(t)] * (k - 1) + [None]
+        ex = apply_thresholds(ranking.scores, thr)
+        acc = float(correct[rows, ex].mean()) if rows.size else 0.0
+        if within_budget(realised_cost(ex, costs), budget) and (best is None or acc > best[0]):
+            best = (acc, thr)
+    return best[1]
+
+
+def _baseline_rules(features: ExitFeatures) -> tuple[dict, dict]:
+    """The baselines' own rules as eenet-search candidates: geometric quotas on max-prob,
+    entropy and vote, and PABEE's patience, each on its own measure."""
+    from eenet_cli.core.policy import SIMPLE_SCORERS
+
+    def geometric(ranking, costs, budget, correct):
+        return fit_geometric(ranking, costs, budget).thresholds
+
+    rules, scores = {}, {}
+    for name in SIMPLE_SCORERS:
+        rules[f"baseline-{name}"] = _patience_rule if name == "patience" else geometric
+        scores[f"baseline-{name}"] = np.asarray(SIMPLE_SCORERS[name](features), dtype=np.float64)
+    return rules, scores
+
+
+def _search_policy(ranking: Ranking, scores, correct, costs, budget: float, p, seed: int, features: ExitFeatures | None = None):
     """eenet-search: the candidate rule with the best 5-fold cross-validated accuracy on the
-    validation rows, refitted on all of them (so the realised validation cost <= budget)."""
+    validation rows, refitted on all of them (so the realised validation cost <= budget).
+
+    The candidates include the baselines' own rules on their own measures (with
+    ``features``), so the choice never trails the best baseline by more than the noise of
+    the cross-validation. Returns the thresholds, the fit info and the measure chosen (None
+    for EENet's own utilities)."""
     from eenet_cli.core.thresholds import cross_validated_choice
 
     rules = _search_rules(np.asarray(p, dtype=np.float64))
-    chosen, figures = cross_validated_choice(rules, scores, correct, costs, budget, folds=SEARCH_FOLDS, seed=seed)
+    scores_for: dict = {}
+    if features is not None:
+        extra, scores_for = _baseline_rules(features)
+        rules.update(extra)
+    chosen, figures = cross_validated_choice(rules, scores, correct, costs, budget, folds=SEARCH_FOLDS, seed=seed,
+                                             scores_for=scores_for)
+    measure = None
+    if chosen in scores_for:
+        measure = chosen.split("-", 1)[1]
+        ranking = Ranking(scores_for[chosen])
     thr = rules[chosen](ranking, costs, budget, correct)
     info = {
         "selection": f"{SEARCH_FOLDS}-fold cross-validated accuracy" if figures else "too few rows to cross-validate",
         "chosen_rule": chosen,
         "cross_validated_accuracy": {key: float(v) for key, v in figures.items()},
     }
-    return thr, info
+    return thr, info, measure
 
 
 def fit_eenet_policy(
@@ -446,9 +491,16 @@ def fit_eenet_policy(
         info["rounding"] = "round"
         thr, planned = fit.thresholds, fit.distribution
         if thresholds == "search":
-            thr, choice = _search_policy(ranking, scores, features.correct, costs, budget, p, seed)
+            thr, choice, measure = _search_policy(ranking, scores, features.correct, costs, budget, p, seed,
+                                                  features if scores_override is None else None)
             info.update(choice)
             planned = None
+            if measure is not None:
+                # a baseline's rule won: the scorer keeps EENet's weights and stops on the measure
+                from eenet_cli.core.policy import compute_scores
+
+                scorer = {**scorer, "measure": measure}
+                scores = compute_scores(scorer, features)
     validation = validation_figures(features, scores, thr, costs)
     if planned is None:
         planned = validation["exit_fractions"]

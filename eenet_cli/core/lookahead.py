@@ -23,9 +23,22 @@ room past the first exit, the thresholds are the shared first-exit ones
 (:func:`eenet_cli.core.thresholds.first_exit_thresholds`), ``threshold_fit.rule`` is
 "first-exit-only".
 
-Scorer JSON (``policy["scorer"]``)::
+**Trees.** With at least :data:`MIN_TREE_ROWS` validation rows, each estimator is also
+fitted as gradient-boosted trees (scikit-learn, imported only when fitting; the predicted
+class is a categorical input) and kept where its cross-fitted log loss is lower by
+:data:`TREE_MARGIN`; a tree estimator is stored as node arrays and evaluated with numpy
+(:mod:`eenet_cli.core.trees`).
 
-    {"type": "lookahead", "version": 1,
+**Switching exits off, and the baselines' rules.** Candidates also include the rule with
+exits switched off (``"skip"``: null thresholds, left out of the rule's max) and the
+baselines' own rules (``"measure"``); the candidate with the most held-out hits over 5
+folds of the validation rows wins.
+
+Scorer JSON (``policy["scorer"]``), version 2 (version 1 files, logistic only, still load)::
+
+    {"type": "lookahead", "version": 2,
+     "skip": [K booleans],                 # optional: exits switched off
+     "measure": "maxprob" | ...,           # optional: stop on this baseline measure instead
      "rule": "lookahead" | "quota",
      "lambda": float,                      # price per cost unit (rule "lookahead")
      "costs": [c_1, ..., c_K],             # cumulative costs the price applies to
@@ -35,7 +48,8 @@ Scorer JSON (``policy["scorer"]``)::
         {"inputs": [D_k feature names],
          "targets": [                      # j = k..K-1
             {"exit": j, "bias": float, "weight": [D_k],
-             "class_bias": [C], "class_slope": [C]}, ...]}, ...]}
+             "class_bias": [C], "class_slope": [C]}          # or
+            {"exit": j, "model": "trees", "trees": forest}, ...]}, ...]}
 
 logit P̂[k, j] = bias + x_k · weight + class_bias[y_k] + class_slope[y_k] · margin_k, where
 x_k are the named inputs and y_k exit k's predicted class. Applying it needs numpy only.
@@ -50,6 +64,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from eenet_cli.core.measures import ExitFeatures
+from eenet_cli.core.trees import Forest, validate_forest
 from eenet_cli.core.thresholds import (
     Ranking,
     apply_thresholds,
@@ -62,12 +77,26 @@ from eenet_cli.core.thresholds import (
 )
 
 SCORER_TYPE = "lookahead"
-SCORER_VERSION = 1
+SCORER_VERSION = 2
+SCORER_VERSIONS = (1, 2)  # version 1: logistic estimators only, no skipped exits, no measure
+TREE_CLASS_LIMIT = 255  # the predicted class is a tree input (categorical) up to this many classes
+
+
+def _measure_names() -> tuple[str, ...]:
+    """The baselines' measures a fit may fall back on (the registry's simple scorers)."""
+    from eenet_cli.core.policy import SIMPLE_SCORERS
+
+    return tuple(SIMPLE_SCORERS)
 MARGIN_CLIP = 30.0
 LOG_FLOOR = -30.0
 RULES = ("lookahead", "quota")
 
 DEFAULT_FOLDS = 5
+TREE_STAGES = (20, 50, 100)  # numbers of boosted trees tried per estimator (cross-fitted log loss)
+TREE_MAX_ROWS = 8000  # rows one tree fit uses at most (a seeded sample beyond)
+MIN_TREE_ROWS = 2000  # fewer validation rows: logistic estimators only (and no scikit-learn fit time)
+TREE_MARGIN = 0.005  # trees must lower the cross-fitted log loss by this share to be chosen
+SKIP_MARGIN = 0.002  # switching an exit off must raise the cross-fitted accuracy by this much
 DEFAULT_ALPHAS = (1.0, 10.0, 100.0)  # L2 strengths tried per estimator, chosen by cross-fitted log loss
 BIAS_PENALTY = 1e-4
 
@@ -121,21 +150,22 @@ class _Inputs:
 
     def __init__(self, features: ExitFeatures, num_exits: int | None = None, class_scale=None):
         k = features.num_exits if num_exits is None else min(num_exits, features.num_exits)
-        probs = features.probs[:, :k]
-        c = probs.shape[2]
+        # per-exit summaries only (never the full probability vectors), so compact
+        # predictions (docs/spec.md §2.1.1) give the same inputs as full ones
+        c = features.num_classes
         self.num_exits = k
         self.num_classes = c
-        self.n = probs.shape[0]
+        self.n = features.num_samples
         self.preds = features.preds[:, :k]
         if c >= 2:
-            top2 = np.partition(probs, c - 2, axis=2)[..., c - 2 :]
+            top2 = features.top2_probs[:, :k]
             self.margin = np.clip(_log(top2[..., 1]) - _log(top2[..., 0]), 0.0, MARGIN_CLIP)
         else:
             self.margin = np.zeros(self.preds.shape)
         self.log_max = _log(features.max_prob[:, :k])
         self.entropy = np.asarray(features.entropy[:, :k], dtype=np.float64)
         self.vote = np.asarray(features.vote[:, :k], dtype=np.float64)
-        self._probs = probs
+        self._pred_probs = features.pred_probs[:, :k, :k]
         if class_scale is None:
             class_scale = class_scales(self.margin, self.preds, c)
         self.class_scale = np.asarray(class_scale, dtype=np.float64)
@@ -150,7 +180,7 @@ class _Inputs:
         pk = self.preds[:, k]
         for i in range(k):
             cols.append((self.preds[:, i] == pk).astype(np.float64))
-            cols.append(_log(np.take_along_axis(self._probs[:, i], pk[:, None], axis=1)[:, 0]))
+            cols.append(_log(self._pred_probs[:, i, k]))
         if k > 0:
             cols.append(self.vote[:, k])
         x = np.stack(cols, axis=1) if cols else np.zeros((self.n, 0))
@@ -299,36 +329,153 @@ def _log_loss(z: np.ndarray, y: np.ndarray) -> float:
 # --------------------------------------------------------------------------- the rule
 
 
-def _estimates(exits: Sequence[dict], inputs: _Inputs, diagonal_only: bool = False) -> np.ndarray:
-    """``[N, K', K]`` P̂[k, j] (NaN where j < k, or j > k with ``diagonal_only``) from
-    JSON-style estimators."""
+def tree_inputs(k: int, num_classes: int) -> list[str]:
+    """Inputs of exit ``k``'s tree estimators: the predicted class (a categorical input,
+    when there are at most :data:`TREE_CLASS_LIMIT` classes) and the dense inputs."""
+    return (["class"] if num_classes <= TREE_CLASS_LIMIT else []) + input_names(k)
+
+
+def _tree_design(x: np.ndarray, cls: np.ndarray, num_classes: int) -> np.ndarray:
+    if num_classes <= TREE_CLASS_LIMIT:
+        return np.concatenate([cls[:, None].astype(np.float64), x], axis=1)
+    return x
+
+
+class _Exit:
+    """Exit k's estimators prepared as arrays: logistic ones as one weight matrix, tree
+    ones as one concatenated forest (all their trees descended together)."""
+
+    def __init__(self, k: int, exit_json: dict, num_classes: int):
+        self.k = k
+        self.num_classes = num_classes
+        self.targets = [int(t["exit"]) for t in exit_json["targets"]]
+        logi = [(i, t) for i, t in enumerate(exit_json["targets"]) if t.get("model", "logistic") == "logistic"]
+        trees = [(i, t) for i, t in enumerate(exit_json["targets"]) if t.get("model") == "trees"]
+        self.logistic_cols = [i for i, _ in logi]
+        if logi:
+            self.w = [np.asarray(t["weight"], dtype=np.float64) for _, t in logi]
+            self.b = np.asarray([float(t["bias"]) for _, t in logi])
+            self.cb = np.stack([np.asarray(t["class_bias"], dtype=np.float64) for _, t in logi], axis=1)
+            self.cs = np.stack([np.asarray(t["class_slope"], dtype=np.float64) for _, t in logi], axis=1)
+        self.tree_cols = [i for i, _ in trees]
+        self.forest = Forest([t["trees"] for _, t in trees], num_categories=num_classes) if trees else None
+        # each forest alone too: one estimator (the quota rule's P̂[k, k]) descends its own trees only
+        self.single = {i: Forest(t["trees"], num_categories=num_classes) for i, t in trees} if len(trees) > 1 else {}
+
+    def logits(self, x: np.ndarray, cls: np.ndarray, m: np.ndarray, cols: Sequence[int] | None = None) -> np.ndarray:
+        """``[N, len(targets)]`` logits of P̂[k, j] (only the columns ``cols`` if given;
+        the others are left NaN)."""
+        n = x.shape[0]
+        out = np.full((n, len(self.targets)), np.nan)
+        want = set(range(len(self.targets))) if cols is None else set(cols)
+        for i, c in enumerate(self.logistic_cols):  # one matrix-vector product per estimator
+            if c in want:
+                out[:, c] = (x @ self.w[i] + self.b[i]) + (self.cb[cls, i] + self.cs[cls, i] * m)
+        wanted_trees = [c for c in self.tree_cols if c in want]
+        if len(wanted_trees) == 1 and wanted_trees[0] in self.single:
+            c = wanted_trees[0]
+            out[:, c] = self.single[c].raw(_tree_design(x, cls, self.num_classes), cls)[:, 0]
+        elif wanted_trees:
+            z = self.forest.raw(_tree_design(x, cls, self.num_classes), cls)
+            out[:, self.tree_cols] = z
+        return out
+
+
+class LookaheadScorer:
+    """A lookahead scorer dict prepared once for repeated scoring (numpy only)."""
+
+    def __init__(self, scorer: dict):
+        self.scorer = scorer
+        self.k_all = len(scorer["exits"])
+        self.num_classes = int(scorer.get("num_classes", len(scorer["class_scale"][0])))
+        self.class_scale = np.asarray(scorer["class_scale"], dtype=np.float64)
+        self.rule = scorer["rule"]
+        self.measure = scorer.get("measure")
+        self.costs = np.asarray(scorer["costs"], dtype=np.float64)
+        self.lam = float(scorer["lambda"])
+        self.skip = np.asarray(scorer.get("skip") or [False] * self.k_all, dtype=bool)
+        self.exits = [_Exit(k, e, self.num_classes) for k, e in enumerate(scorer["exits"])]
+
+    def _check(self, features: ExitFeatures) -> None:
+        if features.num_exits > self.k_all:
+            raise ValueError(f"scorer has {self.k_all} exits, predictions have {features.num_exits}")
+
+    def estimates(self, features: ExitFeatures, diagonal_only: bool = False, only: int | None = None) -> np.ndarray:
+        """``[N, K', K]`` P̂[k, j] (NaN where j < k, or j > k with ``diagonal_only``, or k
+        other than ``only``)."""
+        self._check(features)
+        inputs = _Inputs(features, self.k_all, self.class_scale)
+        return _estimates_prepared(self.exits, inputs, diagonal_only, only)
+
+    def scores(self, features: ExitFeatures, only: int | None = None) -> np.ndarray:
+        """``[N, K']`` stopping scores, or with ``only`` the ``[N]`` column of that exit."""
+        self._check(features)
+        if self.measure is not None:
+            from eenet_cli.core.policy import SIMPLE_SCORERS
+
+            if self.measure == "vote":  # the tie-break divides by the policy's K, not the exits seen
+                s = features.vote + features.max_prob / (self.k_all + 1)
+            else:
+                s = SIMPLE_SCORERS[self.measure](features)
+            return np.asarray(s, dtype=np.float64) if only is None else np.asarray(s[:, only], dtype=np.float64)
+        p = self.estimates(features, diagonal_only=self.rule == "quota", only=only)
+        if only is not None:
+            if self.rule == "quota":
+                return p[:, only, only]
+            return _rule_column(p, self.costs, self.lam, only, self.skip)
+        return _scores_from_estimates(self.scorer, p, self.skip)
+
+
+def _estimates_prepared(exits: list[_Exit], inputs: _Inputs, diagonal_only: bool = False, only: int | None = None) -> np.ndarray:
     k_all = len(exits)
     out = np.full((inputs.n, inputs.num_exits, k_all), np.nan)
     for k in range(inputs.num_exits):
+        if only is not None and k != only:
+            continue
         x, cls, m = inputs.design(k)
-        for t in exits[k]["targets"]:
-            j = int(t["exit"])
-            if j == k or not diagonal_only:
-                out[:, k, j] = _expit(_logit(t, x, cls, m))
+        e = exits[k]
+        cols = [e.targets.index(k)] if diagonal_only else None
+        z = e.logits(x, cls, m, cols)
+        for i, j in enumerate(e.targets):
+            if not diagonal_only or j == k:
+                out[:, k, j] = _expit(z[:, i])
     return out
 
 
-def _rule_scores(p: np.ndarray, costs: np.ndarray, lam: float) -> np.ndarray:
+def _estimates(exits: Sequence[dict], inputs: _Inputs, diagonal_only: bool = False) -> np.ndarray:
+    """``[N, K', K]`` P̂[k, j] (NaN where j < k, or j > k with ``diagonal_only``) from
+    JSON-style estimators."""
+    prepared = [_Exit(k, e, inputs.num_classes) for k, e in enumerate(exits)]
+    return _estimates_prepared(prepared, inputs, diagonal_only)
+
+
+def _rule_column(p: np.ndarray, costs: np.ndarray, lam: float, k: int, skip: np.ndarray | None = None) -> np.ndarray:
+    """``-gain_k`` at exit ``k`` (0 at the last exit); skipped exits are never gone to."""
+    k_all = p.shape[2]
+    if k >= k_all - 1:
+        return np.zeros(p.shape[0])
+    later = np.arange(k + 1, k_all)
+    if skip is not None and skip.any():
+        later = later[~skip[later]]
+    stay = p[:, k, k] - lam * costs[k]
+    go = (p[:, k, later] - lam * costs[later]).max(axis=1)
+    return stay - go
+
+
+def _rule_scores(p: np.ndarray, costs: np.ndarray, lam: float, skip: np.ndarray | None = None) -> np.ndarray:
     """``-gain_k`` for every exit seen (``p`` is ``[N, K', K]``); 0 at the last exit."""
     n, kseen, k_all = p.shape
     out = np.zeros((n, kseen))
     for k in range(min(kseen, k_all - 1)):
-        stay = p[:, k, k] - lam * costs[k]
-        go = (p[:, k, k + 1 :] - lam * costs[k + 1 :]).max(axis=1)
-        out[:, k] = stay - go
+        out[:, k] = _rule_column(p, costs, lam, k, skip)
     return out
 
 
-def _scores_from_estimates(scorer: dict, p: np.ndarray) -> np.ndarray:
+def _scores_from_estimates(scorer: dict, p: np.ndarray, skip: np.ndarray | None = None) -> np.ndarray:
     if scorer["rule"] == "quota":
         k_seen = p.shape[1]
         return np.stack([p[:, k, k] for k in range(k_seen)], axis=1)
-    return _rule_scores(p, np.asarray(scorer["costs"], dtype=np.float64), float(scorer["lambda"]))
+    return _rule_scores(p, np.asarray(scorer["costs"], dtype=np.float64), float(scorer["lambda"]), skip)
 
 
 def lookahead_scores(scorer: dict, features: ExitFeatures) -> np.ndarray:
@@ -337,18 +484,12 @@ def lookahead_scores(scorer: dict, features: ExitFeatures) -> np.ndarray:
     Causal: column k uses exits 0..k only, so ``features`` may hold only the first K' <= K
     exits (the online runtime's case) and the K' columns are the same as with all K.
     """
-    k_all = len(scorer["exits"])
-    if features.num_exits > k_all:
-        raise ValueError(f"scorer has {k_all} exits, predictions have {features.num_exits}")
-    inputs = _Inputs(features, k_all, np.asarray(scorer["class_scale"], dtype=np.float64))
-    p = _estimates(scorer["exits"], inputs, diagonal_only=scorer["rule"] == "quota")
-    return _scores_from_estimates(scorer, p)
+    return LookaheadScorer(scorer).scores(features)
 
 
 def lookahead_estimates(scorer: dict, features: ExitFeatures) -> np.ndarray:
     """``[N, K', K]`` estimated chance that exit j is right, seen from exit k (NaN for j < k)."""
-    inputs = _Inputs(features, len(scorer["exits"]), np.asarray(scorer["class_scale"], dtype=np.float64))
-    return _estimates(scorer["exits"], inputs)
+    return LookaheadScorer(scorer).estimates(features)
 
 
 # --------------------------------------------------------------------------- validation
@@ -379,8 +520,19 @@ def validate_lookahead_scorer(scorer, num_exits: int, num_classes: int) -> str |
         return "scorer must be an object"
     if scorer.get("type") != SCORER_TYPE:
         return f"scorer type must be {SCORER_TYPE!r}"
-    if scorer.get("version", SCORER_VERSION) != SCORER_VERSION:
-        return f"lookahead scorer version {scorer.get('version')!r} is not supported (expected {SCORER_VERSION})"
+    version = scorer.get("version", 1)
+    if isinstance(version, bool) or version not in SCORER_VERSIONS:
+        return f"lookahead scorer version {version!r} is not supported (expected one of {list(SCORER_VERSIONS)})"
+    if version == 1 and any(key in scorer for key in ("skip", "measure")):
+        return "scorer.skip and scorer.measure need scorer version 2"
+    if "measure" in scorer and scorer["measure"] not in _measure_names():
+        return f"scorer.measure must be one of {list(_measure_names())}"
+    if "skip" in scorer:
+        skip = scorer["skip"]
+        if not isinstance(skip, list) or len(skip) != num_exits or any(not isinstance(v, bool) for v in skip):
+            return f"scorer.skip must be a list of {num_exits} booleans"
+        if skip and skip[-1]:
+            return "scorer.skip: the last exit cannot be skipped"
     if scorer.get("rule") not in RULES:
         return f"scorer.rule must be one of {list(RULES)}"
     err = finite_number(scorer.get("lambda"), "scorer.lambda")
@@ -423,6 +575,16 @@ def validate_lookahead_scorer(scorer, num_exits: int, num_classes: int) -> str |
                 return f"{tw} must be an object"
             if t.get("exit") != k + i or isinstance(t.get("exit"), bool):
                 return f"{tw}.exit must be {k + i}"
+            model = t.get("model", "logistic")
+            if model not in ("logistic", "trees") or (model == "trees" and version == 1):
+                return f"{tw}.model must be 'logistic'" + (" or 'trees'" if version != 1 else "")
+            if model == "trees":
+                has_class = num_classes <= TREE_CLASS_LIMIT
+                err = validate_forest(t.get("trees"), len(names) + int(has_class), f"{tw}.trees",
+                                      0 if has_class else None, num_classes)
+                if err:
+                    return err
+                continue
             err = (finite_number(t.get("bias"), f"{tw}.bias")
                    or finite_list(t.get("weight"), len(names), f"{tw}.weight")
                    or finite_list(t.get("class_bias"), num_classes, f"{tw}.class_bias")
@@ -465,9 +627,46 @@ def _estimator_json(params: dict, k: int, j: int) -> dict:
     }
 
 
+def _tree_rows(mask: np.ndarray, seed: int, salt: int) -> np.ndarray:
+    """The rows of ``mask`` a tree fit uses: all of them, or a seeded sample of
+    :data:`TREE_MAX_ROWS` (the fit time grows with the rows; the log loss hardly moves)."""
+    rows = np.flatnonzero(mask)
+    if rows.size <= TREE_MAX_ROWS:
+        return rows
+    pick = np.random.default_rng([int(seed), 17, int(salt)]).choice(rows.size, TREE_MAX_ROWS, replace=False)
+    return rows[np.sort(pick)]
+
+
+def _tree_candidate(x, cls, m, y, fold, num_folds, c, seed):
+    """Cross-fitted raw scores of gradient-boosted trees after each of :data:`TREE_STAGES`
+    trees, or None where trees cannot be fitted (too few rows, or a fold with one class)."""
+    from eenet_cli.core.trees import fit_forest, staged_raw
+
+    n = y.size
+    if n < MIN_TREE_ROWS or num_folds < 2:
+        return None
+    xt_all = _tree_design(x, cls, c)
+    cat = 0 if c <= TREE_CLASS_LIMIT else None
+    out = {s: np.empty(n) for s in TREE_STAGES}
+    for f in range(num_folds):
+        tr = _tree_rows(fold != f, seed, f)
+        yt = y[tr]
+        if yt.min() == yt.max():
+            return None
+        model = fit_forest(xt_all[tr], yt, iterations=max(TREE_STAGES), categorical=cat, seed=seed)
+        held = fold == f
+        for stage, z in staged_raw(model, xt_all[held], list(TREE_STAGES)).items():
+            out[stage][held] = z
+    return out
+
+
 def fit_estimators(features: ExitFeatures, *, seed: int = 0, num_folds: int = DEFAULT_FOLDS,
-                   alphas: Sequence[float] = DEFAULT_ALPHAS) -> dict:
+                   alphas: Sequence[float] = DEFAULT_ALPHAS, trees: bool = True) -> dict:
     """The budget-independent part: cross-fitted and final estimators of P̂[k, j].
+
+    Each estimator is an L2 logistic regression or, with ``trees`` (scikit-learn needed),
+    gradient-boosted trees, whichever has the lower cross-fitted log loss (trees must beat
+    it by :data:`TREE_MARGIN`, relative, so that small validation sets keep the simple model).
 
     Returns ``{"exits": JSON estimators (refit on all rows), "cv": [N, K, K] cross-fitted
     P̂, "final": [N, K, K] P̂ of the JSON estimators on these rows, "info": {...}}``.
@@ -481,11 +680,14 @@ def fit_estimators(features: ExitFeatures, *, seed: int = 0, num_folds: int = DE
     fold = _folds(n, num_folds, seed) if num_folds > 1 else np.zeros(n, dtype=np.int64)
     cv = np.full((n, kk, kk), np.nan)
     exits_json = []
-    chosen_alpha: list[list[float]] = []
+    chosen_alpha: list[list] = []
     cv_loss: list[list[float]] = []
+    models: list[list[str]] = []
+    logistic_loss: list[list[float]] = []
+    tree_losses: list[list] = []
     for k in range(kk):
         x, cls, m = inputs.design(k)
-        targets, alpha_row, loss_row = [], [], []
+        targets, alpha_row, loss_row, model_row, logistic_row, trees_row = [], [], [], [], [], []
         for j in range(k, kk):
             y = correct[:, j].astype(np.float64)
             zs = [np.empty(n) for _ in alphas]
@@ -503,22 +705,46 @@ def fit_estimators(features: ExitFeatures, *, seed: int = 0, num_folds: int = DE
             losses = [_log_loss(z, y) for z in zs]
             best = min(range(len(alphas)), key=lambda i: (losses[i], i))
             loss, alpha, z = losses[best], alphas[best], zs[best]
-            cv[:, k, j] = _expit(z)
-            st = states[best]
-            init = (float(np.mean([t[0] for t in st])), *(np.mean([t[i] for t in st], axis=0) for i in (1, 2, 3)))
-            params = _fit_logistic(x, cls, m, c, y, alpha, init=init)
-            targets.append(_estimator_json(params, k, j))
-            alpha_row.append(_alpha_json(alpha))
-            loss_row.append(float(loss))
+            tree_z = _tree_candidate(x, cls, m, y, fold, num_folds, c, seed) if trees else None
+            tree_loss = {s: _log_loss(tz, y) for s, tz in tree_z.items()} if tree_z is not None else {}
+            stage = min(tree_loss, key=lambda s: (tree_loss[s], s)) if tree_loss else None
+            if stage is not None and tree_loss[stage] < loss * (1.0 - TREE_MARGIN):
+                from eenet_cli.core.trees import export_forest, fit_forest, trim_categories
+
+                cv[:, k, j] = _expit(tree_z[stage])
+                rows = _tree_rows(np.ones(n, dtype=bool), seed, num_folds)
+                model = fit_forest(_tree_design(x[rows], cls[rows], c), y[rows], iterations=stage,
+                                   categorical=0 if c <= TREE_CLASS_LIMIT else None, seed=seed)
+                targets.append({"exit": j, "model": "trees", "trees": trim_categories(export_forest(model), c)})
+                alpha_row.append(None)
+                model_row.append(f"trees-{stage}")
+                loss_row.append(float(tree_loss[stage]))
+            else:
+                cv[:, k, j] = _expit(z)
+                st = states[best]
+                init = (float(np.mean([t[0] for t in st])), *(np.mean([t[i] for t in st], axis=0) for i in (1, 2, 3)))
+                params = _fit_logistic(x, cls, m, c, y, alpha, init=init)
+                targets.append(_estimator_json(params, k, j))
+                alpha_row.append(_alpha_json(alpha))
+                model_row.append("logistic")
+                loss_row.append(float(loss))
+            logistic_row.append(float(loss))
+            trees_row.append(float(tree_loss[stage]) if stage is not None else None)
         exits_json.append({"inputs": input_names(k), "targets": targets})
         chosen_alpha.append(alpha_row)
         cv_loss.append(loss_row)
+        models.append(model_row)
+        logistic_loss.append(logistic_row)
+        tree_losses.append(trees_row)
     final = _estimates(exits_json, inputs)
     info = {
         "folds": num_folds,
         "alphas_tried": [_alpha_json(a) for a in alphas],
         "alpha": chosen_alpha,
         "cv_log_loss": cv_loss,
+        "model": models,
+        "cv_log_loss_logistic": logistic_loss,
+        "cv_log_loss_trees": tree_losses,
     }
     scale = [[float(v) for v in row] for row in inputs.class_scale]
     return {"exits": exits_json, "class_scale": scale, "cv": cv, "final": final, "info": info}
@@ -530,13 +756,19 @@ def _exits_and_figures(scores: np.ndarray, thresholds: list, correct: np.ndarray
     return ex, acc, realised_cost(ex, costs)
 
 
-def _bisect_lambda(p: np.ndarray, costs: np.ndarray, budget: float, lo: float, hi: float, iters: int = 60) -> float:
+def _rule_thresholds(k: int, skip: np.ndarray | None = None) -> list:
+    """The lookahead rule's thresholds: 0, null at a skipped exit and at the last one."""
+    skip = np.zeros(k, dtype=bool) if skip is None else skip
+    return [None if skip[i] else 0.0 for i in range(k - 1)] + [None]
+
+
+def _bisect_lambda(p: np.ndarray, costs: np.ndarray, budget: float, lo: float, hi: float, iters: int = 60,
+                   skip: np.ndarray | None = None) -> float:
     """Smallest λ in [lo, hi] whose realised cost fits (``hi`` must fit)."""
-    k = costs.size
-    thr = [0.0] * (k - 1) + [None]
+    thr = _rule_thresholds(costs.size, skip)
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
-        ex = apply_thresholds(_rule_scores(p, costs, mid), thr)
+        ex = apply_thresholds(_rule_scores(p, costs, mid, skip), thr)
         if within_budget(realised_cost(ex, costs), budget):
             hi = mid
         else:
@@ -546,21 +778,162 @@ def _bisect_lambda(p: np.ndarray, costs: np.ndarray, budget: float, lo: float, h
     return hi
 
 
-def _fit_lambda(p: np.ndarray, costs: np.ndarray, budget: float, fill: bool) -> float:
-    """λ ≥ 0 for the budget, or with ``fill`` the λ ≤ 0 that spends a loose budget."""
-    k = costs.size
-    thr = [0.0] * (k - 1) + [None]
-    span = 4.0 / float(np.min(np.diff(costs))) if k > 1 else 1.0
-    cost0 = realised_cost(apply_thresholds(_rule_scores(p, costs, 0.0), thr), costs)
+def _price_span(costs: np.ndarray) -> float:
+    return 4.0 / float(np.min(np.diff(costs))) if costs.size > 1 else 1.0
+
+
+def _fit_lambda(p: np.ndarray, costs: np.ndarray, budget: float, fill: bool, skip: np.ndarray | None = None) -> float | None:
+    """λ ≥ 0 for the budget, or with ``fill`` the λ ≤ 0 that spends a loose budget; None
+    when no price fits (possible only with skipped exits)."""
+    thr = _rule_thresholds(costs.size, skip)
+    span = _price_span(costs)
+
+    def cost(lam):
+        return realised_cost(apply_thresholds(_rule_scores(p, costs, lam, skip), thr), costs)
+
+    if not within_budget(cost(0.0), budget):
+        if not within_budget(cost(span), budget):
+            return None
+        return _bisect_lambda(p, costs, budget, 0.0, span, skip=skip)
     if not fill:
-        if within_budget(cost0, budget):
-            return 0.0
-        return _bisect_lambda(p, costs, budget, 0.0, span)
-    if not within_budget(cost0, budget):
-        return _bisect_lambda(p, costs, budget, 0.0, span)
-    if within_budget(realised_cost(apply_thresholds(_rule_scores(p, costs, -span), thr), costs), budget):
+        return 0.0
+    if within_budget(cost(-span), budget):
         return -span
-    return _bisect_lambda(p, costs, budget, -span, 0.0)
+    return _bisect_lambda(p, costs, budget, -span, 0.0, skip=skip)
+
+
+def _measure_candidates(features: ExitFeatures, costs: np.ndarray, budget: float) -> list[dict]:
+    """The baselines' own rules (geometric quotas on max-prob, entropy and vote; patience),
+    fitted on all validation rows: a lookahead fit keeps one when it beats every lookahead
+    candidate, so it never does worse on validation than the best of them."""
+    from eenet_cli.core.policy import SIMPLE_SCORERS
+
+    correct = features.correct
+    out = []
+    for name in _measure_names():
+        scores = SIMPLE_SCORERS[name](features)
+        if name == "patience":
+            thr = _patience_thresholds(scores, correct, costs, budget)
+        else:
+            thr = fit_geometric(Ranking(scores), costs, budget).thresholds
+        _, acc, cost = _exits_and_figures(scores, thr, correct, costs)
+        out.append({"rule": f"measure-{name}", "measure": name, "cv_accuracy": acc, "cv_avg_cost": cost,
+                    "thresholds": [None if t is None else float(t) for t in thr]})
+    return out
+
+
+def _patience_thresholds(scores: np.ndarray, correct: np.ndarray, costs: np.ndarray, budget: float) -> list:
+    k = costs.size
+    best = None
+    for t in range(1, k + 1):
+        thr = first_exit_thresholds(k) if t == 1 else [float(t)] * (k - 1) + [None]
+        _, acc, cost = _exits_and_figures(scores, thr, correct, costs)
+        if within_budget(cost, budget) and (best is None or acc > best[0]):
+            best = (acc, thr)
+    return best[1]
+
+
+def _held_out_exits(cand: dict, cv: np.ndarray, measures: dict, correct: np.ndarray, costs: np.ndarray,
+                    budget: float, tr: np.ndarray, te: np.ndarray) -> np.ndarray:
+    """A candidate rule's settings fitted on rows ``tr`` (their cross-fitted estimates), its
+    exits on rows ``te``."""
+    k = costs.size
+    rule = cand["rule"]
+    if rule.startswith("lookahead"):
+        skip = np.asarray(cand.get("skip") or [False] * k, dtype=bool)
+        lam = _fit_lambda(cv[tr], costs, budget, fill=rule == "lookahead-fill", skip=skip)
+        lam = _price_span(costs) if lam is None else lam
+        return apply_thresholds(_rule_scores(cv[te], costs, lam, skip), _rule_thresholds(k, skip))
+    if rule.startswith("measure-"):
+        scores = measures[cand["measure"]]
+        if cand["measure"] == "patience":
+            thr = _patience_thresholds(scores[tr], correct[tr], costs, budget)
+        else:
+            thr = fit_geometric(Ranking(scores[tr]), costs, budget).thresholds
+        return apply_thresholds(scores[te], thr)
+    diag_tr = np.stack([cv[tr, j, j] for j in range(k)], axis=1)
+    diag_te = np.stack([cv[te, j, j] for j in range(k)], axis=1)
+    if rule == "quota-geometric":
+        thr = fit_geometric(Ranking(diag_tr), costs, budget).thresholds
+    else:  # quotas following the lookahead rule's distribution on the same rows
+        lam = _fit_lambda(cv[tr], costs, budget, fill=False)
+        ex = apply_thresholds(_rule_scores(cv[tr], costs, lam), _rule_thresholds(k))
+        thr = fit_distribution(Ranking(diag_tr), costs, budget, np.bincount(ex, minlength=k) / max(ex.size, 1)).thresholds
+    return apply_thresholds(diag_te, thr)
+
+
+CHOICE_FOLDS = 5
+CHOICE_GUARD = 1.0  # standard errors of the paired held-out difference a candidate must win by
+
+
+def _held_out_choice(candidates: list[dict], own: int, cv: np.ndarray, measures: dict, correct: np.ndarray,
+                     costs: np.ndarray, budget: float, seed: int) -> int:
+    """Index of the chosen candidate: each candidate's settings (λ, quotas, a baseline's
+    thresholds) are fitted on 4 folds of the rows and scored on the fifth, so a rule with
+    more settings to fit gains nothing from fitting noise.
+    The lookahead rule's own variants compete on held-out hits (ties to the earlier); a
+    variant with exits switched off, or a baseline's rule (index >= ``own``), replaces the
+    choice only when its held-out hits beat it by more than :data:`CHOICE_GUARD` standard
+    errors of the paired difference. Records ``heldout_accuracy`` in each candidate."""
+    n = correct.shape[0]
+    if n < 2 * CHOICE_FOLDS:
+        best = max(range(own), key=lambda i: (candidates[i]["cv_accuracy"], -i))
+        for i in range(own, len(candidates)):
+            if candidates[i]["cv_accuracy"] > candidates[best]["cv_accuracy"]:
+                best = i
+        return best
+    fold = np.random.default_rng([int(seed), 23]).permutation(n) % CHOICE_FOLDS
+    right = np.zeros((len(candidates), n), dtype=np.int8)  # per row: right on its held-out fold?
+    for f in range(CHOICE_FOLDS):
+        tr, te = fold != f, fold == f
+        rows = np.arange(int(te.sum()))
+        for i, cand in enumerate(candidates):
+            ex = _held_out_exits(cand, cv, measures, correct, costs, budget, tr, te)
+            right[i, te] = correct[te][rows, ex]
+    hits = right.sum(axis=1, dtype=np.int64)
+    for i, cand in enumerate(candidates):
+        cand["heldout_accuracy"] = float(hits[i] / n)
+    # the lookahead rule stays unless another candidate beats it by more than the noise of
+    # the paired difference (CHOICE_GUARD standard errors): with few rows, a held-out gap of a
+    # point is chance, and choosing on it loses as often as it wins
+    plain = [i for i in range(own) if candidates[i]["rule"] != "lookahead-skip"]
+    best = max(plain, key=lambda i: (hits[i], -i))
+    for i in range(len(candidates)):
+        if i in plain:
+            continue
+        d = right[i].astype(np.float64) - right[best]
+        if d.sum() > 0 and d.mean() > CHOICE_GUARD * d.std(ddof=1) / np.sqrt(n):
+            best = i
+    return best
+
+
+def _skip_search(cv: np.ndarray, costs: np.ndarray, budget: float, correct: np.ndarray, base_acc: float) -> dict | None:
+    """The lookahead rule with exits switched off, greedily, while the cross-fitted accuracy
+    rises by at least :data:`SKIP_MARGIN` (or 3 rows) per exit switched off."""
+    k, n = costs.size, correct.shape[0]
+    margin = max(SKIP_MARGIN, 3.0 / max(n, 1))
+    skip = np.zeros(k, dtype=bool)
+    best = None
+    acc_now = base_acc
+    for _ in range(k - 1):
+        round_best = None
+        for e in range(k - 1):
+            if skip[e]:
+                continue
+            trial = skip.copy()
+            trial[e] = True
+            lam = _fit_lambda(cv, costs, budget, fill=False, skip=trial)
+            if lam is None:
+                continue
+            _, acc, cost = _exits_and_figures(_rule_scores(cv, costs, lam, trial), _rule_thresholds(k, trial), correct, costs)
+            if round_best is None or acc > round_best[0]:
+                round_best = (acc, cost, lam, trial)
+        if round_best is None or round_best[0] < acc_now + margin:
+            break
+        acc_now, _, lam, skip = round_best
+        best = {"rule": "lookahead-skip", "lambda": lam, "skip": [bool(v) for v in skip],
+                "cv_accuracy": round_best[0], "cv_avg_cost": round_best[1]}
+    return best
 
 
 def _validation(exits: np.ndarray, correct: np.ndarray, costs: np.ndarray, k: int) -> dict:
@@ -621,6 +994,10 @@ def fit_lookahead(features: ExitFeatures, costs: np.ndarray, budget: float, *, s
             if lam_fill != 0.0:
                 _, acc, cost = _exits_and_figures(_rule_scores(cv, costs, lam_fill), thr0, correct, costs)
                 candidates.append({"rule": "lookahead-fill", "lambda": lam_fill, "cv_accuracy": acc, "cv_avg_cost": cost})
+        if k > 2:
+            skipped = _skip_search(cv, costs, budget, correct, max(c["cv_accuracy"] for c in candidates))
+            if skipped is not None:
+                candidates.append(skipped)
         cv_rank = Ranking(np.stack([cv[:, j, j] for j in range(k)], axis=1))
         geo = fit_geometric(cv_rank, costs, budget)
         _, acc, cost = _exits_and_figures(cv_rank.scores, geo.thresholds, correct, costs)
@@ -630,9 +1007,14 @@ def fit_lookahead(features: ExitFeatures, costs: np.ndarray, budget: float, *, s
         _, acc, cost = _exits_and_figures(cv_rank.scores, dist.thresholds, correct, costs)
         candidates.append({"rule": "quota-lookahead-distribution", "cv_accuracy": acc, "cv_avg_cost": cost,
                            "distribution": [float(v) for v in look_dist], **dist.info})
-        # the most accurate on the cross-fitted scores; ties go to the earlier candidate (the rule)
-        best = max(range(len(candidates)), key=lambda i: (candidates[i]["cv_accuracy"], -i))
-        choice = candidates[best]
+        own = len(candidates)
+        candidates += _measure_candidates(features, costs, budget)
+        # the most accurate on held-out folds; ties go to the earlier candidate (the rule);
+        # a baseline's own rule only where it beats every lookahead candidate
+        from eenet_cli.core.policy import SIMPLE_SCORERS
+
+        measures = {name: np.asarray(SIMPLE_SCORERS[name](features), dtype=np.float64) for name in _measure_names()}
+        choice = candidates[_held_out_choice(candidates, own, cv, measures, correct, costs, budget, seed)]
 
     # the policy itself: final estimators, settings met on all validation rows
     scorer = {
@@ -652,16 +1034,29 @@ def fit_lookahead(features: ExitFeatures, costs: np.ndarray, budget: float, *, s
     if choice["rule"] == "first-exit-only":
         scorer["rule"] = "quota"
         thresholds: list = first_exit_thresholds(k)
+    elif choice["rule"].startswith("measure-"):
+        scorer["rule"] = "quota"
+        scorer["measure"] = choice["measure"]
+        thresholds = list(choice["thresholds"])
     elif choice["rule"].startswith("lookahead"):
+        skip = np.asarray(choice.get("skip") or [False] * k, dtype=bool)
         lam = float(choice["lambda"])
-        ex = apply_thresholds(_rule_scores(final, costs, lam), thr0)
+        thr_rule = _rule_thresholds(k, skip)
+        ex = apply_thresholds(_rule_scores(final, costs, lam, skip), thr_rule)
         if not within_budget(realised_cost(ex, costs), budget):
             # the refitted estimators spend more than the cross-fitted ones: raise the price
-            span = 4.0 / float(np.min(np.diff(costs)))
-            lam = _bisect_lambda(final, costs, budget, lam, max(span, lam))
+            span = _price_span(costs)
+            hi = max(span, lam)
+            while not within_budget(realised_cost(apply_thresholds(_rule_scores(final, costs, hi, skip), thr_rule), costs), budget):
+                hi *= 2.0  # with skipped exits, stopping everyone at exit 1 may need a higher price
+                if hi > 1e12:
+                    raise AssertionError("no price keeps the lookahead rule within the budget")
+            lam = _bisect_lambda(final, costs, budget, lam, hi, skip=skip)
         scorer["lambda"] = float(lam)
+        if skip.any():
+            scorer["skip"] = [bool(v) for v in skip]
         fit_info.update({"lambda": float(lam), "lambda_cv": float(choice["lambda"])})
-        thresholds = list(thr0)
+        thresholds = thr_rule
     else:
         scorer["rule"] = "quota"
         rank = Ranking(np.stack([final[:, j, j] for j in range(k)], axis=1))
@@ -678,6 +1073,8 @@ def fit_lookahead(features: ExitFeatures, costs: np.ndarray, budget: float, *, s
         "seed": int(seed),
         "hyperparameters": {
             "folds": est["info"]["folds"],
+            "tree_stages": list(TREE_STAGES),
+            "tree_margin": TREE_MARGIN,
             "alphas_tried": est["info"]["alphas_tried"],
             "bias_penalty": BIAS_PENALTY,
             "margin_clip": MARGIN_CLIP,
@@ -685,6 +1082,9 @@ def fit_lookahead(features: ExitFeatures, costs: np.ndarray, budget: float, *, s
         },
         "alpha": est["info"]["alpha"],
         "cv_log_loss": est["info"]["cv_log_loss"],
+        "model": est["info"]["model"],
+        "cv_log_loss_logistic": est["info"]["cv_log_loss_logistic"],
+        "cv_log_loss_trees": est["info"]["cv_log_loss_trees"],
     }
     return {
         "scorer": scorer,

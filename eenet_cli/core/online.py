@@ -171,6 +171,9 @@ class OnlinePolicy:
         self.policy = policy
         self.k = int(policy["num_exits"])
         self.kind = policy["scorer"]["type"]
+        measure = policy["scorer"].get("measure")
+        if self.kind in ("eenet", "lookahead") and measure in _CODES:
+            self.kind = measure  # a learned fit that chose a baseline's rule stops on its measure
         thr = policy["thresholds"]
         self.thresholds = [np.inf if t is None else float(t) for t in thr[:-1]] + [-np.inf]
         # the single-sample path keeps None (an exit that never stops), as apply_thresholds does
@@ -191,6 +194,11 @@ class OnlinePolicy:
                 )
             if self.layers:
                 self.num_classes = int(self.layers[0][0].shape[1]) - 3
+        self.prepared = None  # lookahead: its scorer as arrays, prepared once
+        if self.kind == "lookahead":  # noqa: SIM102
+            from eenet_cli.core.lookahead import LookaheadScorer
+
+            self.prepared = LookaheadScorer(policy["scorer"])
         self._pool: dict[bool, list] = {False: [], True: []}
         self._blocks: list | None = None  # EENet: block rows per exit, found on first use
 
@@ -247,6 +255,8 @@ class OnlinePolicy:
             state.history = np.zeros((state.preds.shape[0], self.k, logits.shape[-1]), dtype=np.float32)
         state.history[rows, j] = logits
         seen = exit_features(state.history[rows, : j + 1], "probs" if probs else "logits")
+        if self.prepared is not None:
+            return self.prepared.scores(seen, only=j)
         return compute_scores(self.policy["scorer"], seen)[:, j]
 
     def step(self, state: OnlineState, j: int, logits: np.ndarray, rows: np.ndarray | None = None, probs: bool = False):
@@ -279,6 +289,12 @@ class OnlinePolicy:
             # length of the run of equal predictions ending at exit j
             run = np.argmin(np.concatenate([same[:, ::-1], np.zeros((len(rows), 1), bool)], axis=1), axis=1)
             score = run.astype(np.float64)
+        elif j < self.k - 1 and self._thr[j] is None and self.prepared is not None:
+            # an exit switched off (or one that never stops): no decision here, the sample goes on
+            if state.history is None:
+                state.history = np.zeros((state.preds.shape[0], self.k, logits.shape[-1]), dtype=np.float32)
+            state.history[rows, j] = logits
+            score = np.full(len(rows), np.nan)
         else:
             score = self._generic_score(state, j, np.asarray(logits), rows, probs)
         stop = score >= self.thresholds[j] if j < self.k - 1 else np.ones(len(rows), dtype=bool)
@@ -431,13 +447,22 @@ class OnlineSample:
         if self._hist is None:
             self._hist = []
         self._hist.append(np.asarray(scores))
+        t = self._thr[j]
+        prepared = self.policy.prepared
+        if t is None and j < self._last_exit and prepared is not None:
+            # an exit switched off (or one that never stops): no decision, the sample goes on
+            self.prediction = -1
+            self.score = None
+            return False
         seen = np.repeat(np.stack(self._hist)[None], 4, axis=0)
         feats = exit_features(seen, "probs" if self.probs else "logits")
         self.prediction = int(feats.preds[0, j])
         if j == self._last_exit:
             self.score = None
             return True
-        score = float(compute_scores(self.policy.policy["scorer"], feats)[0, j])
+        if prepared is not None:
+            score = float(prepared.scores(feats, only=j)[0])
+        else:
+            score = float(compute_scores(self.policy.policy["scorer"], feats)[0, j])
         self.score = score
-        t = self._thr[j]
         return t is not None and score >= t

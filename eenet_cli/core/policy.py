@@ -33,6 +33,8 @@ def _patience(f: ExitFeatures) -> np.ndarray:
 def _eenet(scorer: dict, f: ExitFeatures) -> np.ndarray:
     from eenet_cli.core.eenet import eenet_utilities
 
+    if scorer.get("measure") is not None:  # eenet-search chose a baseline's rule
+        return SIMPLE_SCORERS[scorer["measure"]](f)
     return eenet_utilities(scorer, f)
 
 

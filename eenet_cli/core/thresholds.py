@@ -317,6 +317,7 @@ def cross_validated_choice(
     *,
     folds: int = 5,
     seed: int = 0,
+    scores_for: dict[str, np.ndarray] | None = None,
 ) -> tuple[str, dict[str, float]]:
     """The rule whose thresholds generalise best: each rule is fitted on ``folds - 1`` folds
     of the rows and scored on the held-out fold; returns the name with the highest pooled
@@ -326,7 +327,10 @@ def cross_validated_choice(
     hundred rows; choosing it over the plain quota thresholds only where it wins on rows it
     did not see keeps it from being worse than its own starting point on new data. With
     fewer than ``2 * folds`` rows there is nothing to hold out: the first rule is chosen.
+    ``scores_for`` gives some rules scores of their own (e.g. a baseline's measure) in
+    place of ``scores``; every rule is judged on the same folds.
     """
+    scores_for = scores_for or {}
     names = list(rules)
     n = scores.shape[0]
     if n < 2 * folds or len(names) == 1:
@@ -336,11 +340,14 @@ def cross_validated_choice(
     hits = dict.fromkeys(names, 0)
     for f in range(folds):
         train, held = fold != f, fold == f
-        ranking = Ranking(scores[train])
+        rankings: dict[int, Ranking] = {}
         rows = np.arange(int(held.sum()))
         for name in names:
-            thr = rules[name](ranking, costs, budget, correct[train])
-            exits = apply_thresholds(scores[held], thr)
+            own = scores_for.get(name, scores)
+            if id(own) not in rankings:
+                rankings[id(own)] = Ranking(own[train])
+            thr = rules[name](rankings[id(own)], costs, budget, correct[train])
+            exits = apply_thresholds(own[held], thr)
             hits[name] += int(correct[held][rows, exits].sum())
     figures = {name: hits[name] / n for name in names}
     best = max(names, key=lambda name: (hits[name], -names.index(name)))
