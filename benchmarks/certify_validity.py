@@ -75,6 +75,35 @@ def main() -> None:
     broke = {(m, d, a): [] for m in methods for d in deltas for a in asks}
     slack = {(m, d): [] for m in methods for d in deltas}
     infeasible = {(m, d, a): 0 for m in methods for d in deltas for a in asks}
+    def write(done: int) -> None:
+        lines = [
+            "# Certified policies over redrawn validation sets", "",
+            f"{done} draws of {args.rows} validation rows from a synthetic population of {args.population:,} rows "
+            f"(K=4, C={args.classes}, per-class miscalibration 0.7). Guarantees: expected cost <= {budget:.4g} ms "
+            f"(halfway up the costs), harm rate <= {args.max_drop:g}, disagreement with the last exit <= "
+            f"{args.max_disagreement:g}; each fitted on its own, at confidence 1 - δ. \"broke\" counts draws whose "
+            "population figure exceeds the level; \"allowed\" is the 95% binomial quantile of δ·draws (a valid "
+            "procedure stays within it 95% of the time); \"infeasible\" counts draws where the request was refused. "
+            "Slack is (B − expected cost) / (c_K − c_1), median over draws. Regenerate with "
+            "`python benchmarks/certify_validity.py`.", "",
+            "| method | δ | cost broke / draws | drop broke | disagreement broke | allowed | infeasible (cost/drop/dis) | median slack | met |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|:---:|",
+        ]
+        for m in methods:
+            for d in deltas:
+                ok = True
+                cells = []
+                for a in asks:
+                    b = broke[(m, d, a)]
+                    cells.append(f"{sum(b)} / {len(b)}")
+                    ok &= sum(b) <= allowed(len(b), d) if b else True
+                s = np.median(slack[(m, d)]) if slack[(m, d)] else float("nan")
+                inf = "/".join(str(infeasible[(m, d, a)]) for a in asks)
+                lines.append(f"| {m} | {d:g} | {' | '.join(cells)} | {allowed(done, d)} | {inf} | {100 * s:.2f}% | {'yes' if ok else 'NO'} |")
+        lines += ["", f"Total time {time.perf_counter() - t0:.0f} s."]
+        Path(args.out).write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+
     rng = np.random.default_rng(2026)
     t0 = time.perf_counter()
     for draw in range(args.draws):
@@ -101,34 +130,8 @@ def main() -> None:
                     else:
                         broke[(m, d, a)].append(float((applied.preds != last_pred).mean()) > args.max_disagreement)
         print(f"draw {draw + 1}/{args.draws} done, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-
-    lines = [
-        "# Certified policies over redrawn validation sets", "",
-        f"{args.draws} draws of {args.rows} validation rows from a synthetic population of {args.population:,} rows "
-        f"(K=4, C={args.classes}, per-class miscalibration 0.7). Guarantees: expected cost <= {budget:.4g} ms "
-        f"(halfway up the costs), harm rate <= {args.max_drop:g}, disagreement with the last exit <= "
-        f"{args.max_disagreement:g}; each fitted on its own, at confidence 1 - δ. \"broke\" counts draws whose "
-        "population figure exceeds the level; \"allowed\" is the 95% binomial quantile of δ·draws (a valid "
-        "procedure stays within it 95% of the time); \"infeasible\" counts draws where the request was refused. "
-        "Slack is (B − expected cost) / (c_K − c_1), median over draws. Regenerate with "
-        "`python benchmarks/certify_validity.py`.", "",
-        "| method | δ | cost broke / draws | drop broke | disagreement broke | allowed | infeasible (cost/drop/dis) | median slack | met |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|:---:|",
-    ]
-    for m in methods:
-        for d in deltas:
-            ok = True
-            cells = []
-            for a in asks:
-                b = broke[(m, d, a)]
-                cells.append(f"{sum(b)} / {len(b)}")
-                ok &= sum(b) <= allowed(len(b), d) if b else True
-            s = np.median(slack[(m, d)]) if slack[(m, d)] else float("nan")
-            inf = "/".join(str(infeasible[(m, d, a)]) for a in asks)
-            lines.append(f"| {m} | {d:g} | {' | '.join(cells)} | {allowed(args.draws, d)} | {inf} | {100 * s:.2f}% | {'yes' if ok else 'NO'} |")
-    lines += ["", f"Total time {time.perf_counter() - t0:.0f} s."]
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        if (draw + 1) % 10 == 0 or draw + 1 == args.draws:
+            write(draw + 1)
 
 
 if __name__ == "__main__":
