@@ -777,7 +777,6 @@ def _read_compact(pfs, files, source, meta, schema, sha, validate) -> Prediction
 
     def work(item) -> None:
         src, start, batch = item
-        m = batch.num_rows
         parts = {f: [] for f in COMPACT_FIELDS[:5]}
         for j, name in enumerate(cols):
             col = batch.column(name)
