@@ -145,7 +145,7 @@ def fit_certified(
         path_info = None
         base_thresholds = list(policy["thresholds"])
         fit_scores = compute_scores(policy["scorer"], fit_feats)
-        grid = shift_grid(fit_scores, policy["thresholds"], costs=costs)
+        grid = shift_grid(fit_scores, policy["thresholds"], costs=costs, focus=budget, size=GRID_SIZE if budget is None else BUDGET_GRID_SIZE)
         cal_scores = compute_scores(policy["scorer"], cal_feats)
         if confidence is None:
             thresholds, shift = empirical_shift(cal_scores, policy["thresholds"], costs, grid, cal_feats, budget, max_drop, max_disagreement, unit)
@@ -175,6 +175,7 @@ def fit_certified(
 
 PATH_SIZE = 64
 GRID_SIZE = 256
+BUDGET_GRID_SIZE = 160  # with a budget the grid is focused near it (core.certify.shift_grid)
 
 Family = list[tuple[dict, list]]
 

@@ -405,3 +405,22 @@ def test_bad_requests_are_rejected(small):
         C.calibrate(np.where(s > 0.5, np.nan, s), THR, COSTS, grid, budget=3.0)
     with pytest.raises(ValueError, match="strictly increasing"):
         C.calibrate(s, THR, COSTS, grid[::-1], budget=3.0)
+
+
+def test_a_focused_grid_is_finer_near_the_budget_and_keeps_its_ends():
+    rng = np.random.default_rng(3)
+    scores = rng.random((4000, 4))
+    thr = [0.5, 0.6, 0.7, None]
+    costs = [1.0, 2.0, 3.0, 4.0]
+    plain = C.shift_grid(scores, thr, size=160, costs=costs)
+    focused = C.shift_grid(scores, thr, size=160, costs=costs, focus=2.5)
+    for g in (plain, focused):
+        assert g[0] == -np.inf and g[-1] == np.inf and 0.0 in g and np.all(np.diff(g) > 0)
+
+    def fit_costs(grid):
+        ex = C.exits_for_shifts(scores, thr, grid)
+        return np.asarray(costs)[ex].mean(axis=0)
+
+    near = lambda c: int(np.sum((c > 2.5 - 0.08 * 3) & (c <= 2.5 + 0.02 * 3)))  # noqa: E731
+    assert near(fit_costs(focused)) >= 2 * near(fit_costs(plain))
+    assert fit_costs(focused)[1:-1].min() < 1.5 and fit_costs(focused)[1:-1].max() > 3.5  # still spans the range

@@ -49,6 +49,8 @@ LOSS_STEPS = 1 << 40  # loss levels and bounds are multiples of 2**-40
 _CHUNK = 1 << 22  # elements per [rows, shifts] block of exits (bounds temporary memory)
 _BLOCK = 1 << 16  # elements per block of the betting arithmetic (kept cache-sized)
 METRICS = ("cost", "drop", "disagreement")
+FOCUS_BELOW = 0.08  # shift_grid(focus=B): the fine part of the grid spans B - 8% ... B + 2% of the cost range
+FOCUS_ABOVE = 0.02
 
 Thresholds = Sequence[float | None]
 
@@ -180,7 +182,8 @@ def _exit_dtype(k: int) -> type:
 
 
 def shift_grid(
-    scores_fit: np.ndarray, thresholds: Thresholds, size: int = 256, costs: Sequence[float] | None = None
+    scores_fit: np.ndarray, thresholds: Thresholds, size: int = 256, costs: Sequence[float] | None = None,
+    focus: float | None = None,
 ) -> np.ndarray:
     """Sorted shifts to calibrate over, from the *fit* rows only (never the calibration rows).
 
@@ -188,7 +191,13 @@ def shift_grid(
     margins ``s_j - t_j`` over exits ``j <= k``. The grid takes (cost-weighted, when
     ``costs`` are given) quantiles of these breakpoints, so that neighbouring shifts differ
     by about the same cost on the fit rows, plus ``0`` (the fitted policy itself) and the
-    ends ``-inf`` and ``+inf``. At most ``size`` values (fewer when breakpoints tie)."""
+    ends ``-inf`` and ``+inf``. At most ``size`` values (fewer when breakpoints tie).
+
+    ``focus`` (a cost level, with ``costs``; e.g. the budget) spends about two thirds of the
+    grid on the policies whose fit-row cost lies within :data:`FOCUS_BELOW` of the cost
+    range below it (and :data:`FOCUS_ABOVE` above), where a budget's walk ends, and the rest
+    evenly over the whole range: a finer choice where it matters, in fewer tests. It uses
+    the fit rows only, like the rest of the grid."""
     s = _check_scores(scores_fit)
     n, k = s.shape
     thr = _check_thresholds(thresholds, k)
@@ -214,6 +223,15 @@ def shift_grid(
         srt = np.argsort(v, kind="stable")
         v, cw = v[srt], np.cumsum(w[srt])
         levels = np.linspace(0.0, 1.0, size - 3) * cw[-1] if size > 3 else np.array([])
+        if focus is not None and costs is not None and size > 12:
+            c = _check_costs(costs, k)
+            # the cost-weighted breakpoints sum to (cost - c_1) * n on the fit rows
+            at = (float(focus) - c[0]) * n
+            span = (c[-1] - c[0]) * n
+            lo, hi = max(0.0, at - FOCUS_BELOW * span), min(cw[-1], at + FOCUS_ABOVE * span)
+            coarse = (size - 3) // 3
+            fine = np.linspace(lo, hi, size - 3 - coarse) if hi > lo else np.array([])
+            levels = np.concatenate([np.linspace(0.0, 1.0, coarse) * cw[-1], fine])
         idx = np.minimum(np.searchsorted(cw, levels, side="left"), v.size - 1)
         inner = np.concatenate([v[idx], inner])
     return np.concatenate([[-np.inf], np.unique(inner), [np.inf]])
