@@ -285,25 +285,9 @@ def empirical_choice(exits: np.ndarray, feats: ExitFeatures, costs: np.ndarray, 
 def empirical_shift(scores, thresholds, costs, grid, feats: ExitFeatures, budget, max_drop, max_disagreement, unit):
     """The shift chosen on the validation figures alone (no confidence): within the budget
     the most accurate, with only loss limits the cheapest, that meets every limit."""
-    from eenet_cli.core.certify import exits_for_shifts, shifted_thresholds
+    from eenet_cli.core.certify import exits_for_shifts
 
-    exits = exits_for_shifts(scores, thresholds, grid).astype(np.int64)  # [n, G]
-    rows = np.arange(feats.num_samples)[:, None]
-    cost = costs[exits].mean(axis=0)
-    ok = np.ones(grid.size, dtype=bool)
-    if budget is not None:
-        ok &= cost <= budget * (1 + 1e-12)
-    last_pred = feats.preds[:, -1][:, None]
-    if max_drop is not None:
-        if feats.labels is None:
-            raise InputError("--max-drop needs labels; --max-disagreement does not", field="--max-drop")
-        harm = ~feats.correct[rows, exits] & feats.correct[:, -1][:, None]
-        ok &= harm.mean(axis=0) <= max_drop
-    if max_disagreement is not None:
-        ok &= (feats.preds[rows, exits] != last_pred).mean(axis=0) <= max_disagreement
-    if not ok.any():
-        raise WorkFailed("no shift of this policy meets every limit on the validation rows; loosen a limit or raise the budget")
-    j = int(np.flatnonzero(ok)[-1] if budget is not None else np.flatnonzero(ok)[np.argmin(cost[ok])])
+    j = empirical_choice(exits_for_shifts(scores, thresholds, grid), feats, costs, budget, max_drop, max_disagreement)
     return shifted_thresholds(thresholds, float(grid[j])), float(grid[j])
 
 

@@ -849,7 +849,32 @@ def compact_schema(num_exits: int, top_k: int, *, with_label: bool = True, with_
     return pa.schema(cols)
 
 
-class CompactWriter:
+class _AtomicWriter:
+    """What both Parquet writers share: ``self._writer`` (a pyarrow ParquetWriter) writes
+    into ``self._ctx`` (an atomic replace, artifacts.files), which publishes the file only
+    on :meth:`close`; :meth:`abort` leaves the target as it was."""
+
+    def close(self) -> None:
+        self._writer.close()
+        self._ctx.__exit__(None, None, None)
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        with contextlib.suppress(BaseException):
+            self._ctx.__exit__(type(exc) if exc else RuntimeError, exc or RuntimeError("aborted"), None)
+
+    def __enter__(self) -> "_AtomicWriter":
+        return self
+
+    def __exit__(self, et, ev, tb) -> None:
+        if et is None:
+            self.close()
+        else:
+            self.abort(ev)
+
+
+class CompactWriter(_AtomicWriter):
     """Stream compact predictions (docs/spec.md §2.1.1) into one Parquet file, a row group
     per ``write`` call; the file appears under its name only when ``close()`` succeeds."""
 
@@ -926,24 +951,6 @@ class CompactWriter:
         self._writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
         self.rows += n
 
-    def close(self) -> None:
-        self._writer.close()
-        self._ctx.__exit__(None, None, None)
-
-    def abort(self, exc: BaseException | None = None) -> None:
-        with contextlib.suppress(Exception):
-            self._writer.close()
-        with contextlib.suppress(BaseException):
-            self._ctx.__exit__(type(exc) if exc else RuntimeError, exc or RuntimeError("aborted"), None)
-
-    def __enter__(self) -> "CompactWriter":
-        return self
-
-    def __exit__(self, et, ev, tb) -> None:
-        if et is None:
-            self.close()
-        else:
-            self.abort(ev)
 
 
 def compact_predictions(path, output, *, top_k: int = 5, progress=None) -> dict:
@@ -1106,7 +1113,7 @@ def _exit_arrays(scores: np.ndarray, fp16: bool):
     return arrs
 
 
-class PredictionsWriter:
+class PredictionsWriter(_AtomicWriter):
     """Stream predictions into one Parquet file, a row group per ``write`` call.
 
     The file appears under its final name only when ``close()`` succeeds (use it as a
@@ -1188,24 +1195,6 @@ class PredictionsWriter:
                 sample_id=t.column("sample_id").to_numpy(zero_copy_only=False) if "sample_id" in t.column_names else None,
             )
 
-    def close(self) -> None:
-        self._writer.close()
-        self._ctx.__exit__(None, None, None)
-
-    def abort(self, exc: BaseException | None = None) -> None:
-        with contextlib.suppress(Exception):
-            self._writer.close()
-        with contextlib.suppress(BaseException):
-            self._ctx.__exit__(type(exc) if exc else RuntimeError, exc or RuntimeError("aborted"), None)
-
-    def __enter__(self) -> "PredictionsWriter":
-        return self
-
-    def __exit__(self, et, ev, tb) -> None:
-        if et is None:
-            self.close()
-        else:
-            self.abort(ev)
 
 
 def write_predictions(
