@@ -1050,23 +1050,7 @@ def validate_predictions(p: Predictions, *, check_finite: bool = True) -> None:
                 source=src,
                 field=f"exit_{e}",
             )
-    if p.labels is not None:
-        c = p.num_classes
-        bad = (p.labels < 0) | (p.labels >= c)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise InputError(f"label {p.labels[i]} at row {i} is outside [0, {c})", source=src, field="label")
-    if p.sample_id is not None:
-        splits = p.split if p.split is not None else np.zeros(p.num_samples, dtype=object)
-        for value in np.unique(splits):  # a handful of splits, not samples
-            rows = np.flatnonzero(splits == value)
-            ids = p.sample_id[rows]
-            order = np.argsort(ids, kind="stable")
-            same = ids[order][1:] == ids[order][:-1]
-            if same.any():
-                i = int(rows[order][1:][np.argmax(same)])
-                dup = p.sample_id[i].item() if isinstance(p.sample_id[i], np.generic) else p.sample_id[i]
-                raise InputError(f"sample_id {dup!r} appears more than once within a split", source=src, field="sample_id")
+    _check_rows(p, p.num_classes)
 
 
 def predictions_schema(num_exits: int, num_classes: int, *, fp16: bool = False, sample_id_type=None, with_split: bool = True, with_label: bool = True):
