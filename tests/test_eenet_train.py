@@ -326,13 +326,18 @@ def test_search_keeps_the_cross_validated_best_rule(small, trained):
     pol = fit_eenet_policy(fv, costs, 2.2, trained=result, thresholds="search")
     fit = pol["threshold_fit"]
     cv = fit["cross_validated_accuracy"]
+    from eenet_cli.core.policy import SIMPLE_SCORERS
+
     assert set(cv) == {"quota", "geometric", "search-from-quota", "search-from-geometric",
-                       "coarse-search-from-quota", "coarse-search-from-geometric"}
+                       "coarse-search-from-quota", "coarse-search-from-geometric"} | {f"baseline-{m}" for m in SIMPLE_SCORERS}
     assert fit["chosen_rule"] in cv and cv[fit["chosen_rule"]] == max(cv.values())
     # the chosen rule refitted on every validation row is what the policy holds, whichever it is
-    scores = eenet_utilities(result.scorer, fv)
-    want = _rule_thresholds(fit["chosen_rule"], Ranking(scores), costs, 2.2, fv.correct, result.distribution)
-    assert pol["thresholds"] == [None if t is None else float(t) for t in want]
+    if fit["chosen_rule"].startswith("baseline-"):  # a baseline's own rule won: the policy stops on its measure
+        assert pol["scorer"]["measure"] == fit["chosen_rule"].split("-", 1)[1]
+    else:
+        scores = eenet_utilities(result.scorer, fv)
+        want = _rule_thresholds(fit["chosen_rule"], Ranking(scores), costs, 2.2, fv.correct, result.distribution)
+        assert pol["thresholds"] == [None if t is None else float(t) for t in want]
     assert pol["validation"]["avg_cost"] <= 2.2 + 1e-12
     assert fit_eenet_policy(fv, costs, 2.2, trained=result, thresholds="search") == pol  # deterministic
 
