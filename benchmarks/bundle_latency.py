@@ -52,33 +52,13 @@ def eenet(*args, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def resnet_files(folder: Path, n_val: int, n_test: int, seed: int = 0) -> tuple[list[str], Path, Path]:
-    """Seeded random ResNet-56 weights (batch-norm statistics set on random inputs), random data."""
-    import numpy as np
-    import torch
-    from safetensors.torch import save_file
+    """Seeded random ResNet-56 weights (batch-norm statistics set on random inputs), random
+    data: the same files as scripts/measure_realised_latency.py makes."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from measure_realised_latency import resnet_files as make
 
-    from eenet_cli.runtime.models import ResNet56
-
-    torch.manual_seed(seed)
-    model = ResNet56()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None
-    model.train()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _ in range(4):
-            model(torch.randn(64, 3, 32, 32, generator=gen))
-    model.eval()
-    weights = folder / "resnet56.safetensors"
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(weights))
-    rng = np.random.default_rng(seed)
-    paths = []
-    for name, n in (("val", n_val), ("test", n_test)):
-        p = folder / f"resnet_{name}.npz"
-        np.savez(p, x=rng.standard_normal((n, 3, 32, 32)).astype(np.float32), y=rng.integers(0, 10, n).astype(np.int64))
-        paths.append(p)
-    return ["resnet56", "--weights", str(weights)], paths[0], paths[1]
+    weights, val, test = make(folder, n_val, n_test, seed)
+    return ["resnet56", "--weights", str(weights)], val, test
 
 
 def text_files(folder: Path, n_val: int, n_test: int, seed: int = 0) -> tuple[list[str], Path, Path]:

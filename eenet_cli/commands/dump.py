@@ -199,19 +199,14 @@ def _check_split_column(output: str, shard, split: Optional[str], append: bool, 
 
     from eenet_cli.artifacts.predictions import read_existing
     from eenet_cli.errors import InputError
-    from eenet_cli.runtime.dump import output_file
+    from eenet_cli.runtime.dump import check_append_keep, output_file
 
     path = Path(output) / f"part-{shard.rank:05d}.parquet" if shard.active else Path(output)
     if not path.is_file():
         output_file(output, shard)  # the right error for a folder/file mix-up
         raise InputError("--append: no such file to append to (drop --append to create it)", source=str(path), field="--output")
     old = read_existing(path)
-    if old.compact and top_k is None:
-        raise InputError(f"--append: the file holds compact predictions (top {old.top_k} per exit); add --keep top-k:{old.top_k} to append to it", source=str(path), field="--keep")
-    if top_k is not None and not old.compact:
-        raise InputError("--append: the file holds full scores; drop --keep to append to it, or write a new file", source=str(path), field="--keep")
-    if top_k is not None and old.top_k != top_k:
-        raise InputError(f"--append: the file keeps the top {old.top_k} classes per exit, this dump would keep {top_k} (use --keep top-k:{old.top_k})", source=str(path), field="--keep")
+    check_append_keep(old, top_k, path)
     has_split = "split" in old.names
     if has_split and split is None:
         raise InputError("--append: the file has a split column; give --split for the new rows", source=str(path), field="--split")

@@ -186,12 +186,7 @@ def dump_predictions(
             old_kind = old.meta.get("scores", "logits")
             if old_kind != scores:
                 raise InputError(f"--append: the file stores {old_kind}, this dump would add {scores} (use --scores {old_kind})", source=str(path), field="--scores")
-            if old.compact and top_k is None:
-                raise InputError(f"--append: the file holds compact predictions (top {old.top_k} per exit); add --keep top-k:{old.top_k} to append to it", source=str(path), field="--keep")
-            if top_k is not None and not old.compact:
-                raise InputError("--append: the file holds full scores; drop --keep to append to it, or write a new file", source=str(path), field="--keep")
-            if top_k is not None and old.top_k != top_k:
-                raise InputError(f"--append: the file keeps the top {old.top_k} classes per exit, this dump would keep {top_k} (use --keep top-k:{old.top_k})", source=str(path), field="--keep")
+            check_append_keep(old, top_k, path)
             if old.fp16 != fp16 and log and top_k is None:
                 log(f"note: {path} stores {'float16' if old.fp16 else 'float32'} scores; the new rows follow it")
             fp16 = old.fp16
@@ -493,3 +488,13 @@ def _id_type(old: ExistingPredictions | None):
     import pyarrow as pa
 
     return pa.string() if old is not None and old.string_ids else pa.int64()
+
+
+def check_append_keep(old: ExistingPredictions, top_k: int | None, path: Path) -> None:
+    """``--append`` never mixes compact and full rows, nor two top-k sizes: one line if it would."""
+    if old.compact and top_k is None:
+        raise InputError(f"--append: the file holds compact predictions (top {old.top_k} per exit); add --keep top-k:{old.top_k} to append to it", source=str(path), field="--keep")
+    if top_k is not None and not old.compact:
+        raise InputError("--append: the file holds full scores; drop --keep to append to it, or write a new file", source=str(path), field="--keep")
+    if top_k is not None and old.top_k != top_k:
+        raise InputError(f"--append: the file keeps the top {old.top_k} classes per exit, this dump would keep {top_k} (use --keep top-k:{old.top_k})", source=str(path), field="--keep")
