@@ -335,9 +335,10 @@ def evaluate(
 ) -> dict:
     """Accuracy vs budget for each method (docs/spec.md §2.5); returns the results document.
 
-    On compact predictions (docs/spec.md §2.1.1) the default methods leave out those whose
-    scorer reads full class-probability vectors (EENet's), saying so through ``note``
-    (default: one line on stderr); naming such a method explicitly is refused in one line."""
+    On compact predictions (docs/spec.md §2.1.1) every method runs with its default
+    settings; with ``hyper.inputs == "full"`` (EENet's full-vector scorer) the default
+    methods leave out EENet's, saying so through ``note`` (default: one line on stderr), and
+    naming such a method explicitly is refused in one line."""
     from eenet_cli.core.evaluate import evaluate_features
     from eenet_cli.core.methods import ALL_METHODS, check_method
 
@@ -348,7 +349,7 @@ def evaluate(
         values = default_budgets(cost)
     else:
         values = [_budget_value(b, cost) for b in budgets]
-    methods, left_out = _default_methods_for(preds, test, list(methods) if methods else list(DEFAULT_METHODS))
+    methods, left_out = _default_methods_for(preds, test, list(methods) if methods else list(DEFAULT_METHODS), hyper)
     for m in methods:
         check_method(m, ALL_METHODS)
     val, tst, how = split_for_evaluation(preds, test, val_fraction, seed)
@@ -377,19 +378,22 @@ def evaluate(
         "split": how,
         "val_fraction": val_fraction if test is None else None,
         "seed": seed,
+        **({"eenet_inputs": getattr(hyper, "inputs", "compact") if hyper is not None else "compact"}
+           if any(m.startswith("eenet") for m in methods) else {}),
         **({"confidence": confidence} if confidence is not None else {}),
         **({"resplits": resplit_check(val, tst, cost, values, methods, confidence, resplits, seed, hyper, learner)} if resplits else {}),
         "results": records,
     }
 
 
-def _default_methods_for(preds: Predictions, test: Predictions | None, methods: list[str]) -> tuple[list[str], str]:
+def _default_methods_for(preds: Predictions, test: Predictions | None, methods: list[str], hyper=None) -> tuple[list[str], str]:
     """The default method list (evaluate's own, or the same list passed in) without the
-    methods whose scorer needs full score vectors when the predictions are compact, and the
-    note saying so ("" when nothing is left out)."""
+    methods whose scorer needs full score vectors when the predictions are compact (EENet's
+    with ``hyper.inputs == "full"`` only), and the note saying so ("" when nothing is left out)."""
     from eenet_cli.core.methods import METHODS
 
-    if methods != list(DEFAULT_METHODS) or not (preds.compact or (test is not None and test.compact)):
+    full_inputs = hyper is not None and getattr(hyper, "inputs", "compact") == "full"
+    if not full_inputs or methods != list(DEFAULT_METHODS) or not (preds.compact or (test is not None and test.compact)):
         return methods, ""
     full = [m for m in methods if METHODS[m].scorer == "eenet"]
     if not full:

@@ -188,6 +188,32 @@ def test_profile_text_model(runner, tmp_path, tiny):
     assert r.exit_code == 2 and "number of tokens" in one_error_line(r)
 
 
+def test_a_text_bundle_from_packed_token_ids_profiles_with_its_own_inputs(runner, tmp_path, tiny):
+    """Packed token ids [N, 2, T] in an .npz reach the stages as the data loader gives them
+    (float32), so the bundle's stages are exported for float input; ``profile BUNDLE``
+    must make its random token ids in that dtype (it used to hand the graphs int64 ids
+    and fail with a dtype mismatch)."""
+    rng = np.random.default_rng(0)
+    n, t = 40, 12
+    ids = rng.integers(5, len(VOCAB), (n, t))
+    mask = (np.arange(t)[None, :] < rng.integers(4, t + 1, n)[:, None]).astype(np.int64)
+    np.savez(tmp_path / "d.npz", x=np.stack([ids * mask, mask], axis=1).astype(np.int64), y=rng.integers(0, C, n))
+    model = [str(tiny["model"]), "--model-arg", "num_classes=3"]
+    r = invoke(runner, "dump", *model, "--data", tmp_path / "d.npz", "--split", "val", "--costs", "1,2,3,4ms",
+               "-o", tmp_path / "p.parquet", "-q")
+    assert r.exit_code == 0, r.output
+    r = invoke(runner, "fit", tmp_path / "p.parquet", "--budget", "50%", "--method", "maxprob", "-o", tmp_path / "policy.json", "-q")
+    assert r.exit_code == 0, r.output
+    r = invoke(runner, "export", *model, "--policy", tmp_path / "policy.json", "--data", tmp_path / "d.npz",
+               "-o", tmp_path / "m.eenet", "-q")
+    assert r.exit_code == 0, r.output
+    r = invoke(runner, "profile", tmp_path / "m.eenet", "--unit", "flops", "--repeats", "2", "--warmup", "1", "--threads", "1",
+               "-o", tmp_path / "costs.json", "-q")
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "costs.json").read_text())
+    assert doc["input_shape"] == [2, t] and len(doc["costs"]) == 4 and all(np.diff(doc["flops"]) > 0)
+
+
 def test_dump_csv_equals_the_wrapper(runner, tmp_path, tiny):
     out = tmp_path / "preds.parquet"
     r = invoke(runner, "dump", tiny["model"], "--model-arg", "num_classes=3", "--exits", "1,3,4", "--data", tiny["csv"],

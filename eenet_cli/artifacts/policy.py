@@ -94,6 +94,13 @@ def _validate_eenet_scorer(scorer: dict, k: int, c: int, source: str) -> None:
     if "measure" in scorer and measure not in SIMPLE_SCORERS:
         raise InputError(f"expected one of {', '.join(SIMPLE_SCORERS)}, got {measure!r}", source=source,
                          field="scorer.measure")
+    from eenet_cli.core.eenet import COMPACT_FEATURES, FEATURES, INPUTS, input_width
+
+    feats = scorer.get("features", FEATURES)
+    inputs = next((name for name, names in INPUTS.items() if feats == names), None) if isinstance(feats, list) else None
+    if inputs is None:
+        raise InputError(f"expected {COMPACT_FEATURES} (compact) or {FEATURES} (full), got {feats!r}", source=source,
+                         field="scorer.features")
     slope = scorer.get("negative_slope", 0.01)
     if not finite_number(slope):
         raise InputError(f"expected a number, got {slope!r}", source=source, field="scorer.negative_slope")
@@ -110,8 +117,9 @@ def _validate_eenet_scorer(scorer: dict, k: int, c: int, source: str) -> None:
         except (TypeError, ValueError, OverflowError):
             raise InputError("weights must be numeric nested lists", source=source, field=fld) from None
         h = w.shape[0] if w.ndim == 2 else -1
-        if w.ndim != 2 or w.shape[1] != c + 3 + j:
-            raise InputError(f"shared_weight must be [H, {c + 3 + j}], got {list(w.shape)}", source=source, field=fld)
+        want = input_width(inputs, j, c)
+        if w.ndim != 2 or w.shape[1] != want:
+            raise InputError(f"shared_weight must be [H, {want}] ({inputs} inputs), got {list(w.shape)}", source=source, field=fld)
         if any(a.shape != (h,) for a in arrays):
             raise InputError(f"bias and head weights must have {h} entries", source=source, field=fld)
         if any(isinstance(s, bool) or not isinstance(s, (int, float)) for s in scalars):

@@ -8,7 +8,17 @@ from typing import Annotated, Optional
 import typer
 
 from eenet_cli.app import app
-from eenet_cli.commands.options import ConfidenceOpt, CostsOpt, JsonOpt, OutputOpt, QuietOpt, check_seed, parse_share
+from eenet_cli.commands.options import (
+    ConfidenceOpt,
+    CostsOpt,
+    EENetInputsOpt,
+    JsonOpt,
+    OutputOpt,
+    QuietOpt,
+    check_seed,
+    eenet_hyper,
+    parse_share,
+)
 from eenet_cli.core.methods import ALL_METHODS, DEFAULT_EVALUATE_METHODS
 from eenet_cli.render import fit_table_columns, plan_streams, progress_bar, summary, write_stdout_bytes
 
@@ -83,7 +93,8 @@ def check_regressions(current: dict, expected: dict, tolerance: float) -> list[s
 
 def check_settings(expected: dict, source: str) -> dict:
     """What a --check run takes from the stored results when not given: budgets, methods,
-    costs, seed and validation fraction."""
+    costs, seed, validation fraction and EENet's scorer inputs (results written before
+    they were recorded used the full inputs, the default then)."""
     from eenet_cli.artifacts.costs import validate_costs
 
     out: dict = {}
@@ -97,6 +108,7 @@ def check_settings(expected: dict, source: str) -> dict:
         out["seed"] = expected["seed"]
     if expected.get("val_fraction") is not None:
         out["val_fraction"] = float(expected["val_fraction"])
+    out["eenet_inputs"] = expected.get("eenet_inputs", "full") if isinstance(expected.get("eenet_inputs", "full"), str) else "full"
     return out
 
 
@@ -175,6 +187,7 @@ def evaluate_command(
     confidence: ConfidenceOpt = None,
     resplits: Annotated[int, typer.Option("--resplits", help="Redraw the validation/test split N times and report how often each method's test cost overran the budget (certified with --confidence).")] = 0,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed, 0 to 2**32-1 (default 0, or the --check file's).", show_default=False)] = None,
+    eenet_inputs: EENetInputsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     from eenet_cli import api
@@ -220,6 +233,8 @@ def evaluate_command(
         budget_values = default_budgets(cost)
     method_list = method_list or settings.get("methods") or list(api.DEFAULT_METHODS)
     seed = seed if seed is not None else settings.get("seed", 0)
+    hyper = eenet_hyper(eenet_inputs if eenet_inputs is not None else settings.get("eenet_inputs"),
+                        "--eenet-inputs" if eenet_inputs is not None else f"{check} (eenet_inputs)")
     if val_fraction is None:
         val_fraction = settings.get("val_fraction")
     with progress_bar("evaluating", len(budget_values) * len(method_list), quiet) as update:
@@ -231,6 +246,7 @@ def evaluate_command(
             test=test_preds,
             val_fraction=val_fraction,
             seed=seed,
+            hyper=hyper,
             on_step=lambda m, b: update(1),
             confidence=parse_share(confidence, "--confidence"),
             resplits=resplits,

@@ -8,7 +8,18 @@ from typing import Annotated, Optional
 import typer
 
 from eenet_cli.app import app
-from eenet_cli.commands.options import ConfidenceOpt, CostsOpt, OutputOpt, QuietOpt, SeedOpt, certificate_line, check_seed, parse_share
+from eenet_cli.commands.options import (
+    ConfidenceOpt,
+    CostsOpt,
+    EENetInputsOpt,
+    OutputOpt,
+    QuietOpt,
+    SeedOpt,
+    certificate_line,
+    check_seed,
+    eenet_hyper,
+    parse_share,
+)
 from eenet_cli.core.methods import POLICY_METHODS, methods_help
 from eenet_cli.render import plan_streams, progress_bar, summary
 
@@ -43,15 +54,6 @@ it carries a certificate (docs/certify.md; `eenet certify` checks one on new dat
 """
 
 
-def _hyper_from_options(**kw):
-    given = {k: v for k, v in kw.items() if v is not None}
-    if not given:
-        return None
-    from eenet_cli.core.eenet import EENetHyper
-
-    return EENetHyper(**given)
-
-
 @app.command("fit", help=FIT_HELP)
 def fit_command(
     predictions: Annotated[str, typer.Argument(help="Predictions Parquet file or folder ('-' for stdin).", show_default=False)],
@@ -60,6 +62,7 @@ def fit_command(
     method: Annotated[str, typer.Option("--method", "-m", help="One of: " + ", ".join(POLICY_METHODS) + " (described above).")] = "eenet",
     output: OutputOpt = None,
     seed: SeedOpt = 0,
+    eenet_inputs: EENetInputsOpt = None,
     confidence: ConfidenceOpt = None,
     max_drop: Annotated[Optional[str], typer.Option("--max-drop", help="Largest accuracy drop against the last exit, e.g. 1% or 0.01: the cheapest policy within it (certified with --confidence).", show_default=False)] = None,
     max_disagreement: Annotated[Optional[str], typer.Option("--max-disagreement", help="Largest share of predictions that differ from the last exit's (needs no labels), e.g. 2%.", show_default=False)] = None,
@@ -76,6 +79,7 @@ def fit_command(
 
     check_method(method, POLICY_METHODS)
     check_seed(seed)
+    hyper = eenet_hyper(eenet_inputs)
     streams = plan_streams(
         output, what="policy", terminal_view=False, quiet=quiet, inputs=[("predictions", predictions), ("costs file", costs)]
     )
@@ -100,7 +104,7 @@ def fit_command(
             )
 
         policy = api.fit_policy(
-            preds, b, method=method, costs=cost, seed=seed, progress=progress, confidence=conf, max_drop=drop,
+            preds, b, method=method, costs=cost, seed=seed, hyper=hyper, progress=progress, confidence=conf, max_drop=drop,
             max_disagreement=disagree, deploy_batch=deploy_batch, calibration_share=calibration_share,
         )
     seconds = time.perf_counter() - start

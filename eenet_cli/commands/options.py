@@ -33,6 +33,29 @@ RowsOpt = Annotated[
     Optional[str],
     typer.Option("--split", help="Rows of this split (val, test, ...) or all. Default: test when there is a split column."),
 ]
+EENetInputsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--eenet-inputs",
+        help="What EENet's scorer reads: compact (default: a few numbers per exit, any number of classes, compact files too) "
+        "or full (the paper's class-probability vectors; full files only, grows with the classes).",
+        show_default=False,
+    ),
+]
+
+
+def eenet_hyper(inputs: str | None, field: str = "--eenet-inputs"):
+    """EENet's training settings for ``--eenet-inputs`` (None: the defaults)."""
+    if inputs is None:
+        return None
+    from eenet_cli.core.eenet import INPUTS, EENetHyper
+    from eenet_cli.errors import InputError
+
+    if inputs not in INPUTS:
+        raise InputError(f"expected one of {', '.join(INPUTS)}, got {inputs!r}", field=field)
+    return EENetHyper(inputs=inputs)
+
+
 ConfidenceOpt = Annotated[
     Optional[str],
     typer.Option("--confidence", help="Certify with this confidence, e.g. 0.9 or 90% (1 - delta); see docs/certify.md.", show_default=False),

@@ -15,15 +15,24 @@ The model, its loss and the measurements behind every choice: docs/eenet.md.
 Scorer JSON (``policy["scorer"]``)::
 
     {"type": "eenet",
-     "features": ["class_probs", "max_prob", "entropy", "vote", "previous_utilities"],
+     "features": [...],            # which inputs: COMPACT_FEATURES (default) or FEATURES
      "negative_slope": 0.01,
      "exits": [{"shared_weight": [[...D_k] x H_k], "shared_bias": [...H_k],
                 "utility_weight": [...H_k], "utility_bias": float,
                 "assign_weight": [...H_k], "assign_bias": float}, ...K]}
 
-Exit k (0-based) sees D_k = C + 3 + k inputs: its class probabilities, the three
-confidence measures (max-prob, entropy, vote), and the sigmoid utilities q̂ of the k
-earlier exits. The score compared with the thresholds is the pre-sigmoid utility.
+Two input layouts, named by ``features``:
+
+* **compact** (``COMPACT_FEATURES``, the default): exit k (0-based) sees D_k = 4 + 2k
+  numbers: its max-prob, entropy and vote (eq. 5-7), its second-largest class
+  probability, its probability of each earlier exit's predicted class, and the sigmoid
+  utilities q̂ of the k earlier exits. The size does not grow with the number of classes
+  C, and every input is exact on compact prediction files (docs/spec.md §2.1.1).
+* **full** (``FEATURES``, the paper's scorer, ``EENetHyper(inputs="full")``): exit k sees
+  D_k = C + 3 + k inputs: its class probabilities, the three measures, and the earlier
+  utilities. Kept as an ablation where C is small; it needs full prediction files.
+
+The score compared with the thresholds is the pre-sigmoid utility.
 """
 
 from __future__ import annotations
@@ -45,7 +54,9 @@ from eenet_cli.core.thresholds import (
 )
 from eenet_cli.errors import BudgetError, InputError
 
-FEATURES = ["class_probs", "max_prob", "entropy", "vote", "previous_utilities"]
+FEATURES = ["class_probs", "max_prob", "entropy", "vote", "previous_utilities"]  # the paper's (full) inputs
+COMPACT_FEATURES = ["max_prob", "entropy", "vote", "second_prob", "earlier_pred_probs", "previous_utilities"]
+INPUTS = {"compact": COMPACT_FEATURES, "full": FEATURES}
 NEGATIVE_SLOPE = 0.01
 
 Progress = Callable[[int, int, dict], None]
@@ -61,18 +72,103 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-def eenet_forward(scorer: dict, features: ExitFeatures) -> tuple[np.ndarray, np.ndarray]:
-    """Pre-sigmoid utilities and assignment logits, both ``[N, K]`` float64."""
-    n, k, c = features.probs.shape
+def scorer_inputs(scorer: dict) -> str:
+    """``"compact"`` or ``"full"``: the input layout named by ``scorer["features"]``
+    (a scorer without the key is the paper's full layout, as every version before 0.x wrote)."""
+    feats = list(scorer.get("features", FEATURES))
+    for name, names in INPUTS.items():
+        if feats == names:
+            return name
+    raise InputError(f"unknown EENet scorer features {feats}; expected {COMPACT_FEATURES} or {FEATURES}", field="scorer.features")
+
+
+def base_width(inputs: str, j: int, c: int) -> int:
+    """Inputs of exit ``j`` (0-based) before the earlier exits' utilities."""
+    return c + 3 if inputs == "full" else 4 + j
+
+
+def input_width(inputs: str, j: int, c: int) -> int:
+    """D_j: every input of exit ``j``, the ``j`` earlier utilities included."""
+    return base_width(inputs, j, c) + j
+
+
+def max_prob_column(inputs: str, c: int) -> int:
+    """Where exit j's max-prob sits among its inputs."""
+    return c if inputs == "full" else 0
+
+
+def exit_inputs(features: ExitFeatures, j: int, rows, inputs: str, dtype=np.float64) -> np.ndarray:
+    """Exit ``j``'s inputs before the earlier utilities, ``[rows, base_width]`` in ``dtype``:
+    the one place both layouts are built (numpy scorer and torch trainer alike)."""
+    if inputs == "full":
+        probs = features.probs[rows, j]
+        out = np.empty((probs.shape[0], probs.shape[1] + 3), dtype=dtype)
+        out[:, : probs.shape[1]] = probs
+        c = probs.shape[1]
+    else:
+        c = 0
+        second = features.top2_probs[rows, j, 0]
+        out = np.empty((second.shape[0], 4 + j), dtype=dtype)
+        out[:, 3] = second
+        if j:
+            out[:, 4:] = features.pred_probs[rows, j, :j]
+    out[:, c] = features.max_prob[rows, j]
+    out[:, c + 1] = features.entropy[rows, j]
+    out[:, c + 2] = features.vote[rows, j]
+    return out
+
+
+def _row_exact_forward(params, features: ExitFeatures, slope: float, upto: int, util, assign) -> None:
+    """The compact layout's arithmetic: every product accumulated input by input, in a fixed
+    order, vectorised over rows only, so a row's utility does not depend on which other rows
+    (or how many) are computed with it: one sample online equals the same row of a batch,
+    bit for bit, with no BLAS kernel in between."""
+    n = util.shape[0]
+    for start in range(0, n, _CHUNK):
+        sl = slice(start, min(n, start + _CHUNK))
+        prev: list[np.ndarray] = []
+        for j in range(upto):
+            w, b, wu, bu, wa, ba = params[j]
+            x = exit_inputs(features, j, sl, "compact")
+            h = np.broadcast_to(b, (x.shape[0], b.shape[0])).copy()
+            for d in range(x.shape[1]):
+                h += x[:, d, None] * w[None, :, d]
+            for d, q in enumerate(prev):
+                h += q[:, None] * w[None, :, x.shape[1] + d]
+            h = np.where(h > 0, h, slope * h)
+            u = np.full(h.shape[0], bu)
+            a = np.full(h.shape[0], ba)
+            for i in range(h.shape[1]):
+                u += h[:, i] * wu[i]
+                a += h[:, i] * wa[i]
+            util[sl, j] = u
+            assign[sl, j] = a
+            prev.append(_sigmoid(u))
+
+
+def eenet_forward(scorer: dict, features: ExitFeatures, *, upto: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pre-sigmoid utilities and assignment logits, both ``[N, K]`` float64.
+
+    ``upto`` (online use): compute only the first ``upto`` exits, from features of those
+    exits alone (every input of exit j comes from exits 0..j); the other columns are NaN.
+    """
+    n, k = features.preds.shape
     exits = scorer["exits"]
-    if len(exits) != k:
-        raise InputError(f"scorer has {len(exits)} exits, predictions have {k}")
+    inputs = scorer_inputs(scorer)
+    if upto is None:
+        if len(exits) != k:
+            raise InputError(f"scorer has {len(exits)} exits, predictions have {k}")
+        upto = k
+    elif not 0 < upto <= min(k, len(exits)):
+        raise InputError(f"cannot score {upto} exits from {k} seen of {len(exits)}")
+    c = features.num_classes if inputs == "full" else 0
     slope = float(scorer.get("negative_slope", 0.01))
     params = []
-    for j, e in enumerate(exits):
+    for j, e in enumerate(exits[:upto]):
         w = np.asarray(e["shared_weight"], dtype=np.float64)
-        if w.ndim != 2 or w.shape[1] != c + 3 + j:
-            raise InputError(f"scorer exit {j}: shared_weight must be [H, {c + 3 + j}], got {list(w.shape)}")
+        want = input_width(inputs, j, c)
+        if w.ndim != 2 or w.shape[1] != want:
+            raise InputError(f"scorer exit {j}: shared_weight must be [H, {want}], got {list(w.shape)}")
         params.append(
             (
                 w,
@@ -83,8 +179,11 @@ def eenet_forward(scorer: dict, features: ExitFeatures) -> tuple[np.ndarray, np.
                 float(e["assign_bias"]),
             )
         )
-    util = np.empty((n, k), dtype=np.float64)
-    assign = np.empty((n, k), dtype=np.float64)
+    util = np.full((n, k), np.nan, dtype=np.float64)
+    assign = np.full((n, k), np.nan, dtype=np.float64)
+    if inputs == "compact":
+        _row_exact_forward(params, features, slope, upto, util, assign)
+        return util, assign
     conf = np.stack([features.max_prob, features.entropy, features.vote], axis=2)  # [N, K, 3]
     # rows per block: bounded so that a policy with a wide hidden layer or many classes
     # works in bounded memory instead of allocating [rows, H] for 8192 rows at once
@@ -141,13 +240,14 @@ class EENetHyper:
     max_batch_work: float = 1.5e9  # multiply-adds of the first layers per step (auto mini-batch)
     min_batch: int = 256
     init: str = "spline"  # "spline" | "prior" | "torch"
+    inputs: str = "compact"  # "compact" (size independent of C) | "full" (the paper's class-probability inputs)
     spline_units: int = 4
     detach_previous: bool = True
     num_threads: int | None = 1
     progress_every: int = 10
 
     def hidden_sizes(self, num_classes: int, num_exits: int) -> list[int]:
-        return [max(self.min_hidden, math.ceil(self.hidden_ratio * (num_classes + 3 + k))) for k in range(num_exits)]
+        return [max(self.min_hidden, math.ceil(self.hidden_ratio * input_width(self.inputs, k, num_classes))) for k in range(num_exits)]
 
 
 @dataclass
@@ -206,6 +306,8 @@ INITS = ("spline", "prior", "torch")
 def _check_hyper(hyper: EENetHyper) -> None:
     if hyper.init not in INITS:
         raise InputError(f"unknown initialisation {hyper.init!r}; expected one of {', '.join(INITS)}", field="init")
+    if hyper.inputs not in INPUTS:
+        raise InputError(f"unknown EENet inputs {hyper.inputs!r}; expected one of {', '.join(INPUTS)}", field="inputs")
     if not 0.0 <= hyper.holdout < 1.0:
         raise InputError(f"holdout must be in [0, 1), got {hyper.holdout}", field="holdout")
     for name in ("lr", "hidden_ratio", "max_batch_work"):

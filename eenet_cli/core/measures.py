@@ -135,8 +135,8 @@ def run_length(preds: np.ndarray) -> np.ndarray:
 
 COMPACT_REFUSAL = (
     "holds compact predictions (top-k scores per exit), but {what} reads full class-probability vectors; "
-    "run it on the full-score file (eenet dump without --keep), or use a method that reads per-exit features "
-    "(maxprob, entropy, vote, patience, lookahead)"
+    "run it on the full-score file (eenet dump without --keep), or use a scorer that reads per-exit features "
+    "(every method's default, EENet's compact inputs included)"
 )
 
 

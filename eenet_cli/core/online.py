@@ -182,7 +182,14 @@ class OnlinePolicy:
         self.code = _CODES.get(self.kind, -1)
         self.layers = []
         self.num_classes: int | None = policy.get("num_classes")
+        self.compact_eenet = False
         if self.kind == "eenet":
+            from eenet_cli.core.eenet import scorer_inputs
+
+            # the compact layout's arithmetic is row-exact (core.eenet): its offline code on the
+            # exits seen so far is the online decision, bit for bit
+            self.compact_eenet = scorer_inputs(policy["scorer"]) == "compact"
+        if self.kind == "eenet" and not self.compact_eenet:
             for e in policy["scorer"]["exits"]:
                 self.layers.append(
                     (
@@ -194,6 +201,8 @@ class OnlinePolicy:
                 )
             if self.layers:
                 self.num_classes = int(self.layers[0][0].shape[1]) - 3
+        if self.compact_eenet:
+            self.code = -1  # no fast path: the offline code on the exits seen (OnlineSample._step_generic)
         self.prepared = None  # lookahead: its scorer as arrays, prepared once
         if self.kind == "lookahead":  # noqa: SIM102
             from eenet_cli.core.lookahead import LookaheadScorer
@@ -249,14 +258,23 @@ class OnlinePolicy:
     def _generic_score(self, state: OnlineState, j: int, logits: np.ndarray, rows: np.ndarray, probs: bool) -> np.ndarray:
         """Any causal scorer: recompute its scores on the exits seen so far."""
         from eenet_cli.core.measures import exit_features
-        from eenet_cli.core.policy import compute_scores
 
         if state.history is None:
             state.history = np.zeros((state.preds.shape[0], self.k, logits.shape[-1]), dtype=np.float32)
         state.history[rows, j] = logits
         seen = exit_features(state.history[rows, : j + 1], "probs" if probs else "logits")
+        return self.seen_scores(seen, j)
+
+    def seen_scores(self, seen, j: int) -> np.ndarray:
+        """Exit ``j``'s offline scores from the features of exits 0..j only (every scorer is causal)."""
+        from eenet_cli.core.policy import compute_scores
+
         if self.prepared is not None:
             return self.prepared.scores(seen, only=j)
+        if self.compact_eenet:
+            from eenet_cli.core.eenet import eenet_forward
+
+            return eenet_forward(self.policy["scorer"], seen, upto=j + 1)[0][:, j]
         return compute_scores(self.policy["scorer"], seen)[:, j]
 
     def step(self, state: OnlineState, j: int, logits: np.ndarray, rows: np.ndarray | None = None, probs: bool = False):
@@ -273,7 +291,7 @@ class OnlinePolicy:
             score = maxp
         elif self.kind == "entropy":
             score = ent
-        elif self.kind in ("vote", "eenet"):
+        elif self.kind == "vote" or (self.kind == "eenet" and not self.compact_eenet):
             votes = (hist[:, :, None] == hist[:, None, :]).sum(axis=2).max(axis=1) / (j + 1)
             if self.kind == "vote":
                 score = votes + maxp / (self.k + 1)
@@ -436,13 +454,12 @@ class OnlineSample:
         return t is not None and score >= t
 
     def _step_generic(self, j: int, scores) -> bool:
-        """A scorer without a fast path (lookahead): its offline code on the exits seen so far.
+        """A scorer without a fast path (lookahead, compact EENet): its offline code on the exits seen so far.
 
         The sample is repeated in a 4-row block so that its matrix-vector products run by
         the same kernel as in the body of a large batch.
         """
         from eenet_cli.core.measures import exit_features
-        from eenet_cli.core.policy import compute_scores
 
         if self._hist is None:
             self._hist = []
@@ -460,9 +477,6 @@ class OnlineSample:
         if j == self._last_exit:
             self.score = None
             return True
-        if prepared is not None:
-            score = float(prepared.scores(feats, only=j)[0])
-        else:
-            score = float(compute_scores(self.policy.policy["scorer"], feats)[0, j])
+        score = float(self.policy.seen_scores(feats, j)[0])
         self.score = score
         return t is not None and score >= t

@@ -36,7 +36,7 @@ if "torch" not in sys.modules:
     os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
 
 from eenet_cli.core.eenet import (
-    FEATURES,
+    INPUTS,
     NEGATIVE_SLOPE,
     EENetHyper,
     EENetResult,
@@ -44,7 +44,11 @@ from eenet_cli.core.eenet import (
     _check_hyper,
     _check_inputs,
     _logistic_fit,
+    base_width,
     eenet_forward,
+    exit_inputs,
+    input_width,
+    max_prob_column,
     targets,
     tilted_distribution,
 )
@@ -82,14 +86,16 @@ def train_eenet(
     costs = _check_inputs(features, costs, budget)
     _check_hyper(hyper)
     t_start = time.perf_counter()
-    n, k, c = features.probs.shape
+    n, k = features.preds.shape
+    c = features.num_classes
     train_budget = float(min(float(budget), costs[-1]))
     hidden = hyper.hidden_sizes(c, k)
     from eenet_cli.memory import check_memory
 
     # the network (weights, gradients, two Adam moments, float32) and its float32 inputs
-    weights = sum(h * (c + 3 + j + 3) for j, h in enumerate(hidden))
-    check_memory(4 * (4 * weights + 2 * n * k * (c + 3 + k)), f"EENet training on {n} rows x {k} exits x {c} classes")
+    widths = [input_width(hyper.inputs, j, c) for j in range(k)]
+    weights = sum(h * (d + 3) for d, h in zip(widths, hidden))
+    check_memory(4 * (4 * weights + 2 * n * sum(widths)), f"EENet training on {n} rows x {k} exits x {c} classes")
     threads = int(hyper.num_threads or min(2, os.cpu_count() or 1))
 
     prev_threads = torch.get_num_threads()
@@ -183,8 +189,11 @@ class _Trainer:
         self.hyper = hyper
         self.budget = budget
         self.hidden = hidden
-        n, k, c = features.probs.shape
+        n, k = features.preds.shape
+        c = features.num_classes
         self.n, self.k, self.c = n, k, c
+        self.inputs = inputs = hyper.inputs
+        self.base = [base_width(inputs, j, c) for j in range(k)]
         gen = torch.Generator().manual_seed(seed)
         self.rng = np.random.default_rng(seed)
 
@@ -196,21 +205,13 @@ class _Trainer:
         self.hold_rows = np.sort(order[:n_hold])
         self.fit_rows = np.sort(order[n_hold:])
 
-        conf = np.stack([features.max_prob, features.entropy, features.vote], axis=2).astype(np.float32)
-
-        def exit_inputs(rows: np.ndarray) -> list:
-            # one contiguous [rows, C + 3] block per exit: class probs then the 3 measures
-            out = []
-            for j in range(k):
-                x = np.empty((rows.size, c + 3), dtype=np.float32)
-                x[:, :c] = features.probs[rows, j]
-                x[:, c:] = conf[rows, j]
-                out.append(torch.from_numpy(x))
-            return out
+        def inputs_of(rows: np.ndarray) -> list:
+            # one contiguous float32 block per exit (core.eenet.exit_inputs, the numpy scorer's layout)
+            return [torch.from_numpy(exit_inputs(features, j, rows, inputs, np.float32)) for j in range(k)]
 
         def pack(rows):
             return (
-                exit_inputs(rows),
+                inputs_of(rows),
                 torch.from_numpy(q_np[rows].astype(np.float32)),
                 torch.from_numpy(r_np[rows].astype(np.float32)),
             )
@@ -229,7 +230,7 @@ class _Trainer:
             lr=hyper.lr,
             decoupled=hyper.decoupled_weight_decay,
         )
-        row_work = sum((c + 3 + j) * hidden[j] for j in range(k))
+        row_work = sum(input_width(inputs, j, c) * hidden[j] for j in range(k))
         self.batch = _auto_batch(self.fit_rows.size, row_work, hyper)
         # a held-out evaluation costs at most about one training step of work
         self.eval_every = max(int(hyper.eval_every), math.ceil(self.hold_rows.size / self.batch))
@@ -243,7 +244,8 @@ class _Trainer:
         fit_rows = self.fit_rows
         params = []
         for j in range(k):
-            d, h = c + 3 + j, self.hidden[j]
+            base = self.base[j]
+            d, h = base + j, self.hidden[j]
             bound = 1.0 / math.sqrt(d)  # torch's default Linear init range
             w = (torch.rand(h, d, generator=gen, dtype=torch.float64) * 2 - 1) * bound
             b = (torch.rand(h, generator=gen, dtype=torch.float64) * 2 - 1) * bound
@@ -262,7 +264,7 @@ class _Trainer:
                 basis = np.where(basis > 0, basis, NEGATIVE_SLOPE * basis)
                 coef, icpt = _logistic_fit(basis, q_np[fit_rows, j])
                 w[:nb] = 0.0
-                w[:nb, c] = 1.0  # column c is max_prob
+                w[:nb, max_prob_column(self.inputs, c)] = 1.0
                 b[:nb] = torch.from_numpy(-knots)
                 wh[0, :nb] = torch.from_numpy(coef)
                 bh[0] = icpt
@@ -276,8 +278,8 @@ class _Trainer:
             w = p["w"].float()
             out.append(
                 {
-                    "wx": w[:, : c + 3].contiguous().requires_grad_(True),
-                    "wb": w[:, c + 3 :].contiguous().requires_grad_(True) if j else None,
+                    "wx": w[:, : self.base[j]].contiguous().requires_grad_(True),
+                    "wb": w[:, self.base[j] :].contiguous().requires_grad_(True) if j else None,
                     "b": p["b"].float().requires_grad_(True),
                     "wh": p["wh"].float().contiguous().requires_grad_(True),
                     "bh": p["bh"].float().requires_grad_(True),
@@ -437,4 +439,4 @@ class _Trainer:
                     "assign_bias": float(bh[1]),
                 }
             )
-        return {"type": "eenet", "features": list(FEATURES), "negative_slope": NEGATIVE_SLOPE, "exits": exits}
+        return {"type": "eenet", "features": list(INPUTS[self.inputs]), "negative_slope": NEGATIVE_SLOPE, "exits": exits}

@@ -561,7 +561,8 @@ class BundleModel(nn.Module):
         if self.manifest.get("pack") == "text":
             t = int(input_shape[-1])
             ids = torch.randint(5, int(self.manifest.get("vocab_size") or 1000), (batch_size, t), generator=generator)
-            return torch.stack([ids, torch.ones_like(ids)], dim=1)
+            # the dtype the stages were exported with (a float copy of the ids when the data gave them as floats)
+            return torch.stack([ids, torch.ones_like(ids)], dim=1).to(dtype)
         if dtype.is_floating_point:
             return torch.randn(shape, generator=generator).to(dtype)
         return torch.zeros(shape, dtype=dtype)
