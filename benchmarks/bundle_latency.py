@@ -143,13 +143,14 @@ def table(rows: list[dict]) -> str:
             target = ("met" if r["speedup_over_ideal"] >= 0.7 else "MISSED") + " (>= 70% of ideal)"
         else:
             target = "-"
-        offline = r.get("offline_estimate_ms_per_sample")
+        # the costs file holds batch-size-1 costs: compared at batch size 1 only
+        offline = r.get("offline_estimate_ms_per_sample") if b == 1 else None
         drift = r["estimate_ms_per_sample"] / offline if offline else None
         lines.append(
             f"| {r['model']} | {r['method']} @ {r['budget']} | {b} | {_f(r['realised_ms_per_sample'], '.4g')} | "
             f"{_f(r['full_model_ms_per_sample'], '.4g')} | {_f(r['estimate_ms_per_sample'], '.4g')} | "
             f"{_f(r['realised_over_estimate'], '.3f')} | {_f(offline, '.4g')} | "
-            f"{_f(r.get('realised_over_offline_estimate'), '.3f')} | {_f(drift, '.3f')} | {_f(r['speedup'], '.2f')} | "
+            f"{_f(r.get('realised_over_offline_estimate') if b == 1 else None, '.3f')} | {_f(drift, '.3f')} | {_f(r['speedup'], '.2f')} | "
             f"{_f(r['ideal_speedup'], '.2f')} | {_f(r['speedup_over_ideal'], '.0%')} | {'no' if r['noisy'] else 'yes'} | {target} |"
         )
     return "\n".join(lines)
@@ -193,7 +194,7 @@ def main() -> None:
         "sum_k f_k c_k, with f_k the exits taken and c_k every exit's prefix profiled under the interleaved protocol "
         "(timed in the same blocks as the early-exit calls, at that batch size); the estimate from the bundle's costs "
         "profiled at batch size 1 a minute before the run (`eenet profile model.eenet`) and the machine's drift between "
-        "the two (the in-run estimate over it); the speed-up over the full model and the ideal speed-up c_K / expected "
+        "the two (the in-run estimate over it; batch size 1 only, the file's costs are for one sample); the speed-up over the full model and the ideal speed-up c_K / expected "
         "cost. Medians over the blocks; `steady` = no when the blocks disagree by more than 10% (interquartile). "
         "See docs/runtime.md.\n\n" + text + "\n" + "".join(f"\n{n}\n" for n in notes)
     )

@@ -20,7 +20,7 @@ from conftest import ROOT, invoke
 from eenet_cli.artifacts.predictions import compact_predictions, read_predictions, write_predictions
 from eenet_cli.synthetic import make_predictions
 
-COMPACT_METHODS = ["maxprob", "entropy", "vote", "patience", "lookahead"]
+COMPACT_METHODS = ["maxprob", "entropy", "vote", "patience", "lookahead", "eenet", "eenet-search"]
 FEATURES = ["preds", "max_prob", "entropy", "vote", "top2_probs", "pred_probs"]
 
 
@@ -137,9 +137,10 @@ def _without_sha(x):
     return x
 
 
-def test_eenet_refuses_compact_in_one_line(runner, pair, tmp_path):
+def test_eenet_full_inputs_refuse_compact_in_one_line(runner, pair, tmp_path):
     _, comp = pair["digits"]
-    proc = subprocess.run([sys.executable, "-m", "eenet_cli", "fit", str(comp), "--budget", "60%", "--method", "eenet", "-o", str(tmp_path / "p.json")],
+    proc = subprocess.run([sys.executable, "-m", "eenet_cli", "fit", str(comp), "--budget", "60%", "--method", "eenet", "--eenet-inputs", "full",
+                           "-o", str(tmp_path / "p.json")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

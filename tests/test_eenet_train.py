@@ -107,11 +107,11 @@ def test_exported_scorer_has_the_fixed_format(small, trained):
     s = result.scorer
     assert s["type"] == "eenet"
     assert s["negative_slope"] == 0.01
-    assert s["features"] == ["class_probs", "max_prob", "entropy", "vote", "previous_utilities"]
-    c, k = fv.num_classes, fv.num_exits
+    assert s["features"] == ["max_prob", "entropy", "vote", "second_prob", "earlier_pred_probs", "previous_utilities"]
+    k = fv.num_exits
     assert len(s["exits"]) == k
     for j, e in enumerate(s["exits"]):
-        d = c + 3 + j
+        d = 4 + 2 * j  # compact inputs: no dependence on the number of classes
         h = max(8, math.ceil(0.5 * d))
         assert np.asarray(e["shared_weight"]).shape == (h, d)
         assert len(e["shared_bias"]) == h
@@ -293,10 +293,22 @@ def test_written_out_adam_matches_torch_optim(decoupled):
     assert not torch.equal(ours[0], w0)  # it moved
 
 
+def _chosen_scores(name, features, utilities):
+    """The scores a rule thresholds: a baseline rule's own measure, else EENet's utilities."""
+    from eenet_cli.core.policy import SIMPLE_SCORERS
+
+    if name.startswith("baseline-"):
+        return np.asarray(SIMPLE_SCORERS[name.split("-", 1)[1]](features), dtype=np.float64)
+    return utilities
+
+
 def _rule_thresholds(name, ranking, costs, budget, correct, p):
     """eenet-search's candidate rules, rebuilt here from the documented recipe (Algorithm 1
     quotas with rounding, the geometric fit, coordinate ascent from either on a 64-quantile
-    grid with 4 rounds or a 16-quantile grid with 2) out of the threshold building blocks."""
+    grid with 4 rounds or a 16-quantile grid with 2, and the baselines' geometric quotas on
+    their own measures) out of the threshold building blocks."""
+    if name.startswith("baseline-") and name != "baseline-patience":
+        return fit_geometric(ranking, costs, budget).thresholds
     starts = {
         "quota": lambda: fit_distribution(ranking, costs, budget, p, rounding="round").thresholds,
         "geometric": lambda: fit_geometric(ranking, costs, budget).thresholds,
@@ -357,10 +369,12 @@ def test_search_refits_the_rule_cross_validation_chose_not_the_quota_rule(small,
     assert chosen != "quota", cv
     assert cv[chosen] == max(cv.values()) and cv[chosen] > cv["quota"] + 0.02, cv
 
-    scores = eenet_utilities(result.scorer, fv)
-    ranking = Ranking(scores)
-    want = [None if t is None else float(t) for t in _rule_thresholds(chosen, ranking, costs, budget, fv.correct, skewed.distribution)]
-    quota = [None if t is None else float(t) for t in _rule_thresholds("quota", ranking, costs, budget, fv.correct, skewed.distribution)]
+    assert chosen != "baseline-patience", cv  # patience's rule has its own test
+    utilities = eenet_utilities(result.scorer, fv)
+    scores = _chosen_scores(chosen, fv, utilities)
+    assert pol["scorer"].get("measure") == (chosen.split("-", 1)[1] if chosen.startswith("baseline-") else None)
+    want = [None if t is None else float(t) for t in _rule_thresholds(chosen, Ranking(scores), costs, budget, fv.correct, skewed.distribution)]
+    quota = [None if t is None else float(t) for t in _rule_thresholds("quota", Ranking(utilities), costs, budget, fv.correct, skewed.distribution)]
     assert want != quota  # so a refit with the wrong rule cannot pass unnoticed
     assert pol["thresholds"] == want
     # the figures the policy reports are those of its thresholds, recomputed by hand
@@ -369,7 +383,7 @@ def test_search_refits_the_rule_cross_validation_chose_not_the_quota_rule(small,
     assert pol["validation"]["avg_cost"] == pytest.approx(cost, abs=1e-12)
     assert cost <= budget * (1 + 1e-9)
     # the choice is worth it on these rows too: the refitted rule beats the refitted quotas
-    assert acc > _plain_figures(scores, quota, fv.correct, costs)[0]
+    assert acc > _plain_figures(utilities, quota, fv.correct, costs)[0]
 
 
 def test_evaluate_methods_all_runs_every_method_through_the_cli(runner, tmp_path):
