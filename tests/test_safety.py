@@ -294,13 +294,21 @@ def test_plot_refuses_more_methods_than_it_can_draw(runner, tmp_path, results_do
 # --------------------------------------------------------------------------- memory before allocation
 
 
-def test_eenet_at_a_million_classes_is_refused_with_the_figure():
+def test_eenet_full_inputs_at_a_million_classes_are_refused_with_the_figure():
+    """The paper's full-vector scorer grows with C and is refused with the figure; the
+    compact scorer (the default) fits the same file with a policy of a few kB."""
+    import json
+
     from eenet_cli.api import fit_policy, predictions_from_arrays
+    from eenet_cli.core.eenet import EENetHyper
     from eenet_cli.errors import InputError
 
-    preds = predictions_from_arrays(np.zeros((20, 2, 1_000_000), np.float32), labels=np.arange(20) % 3, costs=[1.0, 2.0])
+    rng = np.random.default_rng(0)
+    preds = predictions_from_arrays(rng.normal(size=(20, 2, 1_000_000)).astype(np.float32), labels=np.arange(20) % 3, costs=[1.0, 2.0])
     with pytest.raises(InputError, match=r"EENet training on 20 rows x 2 exits x 1000000 classes needs [\d.]+ TB; this machine has"):
-        fit_policy(preds, 1.5, method="eenet")
+        fit_policy(preds, 1.5, method="eenet", hyper=EENetHyper(inputs="full"))
+    policy = fit_policy(preds, 1.5, method="eenet")
+    assert policy["num_classes"] == 1_000_000 and len(json.dumps(policy)) < 20_000
 
 
 def test_profile_batch_beyond_memory_is_refused(runner):

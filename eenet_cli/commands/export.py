@@ -31,6 +31,12 @@ is a pickle: loading a bundle never unpickles anything, and a changed member fai
 sha256 check. Every exported part is rebuilt from its bytes and compared with the model at
 batch sizes 1 and 3 before anything is written. See docs/spec.md §6 and docs/runtime.md.
 
+With --onnx each stage and head is also written as an ONNX graph (torch.onnx.export with
+dynamo=True, weights embedded), checked on onnxruntime against the model at batch sizes 1
+and 3 (max |difference| 1e-4); it needs tensor hidden states and the onnx extra (pip
+install 'eenet[onnx]'). Run those graphs with load_bundle(path, backend="onnx") or eenet
+profile model.eenet --backend onnx.
+
 Load it in Python with eenet_cli.runtime.load_bundle(path) (torch and numpy only): called
 on a batch it returns the predictions, the exits taken and the policy's scores, in the
 order of the batch. eenet profile and eenet dump take a bundle as MODEL; with --data,
@@ -43,6 +49,7 @@ Examples (on the shipped sample model):
   eenet export digits-cnn --weights sample_data/digits_model.safetensors --policy policy.json --costs sample_data/digits_costs.json -o digits.eenet
   eenet dump digits.eenet --data digits:test --split test -o test_preds.parquet
   eenet profile digits.eenet --data digits:test --batch-size 1,8 --repeats 3 --warmup 2
+  eenet export digits-cnn --weights sample_data/digits_model.safetensors --policy policy.json --onnx -o digits_onnx.eenet
 
 Your own model (an import string runs its module's code):
 
@@ -65,6 +72,10 @@ def export_command(
     input_shape: Annotated[
         str | None, typer.Option("--input-shape", help="One sample's shape without the batch axis, e.g. 3,32,32, when there is no --data (built-in models have a default).")
     ] = None,
+    onnx: Annotated[
+        bool,
+        typer.Option("--onnx", help="Also write every stage and head as an ONNX graph (tensor hidden states only; needs the onnx extra)."),
+    ] = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     opts: ModelOptions = ModelOptions(),
@@ -84,6 +95,10 @@ def export_command(
     )
     if data is not None and input_shape is not None:
         raise InputError("give either --data (the example input comes from it) or --input-shape, not both", field="--input-shape")
+    if onnx:
+        from eenet_cli.runtime.onnx_parts import require_export
+
+        require_export()  # one line before the model is loaded
 
     import hashlib
 
@@ -130,7 +145,7 @@ def export_command(
             extra["weights_sha256"] = hashlib.sha256(Path(opts.weights).read_bytes()).hexdigest()
         except OSError:
             pass
-    members = build_members(loaded.module, x, policy=pol, costs=costs_doc, model=model, extra=extra)
+    members = build_members(loaded.module, x, policy=pol, costs=costs_doc, model=model, extra=extra, onnx=onnx)
     size = sum(len(v) for v in members.values())
     if streams.artifact in (None, "-"):
         import io
@@ -156,17 +171,27 @@ def export_command(
         "input": input_from,
         "members": sorted(members),
         "bytes": size,
+        "onnx": _onnx_brief(members),
     }
     if json_out:
         write_stdout_bytes(dumps(doc).encode("utf-8"))
     costs_line = "no costs" if cost is None else f"costs {', '.join(f'{v:g}' for v in cost.values)} {cost.unit} from {costs_from}"
     summary(
         f"exported {model} ({loaded.num_exits} exits, {c} classes) with {pol.get('method')} policy {policy} and {costs_line} "
-        f"to {where} ({len(members)} members, {size / 1e6:.2f} MB; input {input_from})",
+        f"to {where} ({len(members)} members, {size / 1e6:.2f} MB; input {input_from}"
+        + ("" if not onnx else f"; ONNX opset {doc['onnx']['opset']}, max |onnx - torch| {doc['onnx']['max_abs_diff']:.2g}")
+        + ")",
         quiet,
     )
     if "certificate" in pol:
         summary(certificate_line(pol["certificate"]), quiet)
+
+
+def _onnx_brief(members: dict[str, bytes]) -> dict | None:
+    """The manifest's ``onnx`` entry (null without --onnx)."""
+    import json
+
+    return json.loads(members["manifest.json"]).get("onnx")
 
 
 def _example(loaded, data: str | None, input_shape: str | None, opts):

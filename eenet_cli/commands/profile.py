@@ -52,7 +52,10 @@ per-sample latency with the full model's and with the offline estimate sum_k f_k
 with the speed-up over the full model and the ideal one, c_K / expected cost. The full
 model and every exit's prefix are timed interleaved with the early-exit calls, each pass
 over the data is a block, and the figures are medians over the blocks; when the blocks
-disagree too much the table says the machine was too noisy to tell.
+disagree too much the table says the machine was too noisy to tell. --backend onnx times
+a bundle exported with --onnx on onnxruntime's CPU provider instead of its torch.export
+graphs, under the same protocol (FLOPs and parameters are still counted on the torch
+graphs).
 
 Examples (on the shipped sample model):
 
@@ -61,8 +64,9 @@ Examples (on the shipped sample model):
   eenet profile resnet56 --input-shape 3,32,32 --unit MFLOPs --repeats 5 -o resnet56_flops.json
   eenet fit sample_data/digits.parquet --budget 60% -o policy.json
   eenet profile digits-cnn --weights sample_data/digits_model.safetensors --threads 1 --policy policy.json --data digits:test --repeats 2
-  eenet export digits-cnn --weights sample_data/digits_model.safetensors --policy policy.json -o digits.eenet
+  eenet export digits-cnn --weights sample_data/digits_model.safetensors --policy policy.json --onnx -o digits.eenet
   eenet profile digits.eenet --data digits:test --batch-size 1,16 --threads 1 --repeats 3 --warmup 2
+  eenet profile digits.eenet --backend onnx --data digits:test --batch-size 1,16 --threads 1 --repeats 3 --warmup 2
 
 Your own model (an import string runs its module's code):
 
@@ -130,6 +134,15 @@ def profile_command(
     policy: Annotated[str | None, typer.Option("--policy", help="Policy JSON: run it for real over --data and report latency and accuracy.")] = None,
     data: DataOpt = None,
     costs: Annotated[str | None, typer.Option("--costs", help="With --policy: costs JSON or inline 1.2,2.5,3.7ms for the offline estimate (default: the policy's costs).")] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            help="MODEL a bundle: run its torch.export graphs (torch, the default) or its ONNX graphs on onnxruntime's CPU provider "
+            "(onnx; the bundle must come from export --onnx).",
+            show_default=False,
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     opts: ModelOptions = ModelOptions(),
@@ -145,6 +158,11 @@ def profile_command(
     if warmup < 0:
         raise InputError(f"must be 0 or more, got {warmup}", field="--warmup")
     batch_sizes = parse_batch_sizes(batch_size)
+    if backend is not None:
+        if backend not in ("torch", "onnx"):
+            raise InputError(f"expected torch or onnx, got {backend!r}", field="--backend")
+        if not _is_bundle(model):
+            raise InputError(f"applies to an eenet bundle (from eenet export) only; {model} is not one", field="--backend")
     bundled_policy = policy is None and data is not None and _is_bundle(model)
     if len(batch_sizes) > 1 and policy is None and not bundled_policy:
         raise InputError("several batch sizes need a policy run (--policy and --data, or a bundle and --data)", field="--batch-size")
@@ -162,7 +180,7 @@ def profile_command(
             raise InputError("--policy needs --data to run the policy on", field="--data")
         _profile_policy(
             model, opts, policy, data, costs, batch_sizes, threads, warmup, streams, quiet,
-            repeats=POLICY_REPEATS if repeats is None else repeats,
+            repeats=POLICY_REPEATS if repeats is None else repeats, backend=backend,
         )
         return
     if repeats is None:
@@ -179,8 +197,8 @@ def profile_command(
     from eenet_cli.runtime.profile import costs_document, profile_model
 
     if threads is not None:
-        torch.set_num_threads(threads)
-    loaded = opts.load(model)
+        torch.set_num_threads(threads)  # before loading: onnxruntime sessions take torch's thread count
+    loaded = _load(opts, model, backend)
     if input_shape is not None:
         shape = parse_shape(input_shape, batch_size)
     elif loaded.input_shape is not None:
@@ -196,7 +214,11 @@ def profile_command(
     check_memory(batch_size * prod(shape) * 4, f"--input-shape {','.join(map(str, shape))} at batch size {batch_size}", field="--batch-size")
     with progress_bar(f"profiling {model}", repeats, quiet) as update:
         res = profile_model(loaded, shape, batch_size=batch_size, repeats=repeats, warmup=warmup, threads=threads, progress=update)
+    if backend == "onnx":  # FlopCounterMode sees no torch operators in onnxruntime: count on the bundle's torch graphs
+        res.flops, res.params = _torch_counts(model, opts, shape)
     doc = costs_document(res, unit=unit, model=model)
+    if backend is not None:
+        doc["backend"] = _backend_name(backend)
     for k in res.noisy_exits():
         med, p10, p90 = res.stat("median")[k], res.stat("p10")[k], res.stat("p90")[k]
         warn(
@@ -239,6 +261,37 @@ def parse_batch_sizes(text: str) -> list[int]:
     return out
 
 
+def _load(opts, model: str, backend: str | None):
+    """``opts.load(model)``, with a bundle's --backend."""
+    if backend is None:
+        return opts.load(model)
+    from eenet_cli.runtime.load import load_model, parse_model_args
+
+    args = parse_model_args(opts.model_arg)
+    if opts.exits is not None:
+        args["exits"] = opts.exits
+    return load_model(model, args, opts.weights, opts.device, backend=backend)
+
+
+def _torch_counts(model: str, opts, shape) -> tuple[list[int], list[int]]:
+    """FLOPs and parameters per exit of a bundle, counted on its torch.export graphs."""
+    import torch
+
+    from eenet_cli.runtime.profile import count_flops, count_params
+
+    ref = _load(opts, model, "torch")
+    x1 = ref.module.eenet_make_inputs(1, tuple(shape), torch.Generator().manual_seed(0)).to(ref.device)
+    return count_flops(ref.stages, ref.heads, x1), count_params(ref.stages, ref.heads)
+
+
+def _backend_name(backend: str) -> str:
+    if backend != "onnx":
+        return "torch"
+    import onnxruntime
+
+    return f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider)"
+
+
 def _is_bundle(model: str) -> bool:
     from eenet_cli.runtime.bundle import is_bundle
 
@@ -257,7 +310,9 @@ def _where(streams) -> str:
     return "; written to stdout" if streams.artifact in (None, "-") else f"; written to {streams.artifact}"
 
 
-def _profile_policy(model, opts, policy_path, data_spec, costs_spec, batch_sizes, threads, warmup, streams, quiet, *, repeats: int = POLICY_REPEATS) -> None:
+def _profile_policy(
+    model, opts, policy_path, data_spec, costs_spec, batch_sizes, threads, warmup, streams, quiet, *, repeats: int = POLICY_REPEATS, backend: str | None = None
+) -> None:
     import torch
 
     from eenet_cli.artifacts.costs import load_costs, parse_costs_json
@@ -273,7 +328,7 @@ def _profile_policy(model, opts, policy_path, data_spec, costs_spec, batch_sizes
         torch.set_num_threads(threads)
     pol = read_policy(policy_path) if policy_path is not None else None
     cost = load_costs(costs_spec) if costs_spec else None
-    loaded = opts.load(model)
+    loaded = _load(opts, model, backend)
     bundled = getattr(loaded.module, "eenet_bundle", False)
     if pol is None:  # a bundle and --data: its own policy, and its own costs unless --costs
         pol = loaded.module.policy
@@ -302,6 +357,8 @@ def _profile_policy(model, opts, policy_path, data_spec, costs_spec, batch_sizes
             run = run_policy(loaded, pol, src, repeats=repeats, warmup=warmup, progress=lambda n: update(n))
         doc = policy_run_document(run, pol, cost, policy=str(policy_path), model=model, data=data_spec, device=loaded.device, threads=torch.get_num_threads())
         doc["comparison"] = compare_blocks(run, given_ms, given_batch)
+        if backend is not None:
+            doc["backend"] = _backend_name(backend)
         doc["created_by"] = CREATED_BY
         docs.append(doc)
         if len(batch_sizes) > 1:
@@ -316,6 +373,7 @@ def _profile_policy(model, opts, policy_path, data_spec, costs_spec, batch_sizes
             "batch_sizes": list(batch_sizes),
             "threads": torch.get_num_threads(),
             "device": loaded.device,
+            **({"backend": _backend_name(backend)} if backend is not None else {}),
             "repeats": repeats,
             "warmup": warmup,
             "comparison": [d["comparison"] for d in docs],

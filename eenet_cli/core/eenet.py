@@ -118,29 +118,44 @@ def exit_inputs(features: ExitFeatures, j: int, rows, inputs: str, dtype=np.floa
     return out
 
 
+def compact_exit_forward(x: np.ndarray, prev: list, w: np.ndarray, b: np.ndarray, wu: np.ndarray, bu: float,
+                         slope: float, wa: np.ndarray | None = None, ba: float = 0.0) -> tuple[np.ndarray, np.ndarray | None]:
+    """One exit of the compact layout: pre-sigmoid utilities (and assignment logits with
+    ``wa``) of rows ``x`` ``[n, 4 + j]`` whose earlier sigmoid utilities are ``prev`` (j
+    arrays ``[n]``).
+
+    Every product is accumulated input by input in a fixed order, vectorised over rows
+    only, so a row's result does not depend on which other rows (or how many) are computed
+    with it: one sample online equals the same row of a batch, bit for bit, with no BLAS
+    kernel in between. The offline scorer and the online decisions both call this."""
+    n, base = x.shape
+    h = np.empty((n, b.shape[0]), dtype=np.float64)
+    h[:] = b
+    for d in range(base):
+        h += x[:, d, None] * w[None, :, d]
+    for d, q in enumerate(prev):
+        h += q[:, None] * w[None, :, base + d]
+    h = np.where(h > 0, h, slope * h)
+    u = np.full(n, bu, dtype=np.float64)
+    for i in range(h.shape[1]):
+        u += h[:, i] * wu[i]
+    if wa is None:
+        return u, None
+    a = np.full(n, ba, dtype=np.float64)
+    for i in range(h.shape[1]):
+        a += h[:, i] * wa[i]
+    return u, a
+
+
 def _row_exact_forward(params, features: ExitFeatures, slope: float, upto: int, util, assign) -> None:
-    """The compact layout's arithmetic: every product accumulated input by input, in a fixed
-    order, vectorised over rows only, so a row's utility does not depend on which other rows
-    (or how many) are computed with it: one sample online equals the same row of a batch,
-    bit for bit, with no BLAS kernel in between."""
+    """The compact layout over every row, in blocks (:func:`compact_exit_forward` per exit)."""
     n = util.shape[0]
     for start in range(0, n, _CHUNK):
         sl = slice(start, min(n, start + _CHUNK))
         prev: list[np.ndarray] = []
         for j in range(upto):
             w, b, wu, bu, wa, ba = params[j]
-            x = exit_inputs(features, j, sl, "compact")
-            h = np.broadcast_to(b, (x.shape[0], b.shape[0])).copy()
-            for d in range(x.shape[1]):
-                h += x[:, d, None] * w[None, :, d]
-            for d, q in enumerate(prev):
-                h += q[:, None] * w[None, :, x.shape[1] + d]
-            h = np.where(h > 0, h, slope * h)
-            u = np.full(h.shape[0], bu)
-            a = np.full(h.shape[0], ba)
-            for i in range(h.shape[1]):
-                u += h[:, i] * wu[i]
-                a += h[:, i] * wa[i]
+            u, a = compact_exit_forward(exit_inputs(features, j, sl, "compact"), prev, w, b, wu, bu, slope, wa, ba)
             util[sl, j] = u
             assign[sl, j] = a
             prev.append(_sigmoid(u))

@@ -186,8 +186,8 @@ class OnlinePolicy:
         if self.kind == "eenet":
             from eenet_cli.core.eenet import scorer_inputs
 
-            # the compact layout's arithmetic is row-exact (core.eenet): its offline code on the
-            # exits seen so far is the online decision, bit for bit
+            # the compact layout's arithmetic is row-exact (core.eenet.compact_exit_forward): one
+            # sample's decision runs the very code of the offline batch, bit for bit
             self.compact_eenet = scorer_inputs(policy["scorer"]) == "compact"
         if self.kind == "eenet" and not self.compact_eenet:
             for e in policy["scorer"]["exits"]:
@@ -201,8 +201,13 @@ class OnlinePolicy:
                 )
             if self.layers:
                 self.num_classes = int(self.layers[0][0].shape[1]) - 3
-        if self.compact_eenet:
-            self.code = -1  # no fast path: the offline code on the exits seen (OnlineSample._step_generic)
+        self.compact_layers: list = []
+        if self.compact_eenet:  # core.eenet.compact_exit_forward's operands, per exit
+            self.compact_layers = [
+                (np.asarray(e["shared_weight"], dtype=np.float64), np.asarray(e["shared_bias"], dtype=np.float64),
+                 np.asarray(e["utility_weight"], dtype=np.float64), float(e["utility_bias"]))
+                for e in policy["scorer"]["exits"]
+            ]
         self.prepared = None  # lookahead: its scorer as arrays, prepared once
         if self.kind == "lookahead":  # noqa: SIM102
             from eenet_cli.core.lookahead import LookaheadScorer
@@ -219,7 +224,7 @@ class OnlinePolicy:
 
     def _buffers(self, c: int) -> _Buffers:
         layers = None
-        if self.code == _EENET:
+        if self.code == _EENET and not self.compact_eenet:
             if c != self.num_classes:
                 raise ValueError(f"EENet scorer is for {self.num_classes} classes, got scores for {c}")
             if self._blocks is None:
@@ -271,11 +276,26 @@ class OnlinePolicy:
 
         if self.prepared is not None:
             return self.prepared.scores(seen, only=j)
-        if self.compact_eenet:
-            from eenet_cli.core.eenet import eenet_forward
-
-            return eenet_forward(self.policy["scorer"], seen, upto=j + 1)[0][:, j]
         return compute_scores(self.policy["scorer"], seen)[:, j]
+
+    def _compact_scores(self, state: OnlineState, j: int, rows: np.ndarray, p: np.ndarray, maxp, ent, votes) -> np.ndarray:
+        """EENet's compact scorer at exit ``j`` for a batch: the inputs of core.eenet.exit_inputs
+        from this exit's float32 probabilities and the earlier predictions, then the same
+        row-exact arithmetic as offline."""
+        from eenet_cli.core.eenet import compact_exit_forward
+
+        c = p.shape[1]
+        x = np.empty((len(rows), 4 + j), dtype=np.float64)
+        x[:, 0] = maxp
+        x[:, 1] = ent
+        x[:, 2] = votes
+        x[:, 3] = np.partition(p, c - 2, axis=1)[:, c - 2]
+        if j:
+            x[:, 4:] = np.take_along_axis(p, state.preds[rows, :j], axis=1)
+        w, b, wu, bu = self.compact_layers[j]
+        u, _ = compact_exit_forward(x, [state.qhat[rows, i] for i in range(j)], w, b, wu, bu, self.slope)
+        state.qhat[rows, j] = _sigmoid(u)
+        return u
 
     def step(self, state: OnlineState, j: int, logits: np.ndarray, rows: np.ndarray | None = None, probs: bool = False):
         """Exit ``j`` (0-based) for the samples ``rows`` of the batch, given their scores ``[b, C]``.
@@ -291,7 +311,10 @@ class OnlinePolicy:
             score = maxp
         elif self.kind == "entropy":
             score = ent
-        elif self.kind == "vote" or (self.kind == "eenet" and not self.compact_eenet):
+        elif self.kind == "eenet" and self.compact_eenet:
+            votes = (hist[:, :, None] == hist[:, None, :]).sum(axis=2).max(axis=1) / (j + 1)
+            score = self._compact_scores(state, j, rows, p, maxp, ent, votes)
+        elif self.kind == "vote" or self.kind == "eenet":
             votes = (hist[:, :, None] == hist[:, None, :]).sum(axis=2).max(axis=1) / (j + 1)
             if self.kind == "vote":
                 score = votes + maxp / (self.k + 1)
@@ -331,6 +354,7 @@ class OnlineSample:
     __slots__ = (
         "policy", "probs", "exit", "prediction", "score",
         "_k", "_last_exit", "_code", "_thr", "_slope", "_bufs", "_counts", "_best", "_run", "_prev", "_util", "_hist",
+        "_compact", "_preds", "_qs",
     )
 
     def __init__(self, policy: OnlinePolicy, probs: bool = False):
@@ -341,6 +365,7 @@ class OnlineSample:
         self._code = policy.code
         self._thr = policy._thr
         self._slope = policy.slope
+        self._compact = policy.compact_eenet
         self._bufs: _Buffers | None = None
         self.reset()
 
@@ -355,6 +380,8 @@ class OnlineSample:
         self._prev = -1  # the last exit's prediction
         self._util = 0.0  # EENet: the last exit's pre-sigmoid utility
         self._hist: list | None = None
+        self._preds: list = []  # compact EENet: every exit's prediction so far
+        self._qs: list = []  # compact EENet: every exit's sigmoid utility so far, as [1] arrays
 
     def step(self, scores) -> bool:
         """The next exit's scores ``[C]`` (logits, or probabilities if ``probs``): stop here?"""
@@ -394,6 +421,8 @@ class OnlineSample:
             _divide(e, total, p)
         cls = int(p.argmax())
         self.prediction = cls
+        if self._compact:
+            self._preds.append(cls)
         if j == last:
             self.score = None
             return True
@@ -426,6 +455,8 @@ class OnlineSample:
                     ent = 0.0 if ent < 0.0 else (1.0 if ent > 1.0 else ent)  # np.clip (NaN stays NaN)
                 if code == _ENTROPY:
                     score = ent
+                elif self._compact:  # EENet's compact scorer: core.eenet.compact_exit_forward for one row
+                    score = self._compact_score(j, p, c, maxp, ent, votes)
                 else:  # EENet's pre-sigmoid utility: core.eenet.eenet_forward for one row
                     layers = bufs.layers
                     if j:  # the previous exit's sigmoid utility, an input from this exit on
@@ -453,8 +484,23 @@ class OnlineSample:
         self.score = score
         return t is not None and score >= t
 
+    def _compact_score(self, j: int, p: np.ndarray, c: int, maxp: float, ent: float, votes: float) -> float:
+        from eenet_cli.core.eenet import compact_exit_forward
+
+        x = np.empty((1, 4 + j), dtype=np.float64)
+        x[0, 0] = maxp
+        x[0, 1] = ent
+        x[0, 2] = votes
+        x[0, 3] = np.partition(p, c - 2)[c - 2]
+        if j:
+            x[0, 4:] = p[self._preds[:j]]
+        w, b, wu, bu = self.policy.compact_layers[j]
+        u, _ = compact_exit_forward(x, self._qs, w, b, wu, bu, self._slope)
+        self._qs.append(_sigmoid(u))
+        return float(u[0])
+
     def _step_generic(self, j: int, scores) -> bool:
-        """A scorer without a fast path (lookahead, compact EENet): its offline code on the exits seen so far.
+        """A scorer without a fast path (lookahead): its offline code on the exits seen so far.
 
         The sample is repeated in a 4-row block so that its matrix-vector products run by
         the same kernel as in the body of a large batch.

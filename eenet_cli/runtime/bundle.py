@@ -16,6 +16,8 @@ member                             what it holds
 ``parts/head_<k>.json``            an exported program), with a free batch axis
 ``parts/stage_<k>.safetensors``    that graph's parameters (``p.``), buffers (``b.``) and
 ``parts/head_<k>.safetensors``     tensor constants (``c.``), as raw tensors
+``parts/stage_<k>.onnx``           optional (``eenet export --onnx``): stage k / head k as an
+``parts/head_<k>.onnx``            ONNX model, weights embedded (:mod:`.onnx_parts`)
 =================================  ===========================================================
 
 Reading (:func:`read_bundle`) takes the file's bytes once and checks, before torch sees
@@ -25,12 +27,19 @@ JSON or safetensors (so no member is a pickle), that each graph calls torch oper
 holds only plain shape expressions and guards (the checks of :mod:`eenet_cli.runtime.pt2`),
 and the policy and costs as artifacts. Only then are the graphs rebuilt
 (``torch._export.serde``'s JSON deserializer, given the tensors from safetensors) into
-modules. A problem is one :class:`~eenet_cli.errors.InputError` line naming the member.
+modules. An ``.onnx`` member is never a pickle or a zip; when the onnx package is
+installed (always with ``backend="onnx"``) it is parsed and refused if any tensor keeps its
+data outside the model, or it uses a non-standard domain or model-local functions
+(:func:`eenet_cli.runtime.onnx_parts.check_onnx_member`). A problem is one
+:class:`~eenet_cli.errors.InputError` line naming the member.
 
 :func:`load_bundle` gives a :class:`Bundle`: an
 :class:`~eenet_cli.runtime.early_exit.EarlyExitModel` of the bundled stages and heads and
-the bundled policy, whose call on a batch returns ``(preds, exits, scores)``. This module
-imports torch, numpy and safetensors only (and eenet's own artifact checks).
+the bundled policy, whose call on a batch returns ``(preds, exits, scores)``. With
+``backend="onnx"`` the stages and heads are the bundle's ONNX parts on onnxruntime's CPU
+provider instead, and the same runtime re-batches them. This module imports torch, numpy
+and safetensors only (and eenet's own artifact checks); onnx and onnxruntime are imported
+only for a bundle's ONNX parts.
 """
 
 from __future__ import annotations
@@ -55,7 +64,8 @@ from eenet_cli.runtime.messages import first_line
 FORMAT = "eenet-bundle"
 VERSION = 1
 MANIFEST = "manifest.json"
-_PART = re.compile(r"parts/(stage|head)_([0-9]{1,4})\.(json|safetensors)")
+_PART = re.compile(r"parts/(stage|head)_([0-9]{1,4})\.(json|safetensors|onnx)")
+BACKENDS = ("torch", "onnx")
 _FIXED = {"policy.json", "costs.json"}
 _ZIP_MAGIC = b"PK\x03\x04"
 _KINDS = {"p.": "parameter", "b.": "buffer", "c.": "constant"}
@@ -179,12 +189,16 @@ def _close(a: Any, b: Any) -> bool:
     return a == b
 
 
-def build_members(module: nn.Module, x: Any, *, policy: dict, costs: dict | None, model: str, extra: dict | None = None) -> dict[str, bytes]:
+def build_members(
+    module: nn.Module, x: Any, *, policy: dict, costs: dict | None, model: str, extra: dict | None = None, onnx: bool = False
+) -> dict[str, bytes]:
     """Every member of the bundle of ``module`` (a staged model on the CPU, in eval mode) and
     ``policy``, exported on the example input ``x`` (a batch); the manifest last.
 
     Each exported part is checked against the module at two batch sizes (one sample and
     three) before it is written: a part whose batch axis torch.export fixed is refused.
+    With ``onnx``, every part is also exported to ONNX (tensor hidden states only) and
+    checked on onnxruntime against the module at the same batch sizes (:mod:`.onnx_parts`).
     """
     from eenet_cli.artifacts.files import CREATED_BY, dumps
     from eenet_cli.artifacts.policy import validate_policy
@@ -195,6 +209,11 @@ def build_members(module: nn.Module, x: Any, *, policy: dict, costs: dict | None
     check_policy(policy, k, "policy")
     text = bool(getattr(module, "eenet_text", False))
     example = _example_batch(x)
+    if onnx:
+        from eenet_cli.runtime import onnx_parts
+
+        onnx_parts.require_export()
+        onnx_parts.tensor_states(stages, example)  # before any export: a dict/tuple state is one line
     members: dict[str, bytes] = {}
     parts = []
     h = example
@@ -209,6 +228,10 @@ def build_members(module: nn.Module, x: Any, *, policy: dict, costs: dict | None
             gname, wname = f"parts/{kind}_{j}.json", f"parts/{kind}_{j}.safetensors"
             members[gname], members[wname] = graph, weights
             entry[kind] = {"graph": gname, "weights": wname}
+            if onnx:
+                oname = f"parts/{kind}_{j}.onnx"
+                members[oname] = onnx_parts.export_part(part, h, f"{kind} {j + 1} of {k}", token_axis, oname)
+                entry[kind]["onnx"] = oname
             with torch.no_grad():  # not inference_mode: its tensors cannot be traced by torch.export
                 if kind == "stage":
                     h = part(h)
@@ -217,6 +240,7 @@ def build_members(module: nn.Module, x: Any, *, policy: dict, costs: dict | None
         parts.append(entry)
     # every part, rebuilt from its bytes, equals the module at batch sizes 1 and 3
     _check_roundtrip(members, parts, module, example)
+    onnx_info = onnx_parts.check_against_module(members, parts, module, example) if onnx else None
     members["policy.json"] = dumps(policy).encode("utf-8")
     if costs is not None:
         members["costs.json"] = dumps(costs).encode("utf-8")
@@ -237,6 +261,7 @@ def build_members(module: nn.Module, x: Any, *, policy: dict, costs: dict | None
         "torch": torch.__version__,
         "created_by": CREATED_BY,
         **(extra or {}),
+        **({"onnx": onnx_info} if onnx_info is not None else {}),
         "members": {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)} for name, data in sorted(members.items())},
     }
     members[MANIFEST] = dumps(manifest).encode("utf-8")
@@ -303,8 +328,11 @@ def _refuse(message: str, source: str) -> InputError:
     return InputError(f"refused: {message}", source=source)
 
 
-def read_checked(path: str | os.PathLike, source: str | None = None) -> BundleContents:
-    """The members of the bundle at ``path``, every check of the module docstring passed."""
+def read_checked(path: str | os.PathLike, source: str | None = None, *, onnx: bool = False) -> BundleContents:
+    """The members of the bundle at ``path``, every check of the module docstring passed.
+
+    ``onnx``: the ONNX members will be run, so their content checks are required (the onnx
+    package must be installed); without it they run whenever onnx is installed."""
     from eenet_cli.artifacts.costs import parse_costs_json
     from eenet_cli.artifacts.files import loads_strict
     from eenet_cli.artifacts.policy import validate_policy
@@ -364,8 +392,9 @@ def read_checked(path: str | os.PathLike, source: str | None = None) -> BundleCo
             raise InputError(f"member {name} listed in the manifest is missing", source=source)
         if hashlib.sha256(raw[name]).hexdigest() != entry["sha256"] or len(raw[name]) != entry["bytes"]:
             raise InputError(f"member {name} fails its sha256 check (changed after export); re-export the bundle", source=source)
+    deep = onnx or (any(n.endswith(".onnx") for n in raw) and _onnx_available())
     for name, blob in raw.items():
-        _check_kind(name, blob, source)
+        _check_kind(name, blob, source, deep_onnx=deep)
     policy = loads_strict(raw[manifest["policy"]], f"{source}: {manifest['policy']}")
     validate_policy(policy, f"{source}: {manifest['policy']}")
     check_policy(policy, manifest["num_exits"], f"{source}: {manifest['policy']}")
@@ -378,9 +407,27 @@ def read_checked(path: str | os.PathLike, source: str | None = None) -> BundleCo
     return BundleContents(manifest, policy, costs, raw, source)
 
 
-def _check_kind(name: str, blob: bytes, source: str) -> None:
-    """A ``.json`` member is a JSON object, a ``.safetensors`` member a safetensors file:
-    anything else (a pickle above all) is refused, naming the member."""
+def _onnx_available() -> bool:
+    from eenet_cli.runtime.onnx_parts import onnx_available
+
+    return onnx_available()
+
+
+def _check_kind(name: str, blob: bytes, source: str, *, deep_onnx: bool = False) -> None:
+    """A ``.json`` member is a JSON object, a ``.safetensors`` member a safetensors file, an
+    ``.onnx`` member neither a pickle nor a zip (and, with ``deep_onnx``, an ONNX model that
+    passes :func:`~eenet_cli.runtime.onnx_parts.check_onnx_member`): anything else (a pickle
+    above all) is refused, naming the member."""
+    if name.endswith(".onnx"):
+        if _is_pickle(blob):
+            raise _refuse(f"member {name} is a pickle; a bundle's ONNX parts are ONNX protobuf models", source)
+        if blob[:4] == _ZIP_MAGIC:
+            raise _refuse(f"member {name} is a zip archive; a bundle's ONNX parts are ONNX protobuf models", source)
+        if deep_onnx:
+            from eenet_cli.runtime.onnx_parts import check_onnx_member
+
+            check_onnx_member(blob, name, source)
+        return
     try:
         if name.endswith(".safetensors"):
             _check_safetensors_header(blob, f"{source}: {name}")
@@ -440,9 +487,14 @@ def _check_manifest(m: Any, source: str) -> None:
     parts = m.get("parts")
     if not isinstance(parts, list) or len(parts) != k:
         raise InputError(f"expected {k} parts (one stage and one head per exit)", source=source, field="parts")
+    onnx = m.get("onnx")
+    if onnx is not None and (not isinstance(onnx, dict) or isinstance(onnx.get("opset"), bool) or not isinstance(onnx.get("opset"), int)):
+        raise InputError("expected onnx null or an object with the opset", source=source, field="onnx")
     for j, p in enumerate(parts):
         for kind in ("stage", "head"):
             want = {"graph": f"parts/{kind}_{j}.json", "weights": f"parts/{kind}_{j}.safetensors"}
+            if onnx is not None:  # an ONNX bundle has an ONNX graph for every part, a plain one for none
+                want["onnx"] = f"parts/{kind}_{j}.onnx"
             if not isinstance(p, dict) or p.get(kind) != want or any(n not in members for n in want.values()):
                 raise InputError(f"part {j}: expected {kind} {want}, listed in members", source=source, field="parts")
     if m.get("pack") not in (None, "text"):
@@ -536,6 +588,7 @@ class BundleModel(nn.Module):
         self.costs = contents.costs
         self.source = contents.source
         self.eenet_bundle = True
+        self.backend = "torch"
         if contents.manifest.get("pack") == "text":
             self.eenet_text = True
 
@@ -576,11 +629,28 @@ class BundleModel(nn.Module):
         return pack_inputs(x)
 
 
-def read_bundle(path: str | os.PathLike, device: str = "cpu", source: str | None = None) -> BundleModel:
-    """The checked bundle at ``path`` as a staged :class:`BundleModel` on ``device``."""
-    contents = read_checked(path, source)
-    parts = contents.manifest["parts"]
+def read_bundle(path: str | os.PathLike, device: str = "cpu", source: str | None = None, backend: str = "torch") -> BundleModel:
+    """The checked bundle at ``path`` as a staged :class:`BundleModel` on ``device``: its
+    ``torch.export`` graphs, or with ``backend="onnx"`` its ONNX graphs on onnxruntime's CPU
+    provider (``eenet export --onnx``; needs the onnx extra)."""
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; expected torch or onnx", field="--backend")
     dev = torch.device(device)
+    if backend == "onnx":
+        from eenet_cli.runtime import onnx_parts
+
+        onnx_parts.require_runtime()
+        if dev.type != "cpu":
+            raise InputError(f"the onnx backend runs on the CPU (onnxruntime's CPUExecutionProvider), not {device}; use --device cpu", field="--device")
+    contents = read_checked(path, source, onnx=backend == "onnx")
+    parts = contents.manifest["parts"]
+    if backend == "onnx":
+        if not isinstance(contents.manifest.get("onnx"), dict):
+            raise InputError("this bundle has no ONNX graphs; re-export with --onnx", source=contents.source)
+        stages, heads = onnx_parts.build_parts(contents.members, parts, contents.source)
+        model = BundleModel(contents, stages, heads)
+        model.backend = "onnx"
+        return model
     stages = [_rebuild(contents.members[p["stage"]["graph"]], contents.members[p["stage"]["weights"]], p["stage"]["graph"], contents.source, dev) for p in parts]
     heads = [_rebuild(contents.members[p["head"]["graph"]], contents.members[p["head"]["weights"]], p["head"]["graph"], contents.source, dev) for p in parts]
     return BundleModel(contents, stages, heads)
@@ -604,7 +674,9 @@ class Bundle(EarlyExitModel):
         return r.preds, r.exits, r.scores  # type: ignore[return-value]
 
 
-def load_bundle(path: str | os.PathLike, device: str = "cpu") -> Bundle:
+def load_bundle(path: str | os.PathLike, device: str = "cpu", backend: str = "torch") -> Bundle:
     """Load an ``eenet export`` bundle (torch and numpy only, nothing unpickled) as a callable
-    module: ``preds, exits, scores = load_bundle("model.eenet")(x)``."""
-    return Bundle(read_bundle(path, device))
+    module: ``preds, exits, scores = load_bundle("model.eenet")(x)``. ``backend="onnx"``
+    runs the bundle's ONNX graphs (``eenet export --onnx``) on onnxruntime's CPU provider
+    instead of its ``torch.export`` graphs; the runtime and the policy are the same."""
+    return Bundle(read_bundle(path, device, backend=backend))

@@ -10,7 +10,8 @@ A *model spec* is one of
   (:mod:`eenet_cli.runtime.pt2`),
 * an ``eenet export`` bundle (a zip file with a ``manifest.json``, recognised by its content
   whatever its name; :mod:`eenet_cli.runtime.bundle`), checked the same way: the model is its
-  stages and heads, and it carries its own policy and costs,
+  stages and heads, and it carries its own policy and costs (``backend="onnx"``: its ONNX
+  graphs on onnxruntime, when it was exported with ``--onnx``),
 * a Hugging Face model folder (``config.json`` + weights): a BERT-like text encoder made
   staged with exit heads by :func:`eenet_cli.runtime.text_model.build_text_model` (the
   ``--model-arg`` pairs go to it: ``num_classes``, ``exits``, ``pooling``, ...).
@@ -38,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from eenet_cli.errors import EenetError, InputError
+from eenet_cli.errors import EenetError, InputError, shorten
 from eenet_cli.memory import check_memory
 from eenet_cli.runtime import models
 from eenet_cli.runtime.messages import first_line
@@ -181,14 +182,18 @@ def staged_parts(module: nn.Module, spec: str) -> int | None:
     return len(stages)
 
 
-def load_model(spec: str, model_args: dict | None = None, weights: str | None = None, device: str = "cpu") -> LoadedModel:
-    """Build (or load) the model named by ``spec``, load ``weights``, move it to ``device``, eval mode."""
+def load_model(spec: str, model_args: dict | None = None, weights: str | None = None, device: str = "cpu", backend: str | None = None) -> LoadedModel:
+    """Build (or load) the model named by ``spec``, load ``weights``, move it to ``device``, eval mode.
+
+    ``backend`` (``torch`` or ``onnx``) applies to a bundle only: which of its graphs run."""
     model_args = dict(model_args or {})
     input_shape = None
     if not spec:
         raise InputError("no model given", field="MODEL")
     if spec.endswith(".eenet") or _is_bundle(spec):
-        return _load_bundle(spec, model_args, weights, device)
+        return _load_bundle(spec, model_args, weights, device, backend or "torch")
+    if backend is not None:
+        raise InputError(f"applies to an eenet bundle (from eenet export) only; {shorten(spec)} is not one", field="--backend")
     if spec.endswith(".pt2"):
         if model_args:
             raise InputError("--model-arg does not apply to a torch.export file", source=spec)
@@ -247,7 +252,7 @@ def _is_bundle(spec: str) -> bool:
     return is_bundle(spec)
 
 
-def _load_bundle(spec: str, model_args: dict, weights: str | None, device: str) -> LoadedModel:
+def _load_bundle(spec: str, model_args: dict, weights: str | None, device: str, backend: str = "torch") -> LoadedModel:
     """An ``eenet export`` bundle: checked member by member, nothing unpickled."""
     from eenet_cli.runtime.bundle import read_bundle
 
@@ -256,7 +261,7 @@ def _load_bundle(spec: str, model_args: dict, weights: str | None, device: str) 
     if weights:
         raise InputError("an eenet bundle carries its own weights; drop --weights", source=spec, field="--weights")
     dev = check_device(device)
-    module = read_bundle(spec, str(dev))
+    module = read_bundle(spec, str(dev), backend=backend)
     return LoadedModel(module, spec, "staged", len(module.stages), module.input_shape, str(dev), {})
 
 

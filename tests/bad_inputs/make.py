@@ -731,7 +731,7 @@ def _compact_cases() -> list[Case]:
         _compact("compact_nan_scores", p("nan_scores"), expect=(p("nan_scores"), "exit_1", "non-finite"), existing=True),
         _compact("compact_stdin", "-", expect=("PREDICTIONS", "stdin")),
         _compact("compact_no_exit_columns", p("no_exits"), expect=(p("no_exits"), "exit_0", "exit columns")),
-        _fit("compact_fit_eenet_refused", p("compact"), base=("--budget", "2ms", "--method", "eenet"),
+        _fit("compact_fit_eenet_full_refused", p("compact"), base=("--budget", "2ms", "--method", "eenet", "--eenet-inputs", "full"),
              expect=(p("compact"), "compact", "EENet", "full-score file")),
         _evaluate("compact_missing_class_count", p("compact_no_c"), expect=(p("compact_no_c"), "eenet.num_classes", "integer")),
         _evaluate("compact_class_outside", p("compact_bad_class"), expect=(p("compact_bad_class"), "exit_1.top_classes", "outside [0, 5)")),
