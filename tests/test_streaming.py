@@ -138,16 +138,23 @@ def test_dump_keep_bad_values(runner, tmp_path, keep, message):
     assert not out.exists()
 
 
-def test_evaluate_defaults_on_compact_leave_out_full_vector_methods(runner, digits_dumps, tmp_path):
+def test_evaluate_defaults_on_compact_run_every_method_and_leave_out_full_vector_eenet(runner, digits_dumps, tmp_path):
     _, _, kept, _ = digits_dumps
     out = tmp_path / "results.json"
+    # the default EENet scorer reads per-exit features: every default method runs on a compact file
     r = invoke(runner, "evaluate", kept, "--val-fraction", "0.5", "--budgets", "60%", "-o", out)
+    assert r.exit_code == 0, r.output
+    assert "left out" not in r.stderr
+    methods = {x["method"] for x in json.loads(out.read_text())["results"]}
+    assert {"eenet", "maxprob", "oracle"} <= methods
+    # with the full-vector scorer, the defaults leave EENet out and say so in one line
+    r = invoke(runner, "evaluate", kept, "--val-fraction", "0.5", "--budgets", "60%", "--eenet-inputs", "full", "-o", out)
     assert "holds compact predictions; left out eenet (its scorer reads full class-probability vectors)" in r.stderr
     assert r.exit_code == 0, r.output
     methods = {x["method"] for x in json.loads(out.read_text())["results"]}
     assert "eenet" not in methods and {"maxprob", "oracle"} <= methods
     # named explicitly, a full-vector method is still refused in one line
-    r = invoke(runner, "evaluate", kept, "--val-fraction", "0.5", "--methods", "eenet", "--budgets", "60%")
+    r = invoke(runner, "evaluate", kept, "--val-fraction", "0.5", "--methods", "eenet", "--budgets", "60%", "--eenet-inputs", "full")
     assert r.exit_code == 2 and "compact" in r.stderr and r.stderr.count("\n") == 1
 
 
