@@ -2,6 +2,10 @@
 
     python benchmarks/certify_validity.py                 # 100 draws, every method (~1 h on 2 cores)
     python benchmarks/certify_validity.py --draws 20 --methods maxprob,lookahead   # a quicker look
+    # two processes (one per core), then one table from both:
+    python benchmarks/certify_validity.py --methods lookahead --first 0 --draws 50 --records a.json --out a.md &
+    python benchmarks/certify_validity.py --methods lookahead --first 50 --draws 100 --records b.json --out b.md
+    python benchmarks/certify_validity.py --methods lookahead --from-records a.json,b.json --out table.md
 
 A population of synthetic predictions (``--population`` rows) stands in for "new data from
 the same distribution": a policy's expected cost, harm rate and disagreement rate are its
@@ -58,6 +62,9 @@ def main() -> None:
     ap.add_argument("--max-drop", type=float, default=0.02)
     ap.add_argument("--max-disagreement", type=float, default=0.05)
     ap.add_argument("--out", default=str(HERE / "CERTIFY_VALIDITY.md"))
+    ap.add_argument("--first", type=int, default=0, help="first draw to run (the earlier draws' rows are still drawn, so draw i is the same rows in every run)")
+    ap.add_argument("--records", help="also write every draw's figures to this JSON file")
+    ap.add_argument("--from-records", help="comma-separated record files: write the table from them, run nothing")
     args = ap.parse_args()
     methods = args.methods.split(",")
     deltas = [float(d) for d in args.deltas.split(",")]
@@ -75,6 +82,17 @@ def main() -> None:
     broke = {(m, d, a): [] for m in methods for d in deltas for a in asks}
     slack = {(m, d): [] for m in methods for d in deltas}
     infeasible = {(m, d, a): 0 for m in methods for d in deltas for a in asks}
+    records: list[dict] = []
+
+    def record(draw: int, m: str, d: float, a: str, *, broken: bool | None = None, value_slack: float | None = None) -> None:
+        records.append({"draw": draw, "method": m, "delta": d, "ask": a, "broke": broken, "slack": value_slack})
+        if broken is None:
+            infeasible[(m, d, a)] += 1
+            return
+        broke[(m, d, a)].append(broken)
+        if value_slack is not None:
+            slack[(m, d)].append(value_slack)
+
     def write(done: int) -> None:
         lines = [
             "# Certified policies over redrawn validation sets", "",
@@ -103,11 +121,27 @@ def main() -> None:
         lines += ["", f"Total time {time.perf_counter() - t0:.0f} s."]
         Path(args.out).write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
+        if args.records:
+            import json
 
-    rng = np.random.default_rng(2026)
+            Path(args.records).write_text(json.dumps(records))
+
     t0 = time.perf_counter()
+    if args.from_records:
+        import json
+
+        for f in args.from_records.split(","):
+            for r in json.loads(Path(f).read_text()):
+                if r["method"] in methods and r["delta"] in deltas:
+                    record(r["draw"], r["method"], r["delta"], r["ask"], broken=r["broke"], value_slack=r["slack"])
+        draws = {r["draw"] for r in records}
+        write(len(draws))
+        return
+    rng = np.random.default_rng(2026)
     for draw in range(args.draws):
         rows = rng.choice(args.population, size=args.rows, replace=False)
+        if draw < args.first:
+            continue
         feats = pop.subset(rows)
         for m in methods:
             caches: dict = {}
@@ -118,20 +152,19 @@ def main() -> None:
                                             max_drop=kw.get("max_drop"), max_disagreement=kw.get("max_disagreement"),
                                             seed=draw, learner=train_eenet, caches=caches)
                     except WorkFailed:
-                        infeasible[(m, d, a)] += 1
+                        record(draw, m, d, a)
                         continue
                     applied = apply_to_features(pol, pop)
                     if a == "cost":
                         value = float(costs[applied.exits].mean())
-                        broke[(m, d, a)].append(value > budget)
-                        slack[(m, d)].append((budget - value) / span)
+                        record(draw, m, d, a, broken=bool(value > budget), value_slack=(budget - value) / span)
                     elif a == "drop":
-                        broke[(m, d, a)].append(float((~applied.correct & last_right).mean()) > args.max_drop)
+                        record(draw, m, d, a, broken=bool(float((~applied.correct & last_right).mean()) > args.max_drop))
                     else:
-                        broke[(m, d, a)].append(float((applied.preds != last_pred).mean()) > args.max_disagreement)
+                        record(draw, m, d, a, broken=bool(float((applied.preds != last_pred).mean()) > args.max_disagreement))
         print(f"draw {draw + 1}/{args.draws} done, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-        if (draw + 1) % 10 == 0 or draw + 1 == args.draws:
-            write(draw + 1)
+        if (draw + 1) % 5 == 0 or draw + 1 == args.draws:
+            write(draw + 1 - args.first)
 
 
 if __name__ == "__main__":
