@@ -17,7 +17,8 @@ without ever holding a whole file in memory, and deleted at the end unless --kee
   exit (docs/spec.md §2.1.1), its compact columns generated directly and consistently
   (the log-sum-exp and entropy are those of the top 5 plus a flat tail over the other
   49,995 classes). Rows: `fit --method maxprob`, `apply`, `evaluate --methods
-  maxprob,entropy,vote,patience,oracle` and `certify`, each under 2 minutes.
+  maxprob,entropy,vote,patience,oracle`, `certify`, and `fit --method eenet` (its compact
+  scorer) with `apply` of that policy, each under 2 minutes.
 
 Every command runs as a real `eenet` subprocess; its peak memory is the process's peak RSS
 (``ru_maxrss``, the whole process, imports included).
@@ -158,8 +159,9 @@ def compact_rows(table: Table, keep: bool) -> None:
         print(f"  wrote {path} in {time.perf_counter() - t:.0f} s", flush=True)
     policy = BENCH_DIR / "scale-compact-policy.json"
     certified = BENCH_DIR / "scale-compact-certified.json"
+    eenet_policy = BENCH_DIR / "scale-compact-eenet.json"
     outs = [policy, certified, BENCH_DIR / "scale-compact-apply.parquet", BENCH_DIR / "scale-compact-results.json",
-            BENCH_DIR / "scale-compact-bounds.json"]
+            BENCH_DIR / "scale-compact-bounds.json", eenet_policy, BENCH_DIR / "scale-compact-eenet-apply.parquet"]
     what = f"{n:,} rows x {k} exits, top {top_k} of {c:,} classes"
     try:
         table.add(f"compact file: {what}", f"{path.stat().st_size / 1e6:,.0f} MB", "reference", None,
@@ -170,6 +172,8 @@ def compact_rows(table: Table, keep: bool) -> None:
             ("evaluate 4 baselines + oracle, 10 budgets", ["evaluate", str(path), "--methods", "maxprob,entropy,vote,patience,oracle", "-q", "-o", str(outs[3])]),
             ("fit --method maxprob --confidence 0.9 (for certify)", ["fit", str(path), "--method", "maxprob", "--budget", "50%", "--confidence", "0.9", "-q", "-o", str(certified)]),
             ("certify (test split)", ["certify", str(certified), str(path), "-q", "-o", str(outs[4])]),
+            ("fit --method eenet --budget 50% (compact scorer)", ["fit", str(path), "--method", "eenet", "--budget", "50%", "-q", "-o", str(eenet_policy)]),
+            ("apply the EENet policy (test split)", ["apply", str(eenet_policy), str(path), "-q", "-o", str(outs[6])]),
         ]
         for label, args in steps:
             secs, peak = cli_time(args, repeats=1)

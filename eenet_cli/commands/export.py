@@ -34,8 +34,8 @@ batch sizes 1 and 3 before anything is written. See docs/spec.md §6 and docs/ru
 With --onnx each stage and head is also written as an ONNX graph (torch.onnx.export with
 dynamo=True, weights embedded), checked on onnxruntime against the model at batch sizes 1
 and 3 (max |difference| 1e-4); it needs tensor hidden states and the onnx extra (pip
-install 'eenet[onnx]'). Run those graphs with load_bundle(path, backend="onnx") or eenet
-profile model.eenet --backend onnx.
+install 'eenet[onnx]'). Run those graphs with eenet_cli.runtime.load_bundle(path,
+backend="onnx") or eenet profile model.eenet --backend onnx.
 
 Load it in Python with eenet_cli.runtime.load_bundle(path) (torch and numpy only): called
 on a batch it returns the predictions, the exits taken and the policy's scores, in the
@@ -189,9 +189,9 @@ def export_command(
 
 def _onnx_brief(members: dict[str, bytes]) -> dict | None:
     """The manifest's ``onnx`` entry (null without --onnx)."""
-    import json
+    from eenet_cli.artifacts.files import loads_strict
 
-    return json.loads(members["manifest.json"]).get("onnx")
+    return loads_strict(members["manifest.json"], "manifest.json").get("onnx")
 
 
 def _example(loaded, data: str | None, input_shape: str | None, opts):

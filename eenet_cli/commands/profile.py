@@ -138,8 +138,8 @@ def profile_command(
         str | None,
         typer.Option(
             "--backend",
-            help="MODEL a bundle: run its torch.export graphs (torch, the default) or its ONNX graphs on onnxruntime's CPU provider "
-            "(onnx; the bundle must come from export --onnx).",
+            help="For a bundle MODEL: run its torch.export graphs (torch, the default) or its ONNX graphs on onnxruntime's CPU "
+            "provider (onnx; the bundle must come from export --onnx).",
             show_default=False,
         ),
     ] = None,

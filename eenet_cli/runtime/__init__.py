@@ -30,13 +30,14 @@ from __future__ import annotations
 from eenet_cli.runtime.early_exit import EarlyExitModel, EarlyExitResult, check_policy
 
 
-def load_bundle(path, device: str = "cpu"):
+def load_bundle(path, device: str = "cpu", backend: str = "torch"):
     """Load an ``eenet export`` bundle (torch and numpy only, nothing unpickled) as a callable
-    module: ``preds, exits, scores = load_bundle("model.eenet")(x)``
-    (:func:`eenet_cli.runtime.bundle.load_bundle`)."""
+    module: ``preds, exits, scores = load_bundle("model.eenet")(x)``; ``backend="onnx"`` runs
+    the bundle's ONNX graphs on ONNX Runtime (``eenet export --onnx``, ``pip install
+    'eenet[onnx]'``) (:func:`eenet_cli.runtime.bundle.load_bundle`)."""
     from eenet_cli.runtime.bundle import load_bundle as _load
 
-    return _load(path, device)
+    return _load(path, device, backend=backend)
 
 
 __all__ = ["EarlyExitModel", "EarlyExitResult", "check_policy", "load_bundle"]

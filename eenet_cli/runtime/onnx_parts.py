@@ -52,7 +52,7 @@ def require_export() -> None:
         import onnxruntime  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError:
-        raise InputError(EXPORT_EXTRA, field="--onnx") from None
+        raise InputError(EXPORT_EXTRA) from None
 
 
 def require_runtime() -> None:
@@ -86,7 +86,7 @@ def versions() -> dict:
 def tensor_states(stages: list[nn.Module], example: Any) -> None:
     """One line unless the input and every stage's output are single tensors."""
     if not isinstance(example, torch.Tensor):
-        raise InputError(f"--onnx needs tensor hidden states; the model's input is a {_kind(example)}", field="--onnx")
+        raise InputError(f"--onnx needs tensor hidden states; the model's input is a {_kind(example)}")
     h = example
     with torch.no_grad():
         for j, stage in enumerate(stages):
@@ -94,8 +94,7 @@ def tensor_states(stages: list[nn.Module], example: Any) -> None:
             if not isinstance(h, torch.Tensor):
                 raise InputError(
                     f"--onnx needs tensor hidden states; stage {j + 1} of {len(stages)} passes a {_kind(h)} "
-                    "(export without --onnx for dict/tuple states)",
-                    field="--onnx",
+                    "(export without --onnx for dict/tuple states)"
                 )
 
 
@@ -141,12 +140,22 @@ def export_part(module: nn.Module, h: torch.Tensor, what: str, token_axis: int |
             )
             blob = program.model_proto.SerializeToString()
     except Exception as e:  # noqa: BLE001 - the exporter's own reasons, in one line
-        raise InputError(f"{what} cannot be exported to ONNX ({shorten(first_line(e), 200)})", field="--onnx") from None
+        raise InputError(f"{what} cannot be exported to ONNX ({shorten(_reason(e), 200)}); export without --onnx", field="--onnx") from None
     try:
         check_onnx_member(blob, name, "export")
     except InputError as e:
         raise InputError(f"{what}: torch's ONNX exporter wrote a graph a bundle refuses ({e})", field="--onnx") from None
     return blob
+
+
+def _reason(e: BaseException) -> str:
+    """The innermost cause of an exporter error, in one line (its outer errors say only which step failed)."""
+    import re
+
+    seen = 0
+    while e.__cause__ is not None and seen < 20:
+        e, seen = e.__cause__, seen + 1
+    return re.sub(r"\x1b\[[0-9;]*m", "", first_line(e))
 
 
 def check_against_module(members: dict[str, bytes], parts: list[dict], module: nn.Module, example: torch.Tensor) -> dict:
