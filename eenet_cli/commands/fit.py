@@ -36,6 +36,10 @@ what it realised. Methods (--method, default eenet; see docs/lookahead.md, docs/
 \b
 {methods_help(POLICY_METHODS)}
 
+EENet's scorer reads a few measures per exit by default (--eenet-inputs compact: its size
+does not grow with the number of classes and it runs on compact predictions); --eenet-inputs
+full is the paper's scorer on every class probability.
+
 Budgets: 6ms, 250us, 1.5s, 2GFLOPs, 60% (of the full model's cost), or a bare number in
 the costs' unit. A budget under the first exit's cost is an error.
 
@@ -46,6 +50,7 @@ Examples:
   eenet fit sample_data/digits.parquet --budget 0.9ms --method maxprob > policy.json
   eenet fit sample_data/digits.parquet --budget 1ms --costs sample_data/digits_costs.json --method lookahead -o policy.json
   eenet fit sample_data/digits.parquet --budget 60% --method maxprob --confidence 0.9 -o certified.json
+  eenet fit sample_data/digits.parquet --budget 60% --eenet-inputs full -o paper.json
 
 With --confidence 0.9 the policy's expected cost on new data from the same distribution
 is at most the budget with probability 0.9 (and its accuracy drop at most --max-drop):
