@@ -129,3 +129,23 @@ def test_check_against_results_written_before_the_inputs_were_recorded(runner, t
     r = invoke(runner, "evaluate", SAMPLE / "digits.parquet", "--methods", "eenet", "--budgets", "40%", "--json", "-q")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["eenet_inputs"] == "compact"
+
+
+def test_training_uses_a_seeded_sample_of_many_rows_and_thresholds_use_every_row():
+    """Above ``max_train_rows`` the network learns from a seeded sample (bounded training
+    time on millions of rows); the exit distribution and the thresholds still use every
+    row, so the realised validation cost stays within the budget on all of them."""
+    d = make_predictions(1200, 4, 20, seed=5, miscalibration=0.5)
+    f = exit_features(d.logits, "logits", d.labels)
+    costs = np.array([1.0, 2.0, 3.0, 4.0])
+    hyper = EENetHyper(max_train_rows=400)
+    res = train_eenet(f, costs, 2.2, seed=3, hyper=hyper)
+    assert res.hyperparameters["train_rows"] == 400 and res.extras["train_rows"].size == 400
+    assert res.extras["numpy_utilities"].shape == (1200, 4)
+    again = train_eenet(f, costs, 2.2, seed=3, hyper=hyper)
+    assert again.scorer == res.scorer  # the sample is seeded
+    pol = fit_method("eenet", FitCache(f), costs, 2.2, "ms", hyper=hyper, learner=train_eenet)
+    off = apply_to_features(pol, f)
+    assert pol["validation"]["n"] == 1200 and costs[off.exits].mean() <= 2.2 + 1e-12
+    with pytest.raises(Exception, match="max_train_rows"):
+        train_eenet(f, costs, 2.2, hyper=EENetHyper(max_train_rows=1))

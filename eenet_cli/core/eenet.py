@@ -256,6 +256,7 @@ class EENetHyper:
     min_batch: int = 256
     init: str = "spline"  # "spline" | "prior" | "torch"
     inputs: str = "compact"  # "compact" (size independent of C) | "full" (the paper's class-probability inputs)
+    max_train_rows: int | None = 50_000  # train on a seeded sample of this many rows at most (thresholds use every row)
     spline_units: int = 4
     detach_previous: bool = True
     num_threads: int | None = 1
@@ -331,6 +332,8 @@ def _check_hyper(hyper: EENetHyper) -> None:
     for name in ("alpha", "beta", "weight_decay"):
         if not getattr(hyper, name) >= 0:
             raise InputError(f"{name} must be >= 0, got {getattr(hyper, name)}", field=name)
+    if hyper.max_train_rows is not None and hyper.max_train_rows < 2:
+        raise InputError(f"max_train_rows must be at least 2 (or None), got {hyper.max_train_rows}", field="max_train_rows")
     if hyper.max_steps < 0 or hyper.min_steps < 0 or hyper.patience < 1 or hyper.eval_every < 1:
         raise InputError("max_steps and min_steps must be >= 0, patience and eval_every >= 1", field="steps")
 

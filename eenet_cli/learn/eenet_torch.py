@@ -78,7 +78,11 @@ def train_eenet(
 
     Returns the scorer in the numpy JSON format of :mod:`eenet_cli.core.eenet`
     and the exit distribution ``p_k = mean softmax(assignment logits)`` computed by the
-    numpy scorer on all rows of ``features``.
+    numpy scorer on all rows of ``features``. With more rows than
+    ``hyper.max_train_rows`` the network is trained on a seeded sample of that many (a
+    scorer of a few hundred weights learns nothing more from millions of rows, and
+    training time stays bounded); the distribution, and the thresholds fitted on the
+    utilities, use every row.
     """
     import torch
 
@@ -95,13 +99,17 @@ def train_eenet(
     # the network (weights, gradients, two Adam moments, float32) and its float32 inputs
     widths = [input_width(hyper.inputs, j, c) for j in range(k)]
     weights = sum(h * (d + 3) for d, h in zip(widths, hidden))
-    check_memory(4 * (4 * weights + 2 * n * sum(widths)), f"EENet training on {n} rows x {k} exits x {c} classes")
+    n_train = n if hyper.max_train_rows is None else min(n, int(hyper.max_train_rows))
+    check_memory(4 * (4 * weights + 2 * n_train * sum(widths)), f"EENet training on {n_train} rows x {k} exits x {c} classes")
     threads = int(hyper.num_threads or min(2, os.cpu_count() or 1))
 
+    train_rows = None
+    if hyper.max_train_rows is not None and n > hyper.max_train_rows:
+        train_rows = np.sort(np.random.default_rng(seed).choice(n, size=int(hyper.max_train_rows), replace=False))
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        trainer = _Trainer(features, costs, train_budget, hidden, hyper, int(seed))
+        trainer = _Trainer(features if train_rows is None else features.subset(train_rows), costs, train_budget, hidden, hyper, int(seed))
         history = trainer.run(progress)
         scorer = trainer.export()
         torch_utilities = trainer.torch_utilities
@@ -119,6 +127,7 @@ def train_eenet(
     hp["hidden_sizes"] = hidden
     hp["num_threads"] = threads
     hp["train_budget"] = train_budget
+    hp["train_rows"] = n if train_rows is None else int(train_rows.size)
     return EENetResult(
         scorer=scorer,
         distribution=dist,
@@ -128,7 +137,8 @@ def train_eenet(
         budget=float(budget),
         seconds=time.perf_counter() - t_start,
         extras={
-            "torch_utilities": torch_utilities,
+            "torch_utilities": torch_utilities,  # of the rows trained on: train_rows, or every row
+            "train_rows": train_rows,
             "numpy_utilities": util,
             "features_ref": weakref.ref(features),
         },
