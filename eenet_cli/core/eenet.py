@@ -164,7 +164,7 @@ def _row_exact_forward(params, features: ExitFeatures, slope: float, upto: int, 
 def eenet_forward(scorer: dict, features: ExitFeatures, *, upto: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pre-sigmoid utilities and assignment logits, both ``[N, K]`` float64.
 
-    ``upto`` (online use): compute only the first ``upto`` exits, from features of those
+    ``upto``: compute only the first ``upto`` exits (a prefix, e.g. the exits a sample has run), from features of those
     exits alone (every input of exit j comes from exits 0..j); the other columns are NaN.
     """
     n, k = features.preds.shape
