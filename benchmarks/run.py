@@ -174,6 +174,32 @@ print(json.dumps({{"blocks": blocks, "exits_per_sample": sum(e + 1 for e in exit
 """
 
 
+# One lookahead exit decision at C = 100: OnlineSample.step at every exit a sample reaches
+# but the last (which decides nothing), per call, timed in blocks of rounds in one process.
+LOOKAHEAD_STEP_CODE = """
+import json, time
+from eenet_cli.artifacts.policy import read_policy
+from eenet_cli.artifacts.predictions import read_predictions
+from eenet_cli.core.online import OnlinePolicy
+policy = read_policy({pol!r}); preds = read_predictions({data!r})
+x = preds.scores[:200]
+sample = OnlinePolicy(policy).sample()
+k = policy["num_exits"]
+def round_():
+    steps, t0 = 0, time.perf_counter()
+    for i in range(200):
+        sample.reset()
+        for j in range(k - 1):
+            steps += 1
+            if sample.step(x[i, j]):
+                break
+    return (time.perf_counter() - t0) / steps
+round_()  # warm-up
+blocks = [[round_() for _ in range({repeats})] for _ in range({blocks})]
+print(json.dumps({{"blocks": blocks, "measure": policy["scorer"].get("measure")}}))
+"""
+
+
 def min_of_medians(blocks: list[list[float]]) -> float:
     """The smallest block median: for a per-call cost on a shared machine, the block least
     disturbed by other work (each block's median already drops its own outliers)."""
@@ -372,6 +398,14 @@ def main() -> None:
         n_small = 10_000
         vus = statistics.median(vec["times"]) / n_small * 1e6
         t.add("  same policy vectorised over 10,000 samples (per sample)", f"{vus:.1f} us", "ratio", None, f"{us / vus:.1f}x faster than the per-sample loop")
+        la_pol = BENCH_DIR / "lookahead.json"
+        if not la_pol.exists() or la_pol.stat().st_mtime < small.stat().st_mtime:
+            cli_time(["fit", str(small), "--method", "lookahead", "--budget", "40%", "-q", "-o", str(la_pol)], 1)
+        la = run_code(LOOKAHEAD_STEP_CODE.format(pol=str(la_pol), data=str(small), blocks=blocks, repeats=reps))
+        la_us = min_of_medians(la["blocks"]) * 1e6
+        t.add("one lookahead exit decision, C=100 (numpy, per OnlineSample.step)", f"{la_us:.0f} us", "< 100 us", la_us < 100,
+              f"min over {blocks} blocks of the median of {reps} rounds of 200 samples, every exit but the last"
+              + (f" (this fit stops on the {la['measure']} measure, not its estimators)" if la["measure"] else ""))
     if "decision" in only:
         pol = small_policy(small)
         reps = 300 if args.quick else 1000

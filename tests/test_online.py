@@ -94,7 +94,7 @@ def test_every_method_sample_by_sample(datasets, data, method):
         _check_sample_by_sample(policy, preds)
 
 
-@pytest.mark.parametrize("kind", ["maxprob", "entropy", "vote", "patience", "eenet"])
+@pytest.mark.parametrize("kind", ["maxprob", "entropy", "vote", "patience", "eenet", "lookahead"])
 def test_probabilities_input(datasets, kind):
     """Heads that output probabilities: the same decisions as offline on ``probs`` scores."""
     preds, costs, cache = datasets["synthetic-c100"]
@@ -106,6 +106,38 @@ def test_probabilities_input(datasets, kind):
     single = np.array([op.run(probs[i], probs=True) for i in range(probs.shape[0])])
     np.testing.assert_array_equal(single[:, 0], off.exits)
     np.testing.assert_array_equal(single[:, 1], off.preds)
+
+
+@pytest.mark.parametrize("kind", ["logits", "probs"])
+def test_lookahead_builds_one_samples_inputs_exit_by_exit_as_the_batch_does(datasets, kind):
+    """One sample's lookahead inputs are built as its exits arrive (each exit's summaries
+    once), not recomputed from every exit seen; they equal the offline design matrix, value
+    for value, at every exit, and so do the scores."""
+    from eenet_cli.core.lookahead import LookaheadScorer, OnlineInputs, _Inputs
+    from eenet_cli.core.online import _LOOKAHEAD
+
+    preds, costs, cache = datasets["synthetic-c100"]
+    policy = fit_method("lookahead", cache, costs, float(costs[0] + 0.4 * (costs[-1] - costs[0])), "ms")
+    policy["scorer"].pop("measure", None)  # the learned estimators, whatever the fit chose
+    scores = preds.scores[:300]
+    if kind == "probs":
+        scores = softmax(scores.reshape(-1, preds.num_classes)).reshape(scores.shape)
+    feats = exit_features(scores, kind)
+    op = OnlinePolicy(policy)
+    assert op.code == _LOOKAHEAD
+    scorer = LookaheadScorer(policy["scorer"])
+    batch = _Inputs(feats, scorer.k_all, scorer.class_scale)
+    offline = scorer.scores(feats)
+    sample = op.sample(probs=kind == "probs")
+    for i in range(scores.shape[0]):
+        sample.reset()
+        for j in range(preds.num_exits - 1):
+            sample.step(scores[i, j])
+            x, cls, m = sample._la.design(j)
+            bx, bcls, bm = batch.design(j)
+            assert x.shape[0] == OnlineInputs.ROWS and (x == bx[i]).all() and (cls == bcls[i]).all() and (m == bm[i]).all()
+            if sample.score is not None:
+                assert sample.score == offline[i, j]
 
 
 def test_sample_api():

@@ -48,6 +48,14 @@ def test_numpy_forest_equals_scikit_learn(c):
     proba = 1.0 / (1.0 + np.exp(-raw))
     assert np.max(np.abs(proba - model.predict_proba(xt)[:, 1])) <= 1e-9
     assert np.array_equal(raw > 0, model.predict(xt) == 1)  # decisions exactly
+    # a few rows at a time (the online path decides every node's branch up front): the same
+    # leaves, so the same raw scores, to the last bit
+    f = Forest(forest, num_categories=c)
+    assert 2500 * f.feature.size > (1 << 16)  # the whole batch takes the level-by-level path
+    small = np.concatenate([f.raw(xt[i : i + 4], ct[i : i + 4])[:, 0] for i in range(0, 400, 4)])
+    assert np.array_equal(small, raw[:400])
+    one = np.concatenate([f.raw(xt[i : i + 1], ct[i : i + 1])[:, 0] for i in range(60)])  # one row: sums in Python
+    assert np.array_equal(one, raw[:60])
 
 
 def test_several_forests_evaluate_together_as_each_alone():

@@ -362,9 +362,11 @@ class _Exit:
         # each forest alone too: one estimator (the quota rule's P̂[k, k]) descends its own trees only
         self.single = {i: Forest(t["trees"], num_categories=num_classes) for i, t in trees} if len(trees) > 1 else {}
 
-    def logits(self, x: np.ndarray, cls: np.ndarray, m: np.ndarray, cols: Sequence[int] | None = None) -> np.ndarray:
+    def logits(self, x: np.ndarray, cls: np.ndarray, m: np.ndarray, cols: Sequence[int] | None = None,
+               rows_alike: bool = False) -> np.ndarray:
         """``[N, len(targets)]`` logits of P̂[k, j] (only the columns ``cols`` if given;
-        the others are left NaN)."""
+        the others are left NaN). ``rows_alike``: every row is the same (the online block),
+        so the trees, which score each row on its own, descend for the first row only."""
         n = x.shape[0]
         out = np.full((n, len(self.targets)), np.nan)
         want = set(range(len(self.targets))) if cols is None else set(cols)
@@ -372,6 +374,8 @@ class _Exit:
             if c in want:
                 out[:, c] = (x @ self.w[i] + self.b[i]) + (self.cb[cls, i] + self.cs[cls, i] * m)
         wanted_trees = [c for c in self.tree_cols if c in want]
+        if rows_alike and wanted_trees:
+            x, cls = x[:1], cls[:1]
         if len(wanted_trees) == 1 and wanted_trees[0] in self.single:
             c = wanted_trees[0]
             out[:, c] = self.single[c].raw(_tree_design(x, cls, self.num_classes), cls)[:, 0]
@@ -418,12 +422,75 @@ class LookaheadScorer:
             else:
                 s = SIMPLE_SCORERS[self.measure](features)
             return np.asarray(s, dtype=np.float64) if only is None else np.asarray(s[:, only], dtype=np.float64)
-        p = self.estimates(features, diagonal_only=self.rule == "quota", only=only)
         if only is not None:
-            if self.rule == "quota":
-                return p[:, only, only]
-            return _rule_column(p, self.costs, self.lam, only, self.skip)
+            return self.column(_Inputs(features, self.k_all, self.class_scale), only)
+        p = self.estimates(features, diagonal_only=self.rule == "quota")
         return _scores_from_estimates(self.scorer, p, self.skip)
+
+    def column(self, inputs, k: int) -> np.ndarray:
+        """``[N]`` stopping scores of exit ``k`` from prepared ``inputs`` (anything with
+        ``n``, ``num_exits`` and ``design(k)``, as :class:`_Inputs`): the offline column and
+        the online single-sample path (:class:`OnlineInputs`) both run this code."""
+        p = _estimates_prepared(self.exits, inputs, self.rule == "quota", k)
+        if self.rule == "quota":
+            return p[:, k, k]
+        return _rule_column(p, self.costs, self.lam, k, self.skip)
+
+
+class OnlineInputs:
+    """One sample's lookahead inputs, built exit by exit as the exits arrive (the online
+    path, :class:`eenet_cli.core.online.OnlineSample`): each exit's summaries are computed
+    once, with :class:`_Inputs`' arithmetic on that exit's float32 probabilities, and
+    :meth:`design` lays out exit k's inputs as :meth:`_Inputs.design` does. The row sits in a
+    block of :data:`ROWS` identical rows, so that its products run by the kernel a batch's
+    rows use."""
+
+    ROWS = 4
+    rows_alike = True  # every row of the block is the sample's
+    __slots__ = ("n", "num_exits", "class_scale", "summaries", "probs", "preds", "votes")
+
+    def __init__(self, class_scale: np.ndarray):
+        self.n = self.ROWS
+        self.class_scale = class_scale
+        self.reset()
+
+    def reset(self) -> None:
+        self.num_exits = 0
+        self.summaries: list = []  # per exit: [margin, log max-prob, entropy, relative margin]
+        self.probs: list = []  # per exit: its float32 probabilities
+        self.preds: list = []
+        self.votes: list = []
+
+    def add(self, p: np.ndarray, cls: int, ent: float, vote: float) -> None:
+        """Exit ``num_exits``'s float32 probabilities ``[C]``, prediction, entropy
+        confidence and vote measure (as the offline features hold them)."""
+        k = self.num_exits
+        c = p.shape[0]
+        if c >= 2:
+            second = np.partition(p, c - 2)[c - 2]
+            logs = _log(np.array([p[cls], second], dtype=np.float32))
+            margin = float(np.clip(logs[:1] - logs[1:], 0.0, MARGIN_CLIP)[0])
+            log_max = float(logs[0])
+        else:
+            margin, log_max = 0.0, float(_log(np.array([p[cls]], dtype=np.float32))[0])
+        rel = margin / float(self.class_scale[k, cls])
+        self.summaries += [margin, log_max, float(ent), rel]
+        self.probs.append(p.copy())
+        self.preds.append(int(cls))
+        self.votes.append(float(vote))
+        self.num_exits = k + 1
+
+    def design(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cls = self.preds[k]
+        row = self.summaries[: 4 * (k + 1)]
+        if k:
+            pp = _log(np.array([self.probs[i][cls] for i in range(k)], dtype=np.float32))
+            for i in range(k):
+                row += [1.0 if self.preds[i] == cls else 0.0, float(pp[i])]
+            row.append(self.votes[k])
+        x = np.empty((self.ROWS, len(row)), dtype=np.float64)
+        x[:] = row
+        return x, np.full(self.ROWS, cls, dtype=np.int64), np.full(self.ROWS, self.summaries[4 * k])
 
 
 def _estimates_prepared(exits: list[_Exit], inputs: _Inputs, diagonal_only: bool = False, only: int | None = None) -> np.ndarray:
@@ -435,7 +502,7 @@ def _estimates_prepared(exits: list[_Exit], inputs: _Inputs, diagonal_only: bool
         x, cls, m = inputs.design(k)
         e = exits[k]
         cols = [e.targets.index(k)] if diagonal_only else None
-        z = e.logits(x, cls, m, cols)
+        z = e.logits(x, cls, m, cols, rows_alike=getattr(inputs, "rows_alike", False))
         for i, j in enumerate(e.targets):
             if not diagonal_only or j == k:
                 out[:, k, j] = _expit(z[:, i])

@@ -17,7 +17,9 @@ Three ways in:
 At batch size 1 everything per exit is prepared once (weights as contiguous float64
 arrays, preallocated buffers for the softmax and for the scorer's inputs), so a decision
 is a few small numpy calls in place (about 15 for EENet, 5 for max-prob) and no
-allocation, concatenation or loop over classes. The arithmetic is the offline path's,
+allocation, concatenation or loop over classes. Lookahead keeps one sample's inputs
+as its exits arrive (:class:`~eenet_cli.core.lookahead.OnlineInputs`: each exit's
+summaries once) and scores exit k with the offline column code. The arithmetic is the offline path's,
 step for step: the float32 softmax and its entropy of
 :func:`~eenet_cli.core.measures.block_measures`, and, for EENet, the same BLAS kernels as
 :func:`~eenet_cli.core.eenet.eenet_forward` on a large batch: the sample's row sits
@@ -49,7 +51,7 @@ import numpy as np
 from eenet_cli.core.eenet import _sigmoid
 from eenet_cli.core.measures import block_measures, entropy_confidence
 
-_MAXPROB, _ENTROPY, _VOTE, _PATIENCE, _EENET = range(5)
+_MAXPROB, _ENTROPY, _VOTE, _PATIENCE, _EENET, _LOOKAHEAD = range(6)
 _CODES = {"maxprob": _MAXPROB, "entropy": _ENTROPY, "vote": _VOTE, "patience": _PATIENCE, "eenet": _EENET}
 
 _F32 = np.float32
@@ -213,6 +215,8 @@ class OnlinePolicy:
             from eenet_cli.core.lookahead import LookaheadScorer
 
             self.prepared = LookaheadScorer(policy["scorer"])
+            if self.prepared.measure is None and self.prepared.k_all == self.k:
+                self.code = _LOOKAHEAD  # one sample: each exit's inputs computed once (core.lookahead.OnlineInputs)
         self._pool: dict[bool, list] = {False: [], True: []}
         self._blocks: list | None = None  # EENet: block rows per exit, found on first use
 
@@ -354,7 +358,7 @@ class OnlineSample:
     __slots__ = (
         "policy", "probs", "exit", "prediction", "score",
         "_k", "_last_exit", "_code", "_thr", "_slope", "_bufs", "_counts", "_best", "_run", "_prev", "_util", "_hist",
-        "_compact", "_preds", "_qs",
+        "_compact", "_preds", "_qs", "_la",
     )
 
     def __init__(self, policy: OnlinePolicy, probs: bool = False):
@@ -367,6 +371,11 @@ class OnlineSample:
         self._slope = policy.slope
         self._compact = policy.compact_eenet
         self._bufs: _Buffers | None = None
+        self._la = None
+        if self._code == _LOOKAHEAD:
+            from eenet_cli.core.lookahead import OnlineInputs
+
+            self._la = OnlineInputs(policy.prepared.class_scale)
         self.reset()
 
     def reset(self) -> None:
@@ -382,6 +391,8 @@ class OnlineSample:
         self._hist: list | None = None
         self._preds: list = []  # compact EENet: every exit's prediction so far
         self._qs: list = []  # compact EENet: every exit's sigmoid utility so far, as [1] arrays
+        if self._la is not None:
+            self._la.reset()
 
     def step(self, scores) -> bool:
         """The next exit's scores ``[C]`` (logits, or probabilities if ``probs``): stop here?"""
@@ -423,6 +434,8 @@ class OnlineSample:
         self.prediction = cls
         if self._compact:
             self._preds.append(cls)
+        if code == _LOOKAHEAD:
+            return self._lookahead_step(j, p, cls, bufs, t)
         if j == last:
             self.score = None
             return True
@@ -483,6 +496,39 @@ class OnlineSample:
                     self._util = score = u4.item(0) + layer.bu
         self.score = score
         return t is not None and score >= t
+
+    def _entropy(self, p: np.ndarray, bufs: _Buffers) -> float:
+        """Entropy confidence of this exit, as measures.block_measures computes it (bufs
+        hold the softmax pass of :meth:`step`)."""
+        if self.probs:
+            return float(entropy_confidence(p[None, :])[0])
+        pz = bufs.pz
+        _multiply(p, bufs.z, pz)
+        plogp = float(_add_reduce(pz, 0, _F64)) - float(_log(float(bufs.total)))
+        ent = 1.0 + plogp / bufs.log_c
+        return 0.0 if ent < 0.0 else (1.0 if ent > 1.0 else ent)  # np.clip (NaN stays NaN)
+
+    def _lookahead_step(self, j: int, p: np.ndarray, cls: int, bufs: _Buffers, t: float | None) -> bool:
+        """Lookahead at exit ``j``: this exit's inputs are added to the sample's, then its
+        column is scored by the offline code (core.lookahead.LookaheadScorer.column)."""
+        if j == self._last_exit:
+            self.score = None
+            return True
+        counts = self._counts  # the vote measure, as for vote and EENet
+        n = counts.get(cls, 0) + 1
+        counts[cls] = n
+        if n > self._best:
+            self._best = n
+        la = self._la
+        la.add(p, cls, self._entropy(p, bufs), self._best / (j + 1))
+        if t is None:
+            # an exit switched off (or one that never stops): no decision here, the sample goes on
+            self.prediction = -1
+            self.score = None
+            return False
+        score = float(self.policy.prepared.column(la, j)[0])
+        self.score = score
+        return score >= t
 
     def _compact_score(self, j: int, p: np.ndarray, c: int, maxp: float, ent: float, votes: float) -> float:
         from eenet_cli.core.eenet import compact_exit_forward

@@ -30,6 +30,7 @@ MAX_TREES = 1000  # per forest
 MAX_NODES = 200_000  # per forest, all trees together
 MAX_DEPTH = 64
 MAX_CATEGORIES = 256  # scikit-learn's categorical splits take category codes below 256
+_ALL_NODES = 1 << 16  # rows x nodes at or below which every node's branch is decided up front
 
 
 class Forest:
@@ -37,7 +38,7 @@ class Forest:
     :meth:`raw` gives one column per forest, all trees descended together."""
 
     __slots__ = ("baselines", "roots", "feature", "threshold", "missing_left", "left", "right", "value",
-                 "depth", "cat_row", "cat_table", "num_trees", "bounds")
+                 "depth", "cat_row", "cat_table", "cat_nodes", "num_trees", "bounds")
 
     def __init__(self, forests: dict | list[dict], num_categories: int = MAX_CATEGORIES):
         forests = [forests] if isinstance(forests, dict) else list(forests)
@@ -80,6 +81,7 @@ class Forest:
             table[r, np.asarray(going_left, dtype=np.int64)] = True
             table[r, num_categories] = self.missing_left[node]
         self.cat_table = table
+        self.cat_nodes = np.asarray([node for node, _ in cats], dtype=np.int64)  # row r of the table is node cat_nodes[r]
 
     def raw(self, x: np.ndarray, category: np.ndarray | None = None) -> np.ndarray:
         """``[N, G]`` float64 raw scores (one column per forest) of rows ``x`` ``[N, D]``;
@@ -88,30 +90,59 @@ class Forest:
         g = len(self.bounds) - 1
         if self.num_trees == 0:
             return np.broadcast_to(self.baselines, (n, g)).copy()
-        node = np.broadcast_to(self.roots, (n, self.num_trees)).copy()
         rows = np.arange(n)[:, None]
         has_nan = bool(np.isnan(x).any())
         has_cat = self.cat_table.shape[0] > 0
         if has_cat:
             width = self.cat_table.shape[1] - 1
             cat = np.asarray(category, dtype=np.int64)
-            cat = np.broadcast_to(np.where((cat >= 0) & (cat < width), cat, width)[:, None], node.shape)
-        for _ in range(self.depth):
-            v = x[rows, self.feature[node]]
-            go = v <= self.threshold[node]
+            cat = np.where((cat >= 0) & (cat < width), cat, width)
+        m = self.feature.size
+        if n * m <= _ALL_NODES:
+            # few rows (the online path): every node's branch decided at once, then the descent
+            # is one gather per level; the same comparisons as below, so the same leaves
+            v = x[:, self.feature]
+            go = v <= self.threshold
             if has_nan:
-                go = np.where(np.isnan(v), self.missing_left[node], go)
+                go = np.where(np.isnan(v), self.missing_left, go)
             if has_cat:
-                r = self.cat_row[node]
-                go = np.where(r >= 0, self.cat_table[np.maximum(r, 0), cat], go)
-            node = np.where(go, self.left[node], self.right[node])
+                go[:, self.cat_nodes] = self.cat_table[:, cat].T
+            nxt = np.where(go, self.left, self.right)
+            node = nxt[:, self.roots]
+            for _ in range(self.depth - 1):
+                node = nxt[rows, node]
+        else:
+            node = np.broadcast_to(self.roots, (n, self.num_trees)).copy()
+            if has_cat:
+                cat = np.broadcast_to(cat[:, None], node.shape)
+            for _ in range(self.depth):
+                v = x[rows, self.feature[node]]
+                go = v <= self.threshold[node]
+                if has_nan:
+                    go = np.where(np.isnan(v), self.missing_left[node], go)
+                if has_cat:
+                    r = self.cat_row[node]
+                    go = np.where(r >= 0, self.cat_table[np.maximum(r, 0), cat], go)
+                node = np.where(go, self.left[node], self.right[node])
         leaves = self.value[node]
+        if n == 1:  # one row: the same sequential float64 sums, without the array calls
+            vals = leaves[0].tolist()
+            sums = []
+            for i in range(g):
+                total = float(self.baselines[i])
+                for v in vals[self.bounds[i] : self.bounds[i + 1]]:
+                    total += v
+                sums.append(total)
+            return np.array([sums])
         out = np.empty((n, g))
+        part = np.empty((n, self.num_trees + g))
         for i in range(g):
             a, b = self.bounds[i], self.bounds[i + 1]
             # the baseline first, then tree by tree, as scikit-learn accumulates them
-            part = np.concatenate([np.full((n, 1), self.baselines[i]), leaves[:, a:b]], axis=1)
-            out[:, i] = np.cumsum(part, axis=1)[:, -1]
+            seg = part[:, a + i : b + i + 1]
+            seg[:, 0] = self.baselines[i]
+            seg[:, 1:] = leaves[:, a:b]
+            out[:, i] = np.cumsum(seg, axis=1)[:, -1]
         return out
 
 
