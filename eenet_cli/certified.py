@@ -16,11 +16,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from eenet_cli.core.certify import Infeasible, calibrate, calibrate_columns, certify_policy, shift_grid, shifted_thresholds
+from eenet_cli.core.certify import Infeasible, _is_accept_all, calibrate, calibrate_columns, certify_policy, shift_grid, shifted_thresholds
 from eenet_cli.core.figures import validation_figures
 from eenet_cli.core.measures import ExitFeatures
 from eenet_cli.core.methods import METHODS, FitCache, fit_method
-from eenet_cli.core.policy import compute_scores
+from eenet_cli.core.policy import POLICY_TIE_BREAK_VERSION, TIE_BREAK_SCORERS, compute_scores
 from eenet_cli.core.thresholds import Ranking, apply_thresholds, fit_distribution
 from eenet_cli.errors import InputError, WorkFailed
 
@@ -117,6 +117,16 @@ def fit_certified(
         if caches is not None:
             caches[key] = cache
     policy = fit_method(method, cache, costs, base_budget, unit, seed=seed, hyper=hyper, progress=progress, learner=learner)
+    if policy["scorer"]["type"] in TIE_BREAK_SCORERS:
+        # patience's run lengths take K values, so its threshold shift would move the cost in
+        # K steps; with the max-prob tie-break it moves it continuously (same decisions at
+        # the fitted integer thresholds, core.policy.TIE_BREAKS)
+        policy["scorer"]["tie_break"] = "max_prob"
+        policy["version"] = POLICY_TIE_BREAK_VERSION  # an older eenet refuses it, rather than apply it as plain patience
+        if any(_is_accept_all(t) for t in policy["thresholds"][:-1]):
+            # patience 1 (stop at exit 1) is no threshold the shift can move: start from
+            # patience 2 (the shift reaches patience 1 and below, and above, continuously)
+            policy["thresholds"] = [2.0] * (costs.size - 1) + [None]
     if budget is None:
         # only loss limits: a family chosen on the fit rows, calibrated on the others (docs/certify.md)
         delta = None if confidence is None else 1.0 - confidence

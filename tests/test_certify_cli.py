@@ -95,13 +95,15 @@ def test_the_guarantee_holds_over_redrawn_splits(tmp_path, method):
     """On a synthetic population (10,000 rows), 25 redrawn halves x 2 budgets: the test cost
     of certified policies overruns the budget in at most δ of draws plus binomial slack
     (test cost is itself noisy, so this is stricter than the promise on expected cost),
-    and plain policies, which sit on the budget, overrun more often."""
+    and plain policies, which sit on the budget, overrun more often (plain patience sits
+    below it: a whole run length rarely lands on B)."""
     path = write_synthetic(tmp_path / "p.parquet", n=10_000, costs=(1.0, 2.0, 3.0, 4.0, 5.0), k=5)
     preds = load_predictions(str(path))
     (r,) = evaluate(preds, budgets=[2.0, 3.0], methods=[method], confidence=0.9, resplits=25)["resplits"]
     assert r["draws"] == 50 and r["overruns"] <= 12, r  # 0.1 * 50 = 5; the 99.9th percentile of Bin(50, 0.1) is 12
     (plain,) = evaluate(preds, budgets=[2.0, 3.0], methods=[method], resplits=25)["resplits"]
-    assert plain["overruns"] >= r["overruns"], (plain, r)
+    if method != "patience":  # PABEE's plain fit takes whole run lengths, so it sits below the budget, not on it
+        assert plain["overruns"] >= r["overruns"], (plain, r)
 
 
 def _one_threshold_ltt(feats, costs, eps: float, delta: float):

@@ -65,6 +65,15 @@ def validate_policy(doc: Any, source: str) -> None:
     from eenet_cli.core.policy import check_scorer
 
     check_scorer(scorer["type"], source=source)
+    if "tie_break" in scorer:
+        from eenet_cli.core.policy import TIE_BREAK_SCORERS, TIE_BREAKS
+
+        if scorer["type"] not in TIE_BREAK_SCORERS:
+            raise InputError(f"a {scorer['type']} scorer takes no tie_break (only {', '.join(TIE_BREAK_SCORERS)} does)",
+                             source=source, field="scorer.tie_break")
+        if scorer["tie_break"] not in TIE_BREAKS:
+            raise InputError(f"unknown tie_break {scorer['tie_break']!r}; expected one of {', '.join(TIE_BREAKS)}",
+                             source=source, field="scorer.tie_break")
     if scorer["type"] == "eenet":
         _validate_eenet_scorer(scorer, k, c, source)
     elif scorer["type"] == "lookahead":

@@ -181,6 +181,8 @@ class OnlinePolicy:
         # the single-sample path keeps None (an exit that never stops), as apply_thresholds does
         self._thr = [None if t is None else float(t) for t in thr[: self.k - 1]] + [None]
         self.slope = float(policy["scorer"].get("negative_slope", 0.01))
+        # patience with its max-prob tie-break (core.policy.TIE_BREAKS): run + max-prob / 2
+        self.tie_break = self.kind == "patience" and policy["scorer"].get("tie_break") == "max_prob"
         self.code = _CODES.get(self.kind, -1)
         self.layers = []
         self.num_classes: int | None = policy.get("num_classes")
@@ -334,6 +336,8 @@ class OnlinePolicy:
             # length of the run of equal predictions ending at exit j
             run = np.argmin(np.concatenate([same[:, ::-1], np.zeros((len(rows), 1), bool)], axis=1), axis=1)
             score = run.astype(np.float64)
+            if self.tie_break:
+                score = score + 0.5 * maxp
         elif j < self.k - 1 and self._thr[j] is None and self.prepared is not None:
             # an exit switched off (or one that never stops): no decision here, the sample goes on
             if state.history is None:
@@ -358,7 +362,7 @@ class OnlineSample:
     __slots__ = (
         "policy", "probs", "exit", "prediction", "score",
         "_k", "_last_exit", "_code", "_thr", "_slope", "_bufs", "_counts", "_best", "_run", "_prev", "_util", "_hist",
-        "_compact", "_preds", "_qs", "_la",
+        "_compact", "_preds", "_qs", "_la", "_tie",
     )
 
     def __init__(self, policy: OnlinePolicy, probs: bool = False):
@@ -370,6 +374,7 @@ class OnlineSample:
         self._thr = policy._thr
         self._slope = policy.slope
         self._compact = policy.compact_eenet
+        self._tie = policy.tie_break
         self._bufs: _Buffers | None = None
         self._la = None
         if self._code == _LOOKAHEAD:
@@ -446,7 +451,7 @@ class OnlineSample:
         elif code == _PATIENCE:
             self._run = run = self._run + 1 if self._prev == cls else 1
             self._prev = cls
-            score = float(run)
+            score = float(run) + 0.5 * maxp if self._tie else float(run)
         else:
             if code != _ENTROPY:  # vote and EENet: share of exits so far agreeing with the majority
                 counts = self._counts

@@ -44,6 +44,18 @@ def _lookahead(scorer: dict, f: ExitFeatures) -> np.ndarray:
     return lookahead_scores(scorer, f)
 
 
+#: Secondary measures that order samples *within* one level of an integer-valued score.
+#: Only ``patience`` takes one (``scorer.tie_break``): its score becomes run length +
+#: max-prob / 2, which keeps every integer threshold's decisions (a run of r scores in
+#: (r, r + 0.5]) but lets a threshold between two run lengths stop the more confident
+#: samples of the lower one. Certified patience policies use it, so that their threshold
+#: shift moves the cost continuously (docs/certify.md); PABEE's own fit does not.
+TIE_BREAKS: dict[str, Callable[[ExitFeatures], np.ndarray]] = {"max_prob": lambda f: f.max_prob}
+TIE_BREAK_SCALE = 0.5
+TIE_BREAK_SCORERS = ("patience",)
+POLICY_TIE_BREAK_VERSION = 2  # policy format version of a file whose scorer has a tie_break (docs/spec.md §2.4)
+
+
 @dataclass(frozen=True)
 class Scorer:
     """How one kind of policy scores each exit, and what the score is called.
@@ -61,7 +73,12 @@ class Scorer:
 
     def scores(self, scorer: dict, features: ExitFeatures) -> np.ndarray:
         """``[N, K]`` float64 stopping scores."""
-        return self.measure(features) if self.measure is not None else self.learned(scorer, features)
+        if self.measure is None:
+            return self.learned(scorer, features)
+        s = self.measure(features)
+        if scorer.get("tie_break") is not None:  # patience: run length + max-prob / 2 (TIE_BREAKS)
+            s = s + TIE_BREAK_SCALE * TIE_BREAKS[scorer["tie_break"]](features)
+        return s
 
 
 #: Every scorer a policy may name, the one list that policy validation, ``apply``, the
