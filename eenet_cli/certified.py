@@ -16,12 +16,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from eenet_cli.core.certify import Infeasible, _is_accept_all, calibrate, calibrate_columns, certify_policy, shift_grid, shifted_thresholds
+from eenet_cli.core.certify import Infeasible, calibrate, calibrate_columns, certify_policy, shift_grid, shifted_thresholds
 from eenet_cli.core.figures import validation_figures
 from eenet_cli.core.measures import ExitFeatures
 from eenet_cli.core.methods import METHODS, FitCache, fit_method
 from eenet_cli.core.policy import POLICY_TIE_BREAK_VERSION, TIE_BREAK_SCORERS, compute_scores
-from eenet_cli.core.thresholds import Ranking, apply_thresholds, fit_distribution
+from eenet_cli.core.thresholds import ACCEPT_ALL, Ranking, apply_thresholds, fit_distribution
 from eenet_cli.errors import InputError, WorkFailed
 
 BOUNDS = (
@@ -123,7 +123,7 @@ def fit_certified(
         # the fitted integer thresholds, core.policy.TIE_BREAKS)
         policy["scorer"]["tie_break"] = "max_prob"
         policy["version"] = POLICY_TIE_BREAK_VERSION  # an older eenet refuses it, rather than apply it as plain patience
-        if any(_is_accept_all(t) for t in policy["thresholds"][:-1]):
+        if any(t is not None and t <= ACCEPT_ALL for t in policy["thresholds"][:-1]):
             # patience 1 (stop at exit 1) is no threshold the shift can move: start from
             # patience 2 (the shift reaches patience 1 and below, and above, continuously)
             policy["thresholds"] = [2.0] * (costs.size - 1) + [None]

@@ -50,6 +50,7 @@ import numpy as np
 
 from eenet_cli.core.eenet import _sigmoid
 from eenet_cli.core.measures import block_measures, entropy_confidence
+from eenet_cli.core.policy import TIE_BREAK_SCALE
 
 _MAXPROB, _ENTROPY, _VOTE, _PATIENCE, _EENET, _LOOKAHEAD = range(6)
 _CODES = {"maxprob": _MAXPROB, "entropy": _ENTROPY, "vote": _VOTE, "patience": _PATIENCE, "eenet": _EENET}
@@ -337,7 +338,7 @@ class OnlinePolicy:
             run = np.argmin(np.concatenate([same[:, ::-1], np.zeros((len(rows), 1), bool)], axis=1), axis=1)
             score = run.astype(np.float64)
             if self.tie_break:
-                score = score + 0.5 * maxp
+                score = score + TIE_BREAK_SCALE * maxp
         elif j < self.k - 1 and self._thr[j] is None and self.prepared is not None:
             # an exit switched off (or one that never stops): no decision here, the sample goes on
             if state.history is None:
@@ -451,7 +452,7 @@ class OnlineSample:
         elif code == _PATIENCE:
             self._run = run = self._run + 1 if self._prev == cls else 1
             self._prev = cls
-            score = float(run) + 0.5 * maxp if self._tie else float(run)
+            score = float(run) + TIE_BREAK_SCALE * maxp if self._tie else float(run)
         else:
             if code != _ENTROPY:  # vote and EENet: share of exits so far agreeing with the majority
                 counts = self._counts
@@ -463,14 +464,7 @@ class OnlineSample:
             if code == _VOTE:
                 score = votes + maxp / (self._k + 1)
             else:
-                if self.probs:
-                    ent = float(entropy_confidence(p[None, :])[0])
-                else:  # sum p log p = sum p (z - max z) - log sum exp(z - max z)
-                    pz = bufs.pz
-                    _multiply(p, z, pz)
-                    plogp = float(_add_reduce(pz, 0, _F64)) - float(_log(float(total)))
-                    ent = 1.0 + plogp / bufs.log_c
-                    ent = 0.0 if ent < 0.0 else (1.0 if ent > 1.0 else ent)  # np.clip (NaN stays NaN)
+                ent = self._entropy(p, bufs)
                 if code == _ENTROPY:
                     score = ent
                 elif self._compact:  # EENet's compact scorer: core.eenet.compact_exit_forward for one row
@@ -507,6 +501,7 @@ class OnlineSample:
         hold the softmax pass of :meth:`step`)."""
         if self.probs:
             return float(entropy_confidence(p[None, :])[0])
+        # sum p log p = sum p (z - max z) - log sum exp(z - max z)
         pz = bufs.pz
         _multiply(p, bufs.z, pz)
         plogp = float(_add_reduce(pz, 0, _F64)) - float(_log(float(bufs.total)))
