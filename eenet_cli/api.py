@@ -209,8 +209,12 @@ def fit_policy(
     max_disagreement: float | None = None,
     deploy_batch: int | None = None,
     calibration_share: float | None = None,
+    outputs: str = "own",
 ) -> dict:
     """Fit a policy for ``budget`` on the validation rows; returns the policy dict (docs/spec.md §2.4).
+
+    ``outputs`` (``own``, ``combined`` or ``auto``) lets exits predict with a combination of
+    the exits so far (:mod:`eenet_cli.core.outputs`); the policy then carries it.
 
     With ``confidence`` (e.g. 0.9) the policy is certified (docs/certify.md): fitted on part
     of the validation rows, its thresholds shifted on the rest so that its expected cost on
@@ -238,6 +242,15 @@ def fit_policy(
     elif max_drop is not None or b is not None:
         _require_labels(val, "fit")
     feats = features if features is not None else val.features()
+    block = None
+    if outputs != "own":
+        from eenet_cli.core.outputs import combine, fit_outputs
+
+        if certified:
+            raise InputError("combined exit outputs are not certified yet; fit with --outputs own", field="--outputs")
+        _require_labels(val, "fit")
+        block = fit_outputs(feats, outputs, seed=seed)
+        feats = combine(feats, block)
     if certified:
         from eenet_cli.certified import check_level, fit_certified
 
@@ -258,6 +271,10 @@ def fit_policy(
             method, FitCache(feats), cost.values, b, cost.unit, seed=seed, hyper=hyper, progress=progress,
             learner=_learner_for([method]),
         )
+    if block is not None:
+        from eenet_cli.core.evaluate import attach_outputs
+
+        attach_outputs(policy, block)
     policy["costs"] = cost.brief()
     policy.setdefault("training", {})
     policy["training"] = {"seed": seed, **policy["training"]}
@@ -332,6 +349,7 @@ def evaluate(
     confidence: float | None = None,
     resplits: int = 0,
     note: Callable[[str], None] | None = None,
+    outputs: str = "own",
 ) -> dict:
     """Accuracy vs budget for each method (docs/spec.md §2.5); returns the results document.
 
@@ -361,10 +379,12 @@ def evaluate(
 
             print(left_out, file=sys.stderr)
     learner = _learner_for(methods)
+    if outputs != "own" and confidence is not None:
+        raise InputError("combined exit outputs are not certified yet; evaluate with --outputs own", field="--outputs")
     fitter = _certified_fitter(cost, confidence, seed, hyper, learner) if confidence is not None else None
     records, _ = evaluate_features(
         val, tst, cost.values, cost.unit, values, methods, seed=seed, hyper=hyper, on_step=on_step,
-        learner=learner, fitter=fitter,
+        learner=learner, fitter=fitter, outputs=outputs,
     )
     return {
         "format": "results",
@@ -380,6 +400,7 @@ def evaluate(
         "seed": seed,
         **({"eenet_inputs": getattr(hyper, "inputs", "compact") if hyper is not None else "compact"}
            if any(m.startswith("eenet") for m in methods) else {}),
+        **({"outputs": outputs} if outputs != "own" else {}),
         **({"confidence": confidence} if confidence is not None else {}),
         **({"resplits": resplit_check(val, tst, cost, values, methods, confidence, resplits, seed, hyper, learner)} if resplits else {}),
         "results": records,

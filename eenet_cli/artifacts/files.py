@@ -33,7 +33,7 @@ MAX_JSON_BYTES = 256 * 1024 * 1024
 MAX_JSON_DEPTH = 64  # nesting of arrays and objects; eenet's own artifacts need 6
 MAX_COST = 1e100  # a cost or budget above this is refused: averages over many samples must stay finite
 
-SUPPORTED_VERSIONS = {"predictions": 1, "costs": 1, "policy": 2, "results": 1}
+SUPPORTED_VERSIONS = {"predictions": 1, "costs": 1, "policy": 3, "results": 1}
 
 
 # --------------------------------------------------------------------------- helpers

@@ -13,7 +13,7 @@ from eenet_cli.errors import InputError
 
 POLICY_KEYS = {
     "format", "version", "method", "num_exits", "num_classes", "budget", "costs", "thresholds",
-    "exit_distribution", "scorer", "validation", "training", "provenance", "threshold_fit", "certificate",
+    "exit_distribution", "scorer", "validation", "training", "provenance", "threshold_fit", "certificate", "outputs",
 }
 
 
@@ -82,6 +82,12 @@ def validate_policy(doc: Any, source: str) -> None:
         problem = validate_lookahead_scorer(scorer, k, c)
         if problem:
             raise InputError(problem, source=source, field="scorer")
+    if doc.get("outputs") is not None:
+        from eenet_cli.core.outputs import validate_outputs
+
+        problem = validate_outputs(doc["outputs"], k)
+        if problem:
+            raise InputError(problem, source=source, field="outputs")
     budget = doc.get("budget")
     if budget is not None:
         value = budget.get("value") if isinstance(budget, dict) else None

@@ -14,7 +14,9 @@ from eenet_cli.commands.options import (
     EENetInputsOpt,
     JsonOpt,
     OutputOpt,
+    OutputsOpt,
     QuietOpt,
+    check_outputs,
     check_seed,
     eenet_hyper,
     parse_share,
@@ -40,12 +42,18 @@ split default to the stored file's; a file made from other predictions, another 
 unit or another number of exits or classes is refused unless --check-other-inputs is
 given. A failed check writes nothing.
 
+With --outputs combined (or auto) the learned methods may predict with a weighted
+geometric mean of exits 1..k (docs/outputs.md); the baselines keep the model's own
+outputs, and the oracle counts a sample right where either output is, so it stays a
+ceiling. Each record says which outputs it used.
+
 Examples:
 
 \b
   eenet evaluate sample_data/digits.parquet --methods maxprob,oracle --budgets 50%,75%
   eenet evaluate sample_data/digits.parquet --budgets 0.5ms:1.5ms:0.5ms -o results.json
   eenet evaluate sample_data/digits.parquet --check results.json --tolerance 0.005
+  eenet evaluate sample_data/digits.parquet --methods maxprob,lookahead,oracle --outputs auto
 """
 
 
@@ -109,6 +117,7 @@ def check_settings(expected: dict, source: str) -> dict:
     if expected.get("val_fraction") is not None:
         out["val_fraction"] = float(expected["val_fraction"])
     out["eenet_inputs"] = expected.get("eenet_inputs", "full") if isinstance(expected.get("eenet_inputs", "full"), str) else "full"
+    out["outputs"] = expected.get("outputs", "own") if isinstance(expected.get("outputs", "own"), str) else "own"
     return out
 
 
@@ -188,6 +197,7 @@ def evaluate_command(
     resplits: Annotated[int, typer.Option("--resplits", help="Redraw the validation/test split N times and report how often each method's test cost overran the budget (certified with --confidence).")] = 0,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed, 0 to 2**32-1 (default 0, or the --check file's).", show_default=False)] = None,
     eenet_inputs: EENetInputsOpt = None,
+    outputs: OutputsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     from eenet_cli import api
@@ -237,6 +247,8 @@ def evaluate_command(
                         "--eenet-inputs" if eenet_inputs is not None else f"{check} (eenet_inputs)")
     if val_fraction is None:
         val_fraction = settings.get("val_fraction")
+    outputs_mode = check_outputs(outputs if outputs is not None else settings.get("outputs"),
+                                 "--outputs" if outputs is not None else f"{check} (outputs)")
     with progress_bar("evaluating", len(budget_values) * len(method_list), quiet) as update:
         doc = api.evaluate(
             preds,
@@ -250,6 +262,7 @@ def evaluate_command(
             on_step=lambda m, b: update(1),
             confidence=parse_share(confidence, "--confidence"),
             resplits=resplits,
+            outputs=outputs_mode,
         )
     problems = check_regressions(doc, expected, tolerance) if expected is not None else []
     console = streams.view_console()

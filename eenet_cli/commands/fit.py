@@ -13,9 +13,11 @@ from eenet_cli.commands.options import (
     CostsOpt,
     EENetInputsOpt,
     OutputOpt,
+    OutputsOpt,
     QuietOpt,
     SeedOpt,
     certificate_line,
+    check_outputs,
     check_seed,
     eenet_hyper,
     parse_share,
@@ -40,6 +42,11 @@ EENet's scorer reads a few measures per exit by default (--eenet-inputs compact:
 does not grow with the number of classes and it runs on compact predictions); --eenet-inputs
 full is the paper's scorer on every class probability.
 
+With --outputs combined (or auto) exit k may predict with a weighted geometric mean of
+the class probabilities of exits 1..k, weights fitted on validation (auto: only where
+held-out folds show it is more accurate); the policy carries the weights, and applying it
+needs the full score vectors (docs/outputs.md).
+
 Budgets: 6ms, 250us, 1.5s, 2GFLOPs, 60% (of the full model's cost), or a bare number in
 the costs' unit. A budget under the first exit's cost is an error.
 
@@ -51,6 +58,7 @@ Examples:
   eenet fit sample_data/digits.parquet --budget 1ms --costs sample_data/digits_costs.json --method lookahead -o policy.json
   eenet fit sample_data/digits.parquet --budget 60% --method maxprob --confidence 0.9 -o certified.json
   eenet fit sample_data/digits.parquet --budget 60% --eenet-inputs full -o paper.json
+  eenet fit sample_data/digits.parquet --budget 60% --method lookahead --outputs auto -o pooled.json
 
 With --confidence 0.9 the policy's expected cost on new data from the same distribution
 is at most the budget with probability 0.9 (and its accuracy drop at most --max-drop):
@@ -68,6 +76,7 @@ def fit_command(
     output: OutputOpt = None,
     seed: SeedOpt = 0,
     eenet_inputs: EENetInputsOpt = None,
+    outputs: OutputsOpt = None,
     confidence: ConfidenceOpt = None,
     max_drop: Annotated[Optional[str], typer.Option("--max-drop", help="Largest accuracy drop against the last exit, e.g. 1% or 0.01: the cheapest policy within it (certified with --confidence).", show_default=False)] = None,
     max_disagreement: Annotated[Optional[str], typer.Option("--max-disagreement", help="Largest share of predictions that differ from the last exit's (needs no labels), e.g. 2%.", show_default=False)] = None,
@@ -85,6 +94,7 @@ def fit_command(
     check_method(method, POLICY_METHODS)
     check_seed(seed)
     hyper = eenet_hyper(eenet_inputs)
+    outputs_mode = check_outputs(outputs)
     streams = plan_streams(
         output, what="policy", terminal_view=False, quiet=quiet, inputs=[("predictions", predictions), ("costs file", costs)]
     )
@@ -111,6 +121,7 @@ def fit_command(
         policy = api.fit_policy(
             preds, b, method=method, costs=cost, seed=seed, hyper=hyper, progress=progress, confidence=conf, max_drop=drop,
             max_disagreement=disagree, deploy_batch=deploy_batch, calibration_share=calibration_share,
+            outputs=outputs_mode,
         )
     seconds = time.perf_counter() - start
     if record_time:

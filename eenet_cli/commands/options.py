@@ -43,6 +43,29 @@ EENetInputsOpt = Annotated[
     ),
 ]
 
+OutputsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--outputs",
+        help="What each exit predicts with: own (the model's heads, default), combined (exits 2..K pool the "
+        "log-probabilities of the exits so far, weights fitted on validation) or auto (combined where held-out "
+        "folds show it is more accurate); full predictions only (docs/outputs.md).",
+        show_default=False,
+    ),
+]
+
+
+def check_outputs(outputs: str | None, field: str = "--outputs") -> str:
+    """``own``, ``combined`` or ``auto`` (None: own), or one line naming them."""
+    from eenet_cli.core.outputs import MODES
+    from eenet_cli.errors import InputError
+
+    if outputs is None:
+        return "own"
+    if outputs not in MODES:
+        raise InputError(f"expected one of {', '.join(MODES)}, got {outputs!r}", field=field)
+    return outputs
+
 
 def eenet_hyper(inputs: str | None, field: str = "--eenet-inputs"):
     """EENet's training settings for ``--eenet-inputs`` (None: the defaults)."""

@@ -240,14 +240,14 @@ def _policy_figure(kind: str, policy_path: str, preds_path: str, *, title, split
 
     from eenet_cli import api, plotting
     from eenet_cli.artifacts.policy import read_policy
-    from eenet_cli.core.policy import compute_scores
+    from eenet_cli.core.policy import compute_scores, policy_features
     from eenet_cli.core.thresholds import apply_thresholds
 
     policy = read_policy(policy_path)
     preds = api.load_predictions(preds_path)
     api.check_policy_fits(policy, preds, source=policy_path)
     preds, which = _select_rows(preds, split)
-    feats = preds.features()
+    feats = policy_features(policy, preds.features())
     scores = np.asarray(compute_scores(policy["scorer"], feats), dtype=np.float64)
     thresholds = policy["thresholds"]
     exits = apply_thresholds(scores, thresholds)

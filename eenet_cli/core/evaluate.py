@@ -12,6 +12,7 @@ from eenet_cli.core.methods import FitCache, fit_method
 from eenet_cli.core.oracle import oracle
 from eenet_cli.core.policy import apply_to_features
 from eenet_cli.core.thresholds import realised_cost, within_budget
+from eenet_cli.errors import InputError
 
 
 def _record(method: str, budget: float, unit: str, test: dict, val: dict, extra: dict | None = None) -> dict:
@@ -45,14 +46,26 @@ def test_figures(policy: dict, features: ExitFeatures, costs: np.ndarray) -> dic
     }
 
 
-def _oracle_figures(features: ExitFeatures, costs: np.ndarray, budget: float) -> dict:
-    r = oracle(features.correct, costs, budget)
+def _oracle_figures(correct: np.ndarray, costs: np.ndarray, budget: float) -> dict:
+    r = oracle(correct, costs, budget)
+    n, k = correct.shape
     return {
         "accuracy": r.accuracy,
         "avg_cost": r.avg_cost,
-        "n": int(features.num_samples),
-        "exit_fractions": (np.bincount(r.exits, minlength=features.num_exits) / max(features.num_samples, 1)).tolist(),
+        "n": int(n),
+        "exit_fractions": (np.bincount(r.exits, minlength=k) / max(n, 1)).tolist(),
     }
+
+
+def attach_outputs(policy: dict, block: dict | None) -> dict:
+    """Put the combined-outputs block in a policy fitted on the combined features (the
+    policy format version that carries it, docs/spec.md §2.4)."""
+    from eenet_cli.core.policy import POLICY_OUTPUTS_VERSION
+
+    if block is not None:
+        policy["outputs"] = block
+        policy["version"] = max(int(policy.get("version", 1)), POLICY_OUTPUTS_VERSION)
+    return policy
 
 
 def evaluate_features(
@@ -69,6 +82,7 @@ def evaluate_features(
     keep_policies: bool = False,
     learner: Learner | None = None,
     fitter: Callable | None = None,
+    outputs: str = "own",
 ) -> tuple[list[dict], list[dict]]:
     """One record per (method, budget), methods in the given order within each budget.
 
@@ -77,21 +91,46 @@ def evaluate_features(
     ``fitter(method, cache, budget)`` replaces the plain fit (``evaluate --confidence``
     passes the certified one); a policy with a ``certificate`` adds its cost bound to the
     record, and the test figures of the same fit before its calibration (``uncertified_*``).
+
+    ``outputs`` (``own``, ``combined`` or ``auto``, :mod:`eenet_cli.core.outputs`) lets the
+    learned methods predict with combined exit outputs, fitted once on the validation rows;
+    the baselines keep the model's own outputs, and the oracle then knows a sample right
+    where either output is right, so that it stays a ceiling for every method. Each record
+    says which outputs it used (``outputs``).
     """
+    from eenet_cli.core.methods import METHODS
+    from eenet_cli.core.outputs import MODES, combine, describe, fit_outputs
+
+    if outputs not in MODES:
+        raise InputError(f"unknown outputs {outputs!r}; expected one of {', '.join(MODES)}", field="--outputs")
     costs = np.asarray(costs, dtype=np.float64)
     cache = FitCache(val)
+    block = fit_outputs(val, outputs, seed=seed) if outputs != "own" and any(
+        METHODS[m].family == "learned" for m in methods if m in METHODS) else None
+    if block is not None:
+        val_c, test_c = combine(val, block), combine(test, block)
+        cache_c = FitCache(val_c)
+        oracle_val = val.correct | val_c.correct
+        oracle_test = test.correct | test_c.correct
+    else:
+        oracle_val, oracle_test = val.correct, test.correct
+    used = describe(block)
     records: list[dict] = []
     policies: list[dict] = []
     for budget in budgets:
         for method in methods:
             if method == "oracle":
-                records.append(_record("oracle", budget, unit, _oracle_figures(test, costs, budget), _oracle_figures(val, costs, budget)))
+                extra = {"outputs": "own" if block is None else "own or " + used}
+                records.append(_record("oracle", budget, unit, _oracle_figures(oracle_test, costs, budget),
+                                       _oracle_figures(oracle_val, costs, budget), extra))
             else:
+                combined = block is not None and METHODS[method].family == "learned"
+                fit_cache, fit_test = (cache_c, test_c) if combined else (cache, test)
                 if fitter is not None:
-                    policy = fitter(method, cache, budget)
+                    policy = fitter(method, fit_cache, budget)
                 else:
-                    policy = fit_method(method, cache, costs, budget, unit, seed=seed, hyper=hyper, learner=learner)
-                extra = {}
+                    policy = fit_method(method, fit_cache, costs, budget, unit, seed=seed, hyper=hyper, learner=learner)
+                extra = {"outputs": used if combined else "own"}
                 if method == "patience":
                     extra["patience"] = policy["threshold_fit"]["patience"]
                 cert = policy.get("certificate")
@@ -100,11 +139,13 @@ def evaluate_features(
                     extra["certified_cost_bound"] = cert["guarantees"][0]["upper_bound"]
                     before = policy.get("threshold_fit", {}).get("uncalibrated_thresholds")
                     if before is not None:  # the same fit before its calibration: the uncertified figures
-                        plain = test_figures({**policy, "thresholds": before}, test, costs)
+                        plain = test_figures({**policy, "thresholds": before}, fit_test, costs)
                         extra["uncertified_accuracy"] = plain["accuracy"]
                         extra["uncertified_avg_cost"] = plain["avg_cost"]
                         extra["uncertified_budget_met"] = within_budget(plain["avg_cost"], budget)
-                records.append(_record(method, budget, unit, test_figures(policy, test, costs), policy["validation"], extra))
+                records.append(_record(method, budget, unit, test_figures(policy, fit_test, costs), policy["validation"], extra))
+                if combined:
+                    attach_outputs(policy, block)
                 if keep_policies:
                     policies.append(policy)
             if on_step:

@@ -80,6 +80,7 @@ class OnlineState:
     qhat: np.ndarray  # [B, K] float64 sigmoid utilities (EENet only)
     maxp: np.ndarray  # [B, K] float64 max-prob (vote tie-break)
     history: np.ndarray | None = None  # [B, K, C] scores seen, for scorers without a fast path
+    logp: np.ndarray | None = None  # [B, K, C] float64 log-probabilities seen (combined outputs only)
 
 
 _BLOCKS = (2, 4, 8, 16, 32, 64)  # rows of the blocks tried for the hidden layer and the utility
@@ -222,6 +223,26 @@ class OnlinePolicy:
                 self.code = _LOOKAHEAD  # one sample: each exit's inputs computed once (core.lookahead.OnlineInputs)
         self._pool: dict[bool, list] = {False: [], True: []}
         self._blocks: list | None = None  # EENet: block rows per exit, found on first use
+        # combined exit outputs (core.outputs): exit j's scores are replaced, before anything
+        # else reads them, by the pooled log-probabilities of exits 0..j, as offline
+        block = policy.get("outputs")
+        self.outputs: list | None = None
+        if block and any(e is not None for e in block["exits"]):
+            self.outputs = [None if e is None else [float(w) for w in e["weights"]] for e in block["exits"]]
+
+    def combined(self, j: int, scores: np.ndarray, seen: list, probs: bool) -> np.ndarray:
+        """Exit ``j``'s scores ``[b, C]`` as the policy's outputs say: appends this exit's
+        log-probabilities to ``seen`` (one ``[b, C]`` array per exit so far) and returns the
+        pooled scores (or ``scores`` unchanged where exit j keeps its own output)."""
+        from eenet_cli.core.outputs import as_kind, log_probs, pooled
+
+        kind = "probs" if probs else "logits"
+        seen.append(log_probs(scores, kind))
+        w = self.outputs[j]
+        if w is None:
+            return scores
+        dtype = scores.dtype if scores.dtype.kind == "f" else np.float32
+        return as_kind(pooled(seen[: j + 1], w), kind, dtype)
 
     # ------------------------------------------------------------------ one sample
 
@@ -310,6 +331,13 @@ class OnlinePolicy:
         Returns ``(stop [b] bool, prediction [b], score [b])``.
         """
         rows = np.arange(logits.shape[0]) if rows is None else rows
+        if self.outputs is not None:
+            logits = np.asarray(logits)
+            if state.logp is None:
+                state.logp = np.zeros((state.preds.shape[0], self.k, logits.shape[-1]), dtype=np.float64)
+            seen = [state.logp[rows, i] for i in range(j)]
+            logits = self.combined(j, logits, seen, probs)
+            state.logp[rows, j] = seen[-1]
         p, pred, maxp, ent = block_measures(np.asarray(logits), "probs" if probs else "logits")
         state.preds[rows, j] = pred
         state.maxp[rows, j] = maxp
@@ -363,7 +391,7 @@ class OnlineSample:
     __slots__ = (
         "policy", "probs", "exit", "prediction", "score",
         "_k", "_last_exit", "_code", "_thr", "_slope", "_bufs", "_counts", "_best", "_run", "_prev", "_util", "_hist",
-        "_compact", "_preds", "_qs", "_la", "_tie",
+        "_compact", "_preds", "_qs", "_la", "_tie", "_lp",
     )
 
     def __init__(self, policy: OnlinePolicy, probs: bool = False):
@@ -397,6 +425,7 @@ class OnlineSample:
         self._hist: list | None = None
         self._preds: list = []  # compact EENet: every exit's prediction so far
         self._qs: list = []  # compact EENet: every exit's sigmoid utility so far, as [1] arrays
+        self._lp: list = []  # combined outputs: every exit's log-probabilities so far, as [1, C] arrays
         if self._la is not None:
             self._la.reset()
 
@@ -408,6 +437,9 @@ class OnlineSample:
             raise ValueError(f"all {self._k} exits have been decided; reset() starts a new sample")
         self.exit = j
         code = self._code
+        if self.policy.outputs is not None:
+            arr = np.asarray(scores)
+            scores = self.policy.combined(j, arr[None] if arr.ndim == 1 else arr, self._lp, self.probs)[0]
         if code < 0:
             return self._step_generic(j, scores)
         t = self._thr[j]

@@ -54,6 +54,7 @@ TIE_BREAKS: dict[str, Callable[[ExitFeatures], np.ndarray]] = {"max_prob": lambd
 TIE_BREAK_SCALE = 0.5
 TIE_BREAK_SCORERS = ("patience",)
 POLICY_TIE_BREAK_VERSION = 2  # policy format version of a file whose scorer has a tie_break (docs/spec.md §2.4)
+POLICY_OUTPUTS_VERSION = 3  # policy format version of a file with combined exit outputs (docs/spec.md §2.4)
 
 
 @dataclass(frozen=True)
@@ -140,8 +141,19 @@ class Applied:
         return (np.bincount(self.exits, minlength=num_exits) / n).tolist()
 
 
+def policy_features(policy: dict, features: ExitFeatures) -> ExitFeatures:
+    """The features the policy decides on: the predictions' own, or with the exits its
+    ``outputs`` block combines (:mod:`eenet_cli.core.outputs`) rebuilt."""
+    if policy.get("outputs") is None:
+        return features
+    from eenet_cli.core.outputs import combine
+
+    return combine(features, policy["outputs"])
+
+
 def apply_to_features(policy: dict, features: ExitFeatures) -> Applied:
-    """Run a policy over precomputed features."""
+    """Run a policy over precomputed features (with its combined outputs, if it has any)."""
+    features = policy_features(policy, features)
     scores = compute_scores(policy["scorer"], features)
     exits = apply_thresholds(scores, policy["thresholds"])
     rows = np.arange(features.num_samples)
