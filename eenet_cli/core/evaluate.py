@@ -120,7 +120,7 @@ def evaluate_features(
     for budget in budgets:
         for method in methods:
             if method == "oracle":
-                extra = {"outputs": "own" if block is None else "own or " + used}
+                extra = {} if outputs == "own" else {"outputs": "own" if block is None else "own or " + used}
                 records.append(_record("oracle", budget, unit, _oracle_figures(oracle_test, costs, budget),
                                        _oracle_figures(oracle_val, costs, budget), extra))
             else:
@@ -130,7 +130,7 @@ def evaluate_features(
                     policy = fitter(method, fit_cache, budget)
                 else:
                     policy = fit_method(method, fit_cache, costs, budget, unit, seed=seed, hyper=hyper, learner=learner)
-                extra = {"outputs": used if combined else "own"}
+                extra = {} if outputs == "own" else {"outputs": used if combined else "own"}
                 if method == "patience":
                     extra["patience"] = policy["threshold_fit"]["patience"]
                 cert = policy.get("certificate")

@@ -203,7 +203,7 @@ def _budget_cases() -> list[Case]:
 def _policy_cases() -> list[Case]:
     p = "in/policy_{}.json".format
     return [
-        _apply("policy_version_3", p("v3"), expect=(p("v3"), "version", "version 2", "upgrade"), existing=True),
+        _apply("policy_version_4", p("v4"), expect=(p("v4"), "version", "version 3", "upgrade"), existing=True),
         _apply("policy_version_0", p("v0"), expect=(p("v0"), "version", "0")),
         _apply("policy_other_k", p("k4"), expect=(p("k4"), "num_exits", "4 exits", "3")),
         _apply("policy_other_c", p("c7"), expect=(p("c7"), "num_classes", "7 classes", "5")),
@@ -329,7 +329,7 @@ def _export_cases() -> list[Case]:
     return [
         _export("export_no_such_policy", "digits-cnn", "in/no_such_policy.json", expect=("in/no_such_policy.json", "no such file")),
         _export("export_policy_other_k", "digits-cnn", POLICY, expect=(POLICY, "4")),
-        _export("export_policy_version_3", "digits-cnn", m("policy_v3.json"), expect=(m("policy_v3.json"), "version", "upgrade")),
+        _export("export_policy_version_4", "digits-cnn", m("policy_v4.json"), expect=(m("policy_v4.json"), "version", "upgrade")),
         _export("export_weights_malicious_pickle", "digits-cnn", DIGITS_POLICY, "--weights", m("payload.pt"),
                 expect=(m("payload.pt"), "weights_only=True")),
         _export("export_unknown_builtin", "resnet9000", DIGITS_POLICY, expect=("resnet9000", "unknown model")),
@@ -384,8 +384,8 @@ def _model_cases() -> list[Case]:
         _profile("profile_input_shape", "digits-cnn", "--input-shape", "three,32", expect=("--input-shape", "3,32,32")),
         _profile("profile_policy_without_data", "digits-cnn", "--policy", POLICY, expect=("--policy", "--data")),
         _profile("profile_policy_other_k", "digits-cnn", "--policy", POLICY, "--data", TINY, expect=(POLICY, "4")),
-        _profile("profile_policy_version_3", "digits-cnn", "--policy", m("policy_v3.json"), "--data", TINY,
-                 expect=(m("policy_v3.json"), "version", "upgrade")),
+        _profile("profile_policy_version_4", "digits-cnn", "--policy", m("policy_v4.json"), "--data", TINY,
+                 expect=(m("policy_v4.json"), "version", "upgrade")),
         _profile("profile_weights_malicious_pickle", "digits-cnn", "--weights", m("payload.pt"), expect=(m("payload.pt"), "weights_only=True")),
     ]
 
@@ -585,7 +585,7 @@ def _policy_inputs(d: Path, policy: dict) -> None:
         change(doc)
         _json(d / f"policy_{name}.json", doc, allow_nan=allow_nan)
 
-    put("v3", lambda p: p.update(version=3))
+    put("v4", lambda p: p.update(version=4))
     put("v0", lambda p: p.update(version=0))
     put("k4", lambda p: p.update(num_exits=4, thresholds=[0.5, 0.5, 0.5, None],
                                  costs={"unit": "ms", "costs": [1.0, 2.0, 3.0, 4.0]}))
@@ -667,15 +667,15 @@ def _bundle_inputs(d: Path) -> None:
     (d / "model_not_a_bundle.eenet").write_bytes(b"not a zip at all\n")
 
 
-def _digits_policy_v3(d: Path) -> None:
-    """A policy that fits digits-cnn (4 exits, 10 classes), but of version 3."""
+def _digits_policy_v4(d: Path) -> None:
+    """A policy that fits digits-cnn (4 exits, 10 classes), but of version 4."""
     from eenet_cli import api
     from eenet_cli.synthetic import make_predictions
 
     s = make_predictions(300, 4, 10, seed=1, costs=[1.0, 2.0, 3.0, 4.0])
     preds = api.predictions_from_arrays(s.logits, s.labels, split=s.split, costs=s.costs)
     policy = api.fit_policy(preds, "2ms", method="maxprob")
-    _json(d / "model_policy_v3.json", {**policy, "version": 3})
+    _json(d / "model_policy_v4.json", {**policy, "version": 4})
     _json(d / "model_digits_policy.json", policy)
 
 
@@ -699,7 +699,7 @@ def build(root: Path, cases: list[Case] = CASES) -> None:
     _results_inputs(d, results)
     if any(c.command in ("dump", "profile", "export") for c in cases):
         _model_inputs(d)
-        _digits_policy_v3(d)
+        _digits_policy_v4(d)
         _bundle_inputs(d)
     for c in cases:
         (root / "out" / c.id).mkdir(parents=True, exist_ok=True)
