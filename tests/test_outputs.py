@@ -41,7 +41,7 @@ def preds_of(logits, y, split):
 def test_weights_minimise_the_log_loss_as_torch_does():
     logits, y, _ = noisy_exits(n=1500, k=3)
     lp = log_probs(logits, "logits")
-    w = _fit_weights(lp, y)
+    w = _fit_weights(np.ascontiguousarray(lp.transpose(1, 0, 2)), y)
     assert w.shape == (3,) and (w >= 0).all()
 
     def nll(weights):

@@ -13,7 +13,7 @@ minimising the log loss (projected Newton, float64). Which exits use it:
 - ``own``: none (the model's own heads; no ``outputs`` block in the policy);
 - ``combined``: every exit after the first;
 - ``auto``: an exit whose combination beats its own head on held-out folds of the
-  validation rows (5 folds: weights fitted on 4, hits counted on the fifth) by more than
+  validation rows (3 folds: weights fitted on 2, hits counted on the third) by more than
   :data:`GUARD` standard errors of the paired difference.
 
 The policy carries the weights (docs/spec.md §2.4, ``outputs``); applying it needs numpy
@@ -43,9 +43,9 @@ OUTPUTS_TYPE = "geometric"
 OUTPUTS_VERSION = 1
 MODES = ("own", "combined", "auto")
 LOG_FLOOR = -50.0  # log-probabilities are floored here (a probability of 0 stays finite)
-FOLDS = 5
+FOLDS = 3
 GUARD = 1.0  # standard errors of the paired held-out difference a combination must win by
-MAX_FIT_ELEMENTS = 20_000_000  # rows x exits x classes one weight fit holds at most (seeded row sample beyond)
+MAX_FIT_ELEMENTS = 8_000_000  # rows x exits x classes one weight fit holds at most (seeded row sample beyond)
 NEWTON_STEPS = 50
 RIDGE = 1e-8  # per row, on the Newton system only (keeps it solvable when exits agree exactly)
 _CHUNK_ELEMENTS = 4_000_000
@@ -129,34 +129,40 @@ def union_correct(features: ExitFeatures, combined: ExitFeatures) -> np.ndarray:
 # --------------------------------------------------------------------------- fitting
 
 
-def _fit_weights(lp: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Non-negative weights ``[m]`` minimising the mean log loss of ``softmax(sum_i w_i lp[:, i])``,
-    by projected Newton steps with backtracking, from ``w = (0, .., 0, 1)`` (the own head)."""
-    n, m, c = lp.shape
-    rows = np.arange(n)
+def _fit_weights(lp: np.ndarray, y: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
+    """Non-negative weights ``[m]`` minimising the mean log loss of ``softmax(sum_i w_i lp[i])``
+    (``lp`` is ``[m, N, C]``, exit-major, so that every product below is one BLAS call), by
+    projected Newton steps with backtracking, from ``start`` or ``w = (0, .., 0, 1)`` (the own head)."""
+    m, n, c = lp.shape
     w = np.zeros(m)
     w[-1] = 1.0
+    if start is not None:
+        w = np.maximum(np.asarray(start, dtype=np.float64), 0.0)
+
+    def pooled_rows(block, w):
+        k, r, _ = block.shape
+        z = (w @ block.reshape(k, -1)).reshape(r, -1)  # [r, C]: sum_i w_i block[i]
+        z -= z.max(axis=1, keepdims=True)
+        return z
 
     def loss(w):
-        z = np.einsum("nmc,m->nc", lp, w)
-        z -= z.max(axis=1, keepdims=True)
-        return float(np.log(np.exp(z).sum(axis=1)).sum() - z[rows, y].sum()) / max(n, 1)
+        z = pooled_rows(lp, w)
+        return float(np.log(np.exp(z).sum(axis=1)).sum() - z[np.arange(n), y].sum()) / max(n, 1)
 
     cur = loss(w)
+    step = max(1, _CHUNK_ELEMENTS // max(m * c, 1))
     for _ in range(NEWTON_STEPS):
         g = np.zeros(m)
         h = np.zeros((m, m))
-        step = max(1, _CHUNK_ELEMENTS // max(m * c, 1))
         for start in range(0, n, step):
-            sl = slice(start, start + step)
-            block = lp[sl]
-            z = np.einsum("nmc,m->nc", block, w)
-            z -= z.max(axis=1, keepdims=True)
-            p = np.exp(z)
+            block = np.ascontiguousarray(lp[:, start : start + step])
+            r = block.shape[1]
+            p = np.exp(pooled_rows(block, w))
             p /= p.sum(axis=1, keepdims=True)
-            e = np.einsum("nmc,nc->nm", block, p)
-            g += (e - block[np.arange(block.shape[0]), :, y[sl]]).sum(axis=0)
-            h += np.einsum("nmc,nlc,nc->ml", block, block, p) - e.T @ e
+            e = (block * p).sum(axis=2).T  # [r, m]: E_p[log p_i]
+            g += (e - block[:, np.arange(r), y[start : start + r]].T).sum(axis=0)
+            a = (block * np.sqrt(p)).reshape(m, -1)
+            h += a @ a.T - e.T @ e
         g /= n
         h /= n
         h[np.diag_indices(m)] += RIDGE
@@ -167,16 +173,17 @@ def _fit_weights(lp: np.ndarray, y: np.ndarray) -> np.ndarray:
             d[free] = np.linalg.solve(h[np.ix_(free, free)], g[free])
         except np.linalg.LinAlgError:
             d[free] = g[free]
-        t, improved = 1.0, False
+        t, improved, gain = 1.0, False, 0.0
         for _ in range(30):
             trial = np.maximum(w - t * d, 0.0)
             if trial.any():
                 new = loss(trial)
                 if new < cur - 1e-12 * max(abs(cur), 1.0):
+                    gain = cur - new
                     w, cur, improved = trial, new, True
                     break
             t *= 0.5
-        if not improved:
+        if not improved or gain < 1e-10 * max(abs(cur), 1.0):
             break
     return w
 
@@ -213,7 +220,7 @@ def fit_outputs(features: ExitFeatures, mode: str = "auto", *, seed: int = 0) ->
     folds = np.random.default_rng([int(seed), 43]).permutation(n) % FOLDS if n >= 2 * FOLDS else None
     for k in range(1, k_all):
         rows = _sample_rows(n, k + 1, c, seed, k)
-        lp = np.stack([log_probs(stored[rows, i], kind) for i in range(k + 1)], axis=1)
+        lp = np.stack([log_probs(stored[rows, i], kind) for i in range(k + 1)], axis=0)  # [k+1, n, C]
         entry: dict = {"exit": k + 1}
         use = mode == "combined"
         if mode == "auto":
@@ -225,19 +232,22 @@ def fit_outputs(features: ExitFeatures, mode: str = "auto", *, seed: int = 0) ->
                 continue
             f_rows = folds[rows]
             diff = np.zeros(rows.size)
+            fold_w = []
             for f in range(FOLDS):
                 tr, te = f_rows != f, f_rows == f
                 if not te.any() or not tr.any():
                     continue
-                w = _fit_weights(lp[tr], y[rows][tr])
-                pred = np.einsum("nmc,m->nc", lp[te], w).argmax(axis=1)
+                w = _fit_weights(lp[:, tr], y[rows][tr])
+                fold_w.append(w)
+                held = lp[:, te]
+                pred = (w @ held.reshape(k + 1, -1)).reshape(held.shape[1], c).argmax(axis=1)
                 diff[te] = (pred == y[rows][te]).astype(np.float64) - own_right[rows[te], k]
             se = diff.std(ddof=1) / np.sqrt(diff.size) if diff.size > 1 else np.inf
             entry["heldout_own_accuracy"] = float(own_right[rows, k].mean())
             entry["heldout_combined_accuracy"] = float(own_right[rows, k].mean() + diff.mean())
             use = bool(diff.sum() > 0 and diff.mean() > GUARD * se)
         if use:
-            w = _fit_weights(lp, y[rows])
+            w = _fit_weights(lp, y[rows], np.mean(fold_w, axis=0) if mode == "auto" and fold_w else None)
             exits.append({"weights": [float(v) for v in w]})
             entry["chosen"] = "combined"
         else:
