@@ -129,6 +129,10 @@ def test_compact_predictions_refuse_combined_and_keep_own_with_auto(tmp_path):
         api.fit_policy(preds, "2ms", method="maxprob", outputs="combined")
     policy = api.fit_policy(preds, "2ms", method="maxprob", outputs="auto")
     assert "outputs" not in policy and policy["version"] == 1
+    # a pooled policy fitted on the full file cannot be applied to the compact one
+    pooled = api.fit_policy(api.load_predictions(str(full)), "2ms", method="maxprob", outputs="combined")
+    with pytest.raises(InputError, match="compact"):
+        api.apply_policy(pooled, preds)
 
 
 @pytest.mark.parametrize("method", ["lookahead", "maxprob", "patience", "eenet"])
