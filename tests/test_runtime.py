@@ -309,3 +309,34 @@ def test_policy_run_statistics():
     assert run.estimate_same_statistic_ms_per_sample == pytest.approx((1.1 + 2.2 + 3.1) / 3)
     assert run.per_sample_percentiles((50,)) == [2.2]
     assert run.accuracy == pytest.approx(2 / 3) and run.exit_fractions == pytest.approx([1 / 3] * 3)
+
+
+@pytest.mark.parametrize("kind", ["maxprob", "vote"])
+def test_runtime_pools_exit_outputs_as_the_offline_policy_does(setup, kind):
+    from eenet_cli.core.outputs import combine
+
+    model, x, y, logits = setup
+    n, k, c = logits.shape
+    block = {"type": "geometric", "version": 1,
+             "exits": [None, {"weights": [0.6, 1.0]}, None, {"weights": [0.2, 0.4, 0.5, 1.0]}]}
+    pooled = combine(exit_features(logits, "logits", y), block)
+    assert (pooled.preds[:, 1] != logits[:, 1].argmax(-1)).any()  # the pooling changes some predictions
+    policy = {**_policy({"type": kind}, pooled, k, c, quantile=0.4), "version": 3, "outputs": block}
+    offline = apply_to_features(policy, exit_features(logits, "logits", y))
+    np.testing.assert_array_equal(offline.preds, pooled.preds[np.arange(n), offline.exits])
+    assert 0 < (offline.exits < k - 1).sum() < n
+    ee = EarlyExitModel(model, policy)
+    batched = ee.run(x)
+    assert np.array_equal(batched.exits.numpy(), offline.exits)
+    assert np.array_equal(batched.preds.numpy(), offline.preds)
+    one = [ee.run(x[i : i + 1]) for i in range(0, n, 3)]
+    assert [int(r.exits) for r in one] == offline.exits[::3].tolist()
+    assert [int(r.preds) for r in one] == offline.preds[::3].tolist()
+
+
+def test_runtime_refuses_an_outputs_block_for_other_exits(setup):
+    model, *_ = setup
+    policy = {"num_exits": 4, "num_classes": 3, "thresholds": [0.5, 0.5, 0.5, None], "scorer": {"type": "maxprob"},
+              "outputs": {"type": "geometric", "version": 1, "exits": [None, {"weights": [1.0, 1.0]}]}}
+    with pytest.raises(InputError, match="4 exits"):
+        EarlyExitModel(model, policy)

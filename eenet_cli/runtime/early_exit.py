@@ -95,6 +95,12 @@ def check_policy(policy: dict, num_exits: int, source: str = "policy") -> None:
     check_scorer(scorer.get("type"), source=source, field="scorer")
     if scorer["type"] == "eenet" and len(scorer.get("exits", [])) != num_exits:
         raise InputError(f"EENet scorer has {len(scorer.get('exits', []))} exits, the model {num_exits}", source=source, field="scorer.exits")
+    if policy.get("outputs") is not None:
+        from eenet_cli.core.outputs import validate_outputs
+
+        problem = validate_outputs(policy["outputs"], num_exits)
+        if problem:
+            raise InputError(problem, source=source, field="outputs")
 
 
 class EarlyExitModel(nn.Module):
