@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 
 from eenet_cli import api
 from eenet_cli.core.measures import exit_features
