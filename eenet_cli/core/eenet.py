@@ -473,7 +473,7 @@ def _search_rules(p: np.ndarray) -> dict:
                                      grid=grid, rounds=rounds)
         return rule
 
-    return {
+    rules = {
         "quota": quota,
         "geometric": geometric,
         "search-from-quota": searched(quota, 64, 4),
@@ -481,6 +481,30 @@ def _search_rules(p: np.ndarray) -> dict:
         "coarse-search-from-quota": searched(quota, 16, 2),
         "coarse-search-from-geometric": searched(geometric, 16, 2),
     }
+    rules.update(_skip_rules(p))
+    return rules
+
+
+def _skip_rules(p: np.ndarray) -> dict:
+    """Algorithm 1's quotas with one middle exit switched off (its share moved to the exit
+    after it, its threshold null): where a middle exit is weaker than the one before it,
+    stopping nobody there can be worth more than its quota. Chosen only when held-out
+    folds favour it by more than the noise (``guarded`` in
+    :func:`eenet_cli.core.thresholds.cross_validated_choice`)."""
+    out = {}
+    k = p.size
+    for e in range(1, k - 1):
+        q = np.array(p, dtype=np.float64)
+        q[e + 1] += q[e]
+        q[e] = 0.0
+
+        def rule(ranking, costs, budget, correct, q=q, e=e):
+            thr = list(fit_distribution(ranking, costs, budget, q, rounding="round").thresholds)
+            thr[e] = None  # never stops here (the budget fallback may shift mass to exit 1 only)
+            return thr
+
+        out[f"quota-skip-exit-{e + 1}"] = rule
+    return out
 
 
 SEARCH_FOLDS = 5
@@ -533,7 +557,7 @@ def _search_policy(ranking: Ranking, scores, correct, costs, budget: float, p, s
         extra, scores_for = _baseline_rules(features)
         rules.update(extra)
     chosen, figures = cross_validated_choice(rules, scores, correct, costs, budget, folds=SEARCH_FOLDS, seed=seed,
-                                             scores_for=scores_for)
+                                             scores_for=scores_for, guarded=[r for r in rules if r.startswith("quota-skip-")])
     measure = None
     if chosen in scores_for:
         measure = chosen.split("-", 1)[1]

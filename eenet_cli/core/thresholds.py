@@ -318,6 +318,8 @@ def cross_validated_choice(
     folds: int = 5,
     seed: int = 0,
     scores_for: dict[str, np.ndarray] | None = None,
+    guarded: Sequence[str] = (),
+    guard_se: float = 1.0,
 ) -> tuple[str, dict[str, float]]:
     """The rule whose thresholds generalise best: each rule is fitted on ``folds - 1`` folds
     of the rows and scored on the held-out fold; returns the name with the highest pooled
@@ -328,7 +330,10 @@ def cross_validated_choice(
     did not see keeps it from being worse than its own starting point on new data. With
     fewer than ``2 * folds`` rows there is nothing to hold out: the first rule is chosen.
     ``scores_for`` gives some rules scores of their own (e.g. a baseline's measure) in
-    place of ``scores``; every rule is judged on the same folds.
+    place of ``scores``; every rule is judged on the same folds. A ``guarded`` rule (one
+    of many variants, such as an exit switched off, where the best of them would win by
+    chance) replaces the choice only when its held-out hits beat it by more than
+    ``guard_se`` standard errors of the paired per-row difference.
     """
     scores_for = scores_for or {}
     names = list(rules)
@@ -338,6 +343,7 @@ def cross_validated_choice(
     costs = np.asarray(costs, dtype=np.float64)
     fold = np.random.default_rng(seed).permutation(n) % folds
     hits = dict.fromkeys(names, 0)
+    right = {name: np.zeros(n, dtype=np.int8) for name in guarded} if guarded else {}
     for f in range(folds):
         train, held = fold != f, fold == f
         rankings: dict[int, Ranking] = {}
@@ -348,7 +354,16 @@ def cross_validated_choice(
                 rankings[id(own)] = Ranking(own[train])
             thr = rules[name](rankings[id(own)], costs, budget, correct[train])
             exits = apply_thresholds(own[held], thr)
-            hits[name] += int(correct[held][rows, exits].sum())
+            got = correct[held][rows, exits]
+            hits[name] += int(got.sum())
+            if right:
+                right.setdefault(name, np.zeros(n, dtype=np.int8))[held] = got
     figures = {name: hits[name] / n for name in names}
-    best = max(names, key=lambda name: (hits[name], -names.index(name)))
+    plain = [name for name in names if name not in set(guarded)] or names
+    best = max(plain, key=lambda name: (hits[name], -names.index(name)))
+    for name in sorted((g for g in guarded if g in hits), key=lambda g: (-hits[g], names.index(g))):
+        d = right[name].astype(np.float64) - right[best]
+        if d.sum() > 0 and d.mean() > guard_se * d.std(ddof=1) / np.sqrt(n):
+            best = name
+            break
     return best, figures
