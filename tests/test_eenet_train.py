@@ -340,9 +340,14 @@ def test_search_keeps_the_cross_validated_best_rule(small, trained):
     cv = fit["cross_validated_accuracy"]
     from eenet_cli.core.policy import SIMPLE_SCORERS
 
+    skips = {f"quota-skip-exit-{k}" for k in range(2, fv.num_exits)}
     assert set(cv) == {"quota", "geometric", "search-from-quota", "search-from-geometric",
-                       "coarse-search-from-quota", "coarse-search-from-geometric"} | {f"baseline-{m}" for m in SIMPLE_SCORERS}
-    assert fit["chosen_rule"] in cv and cv[fit["chosen_rule"]] == max(cv.values())
+                       "coarse-search-from-quota", "coarse-search-from-geometric"} | {f"baseline-{m}" for m in SIMPLE_SCORERS} | skips
+    # the best held-out count among the plain rules, unless a switched-off exit beats it by
+    # more than the noise (then it has the higher count)
+    plain_best = max(v for r, v in cv.items() if r not in skips)
+    assert fit["chosen_rule"] in cv
+    assert cv[fit["chosen_rule"]] == plain_best or (fit["chosen_rule"] in skips and cv[fit["chosen_rule"]] > plain_best)
     # the chosen rule refitted on every validation row is what the policy holds, whichever it is
     if fit["chosen_rule"].startswith("baseline-"):  # a baseline's own rule won: the policy stops on its measure
         assert pol["scorer"]["measure"] == fit["chosen_rule"].split("-", 1)[1]
