@@ -356,7 +356,11 @@ def evaluate(
     On compact predictions (docs/spec.md §2.1.1) every method runs with its default
     settings; with ``hyper.inputs == "full"`` (EENet's full-vector scorer) the default
     methods leave out EENet's, saying so through ``note`` (default: one line on stderr), and
-    naming such a method explicitly is refused in one line."""
+    naming such a method explicitly is refused in one line.
+
+    ``outputs`` (``own``, ``combined`` or ``auto``) lets the learned methods predict with
+    combined exit outputs (docs/outputs.md); the document then carries ``outputs`` in its
+    header and in every record."""
     from eenet_cli.core.evaluate import evaluate_features
     from eenet_cli.core.methods import ALL_METHODS, check_method
 
