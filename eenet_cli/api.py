@@ -246,11 +246,10 @@ def fit_policy(
     if outputs != "own":
         from eenet_cli.core.outputs import combine, fit_outputs
 
-        if certified:
-            raise InputError("combined exit outputs are not certified yet; fit with --outputs own", field="--outputs")
         _require_labels(val, "fit")
-        block = fit_outputs(feats, outputs, seed=seed)
-        feats = combine(feats, block)
+        if not certified:  # a certified fit pools with weights from its fit rows only
+            block = fit_outputs(feats, outputs, seed=seed)
+            feats = combine(feats, block)
     if certified:
         from eenet_cli.certified import check_level, fit_certified
 
@@ -265,6 +264,7 @@ def fit_policy(
             method, feats, cost.values, cost.unit, budget=b, confidence=confidence, max_drop=max_drop,
             max_disagreement=max_disagreement, deploy_batch=deploy_batch, calibration_share=calibration_share,
             seed=seed, hyper=hyper, progress=progress, learner=_learner_for([method]), predictions_sha256=preds.sha256,
+            outputs=outputs,
         )
     else:
         policy = fit_method(
@@ -384,7 +384,10 @@ def evaluate(
             print(left_out, file=sys.stderr)
     learner = _learner_for(methods)
     if outputs != "own" and confidence is not None:
-        raise InputError("combined exit outputs are not certified yet; evaluate with --outputs own", field="--outputs")
+        # each certified policy would pool with weights from its own fit rows, which the
+        # oracle's "either output" ceiling cannot know; fit --confidence --outputs does it
+        raise InputError("evaluate --confidence compares policies on the model's own outputs; "
+                         "certify a pooled policy with fit --confidence --outputs", field="--outputs")
     fitter = _certified_fitter(cost, confidence, seed, hyper, learner) if confidence is not None else None
     records, _ = evaluate_features(
         val, tst, cost.values, cost.unit, values, methods, seed=seed, hyper=hyper, on_step=on_step,

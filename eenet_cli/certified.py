@@ -88,12 +88,17 @@ def fit_certified(
     learner=None,
     predictions_sha256: str = "",
     caches: dict | None = None,
+    outputs: str = "own",
 ) -> dict:
     """A policy of ``method`` whose requested levels hold with probability >=
     ``confidence`` over the calibration rows (``confidence=None``: the same choice made on
     the empirical figures alone, on every validation row, with no statement of confidence).
     ``caches`` (any dict the caller keeps) reuses the budget-free parts of a fit (trained
-    scorers, lookahead's estimators) across calls on the same features and fit rows."""
+    scorers, lookahead's estimators) across calls on the same features and fit rows.
+    ``outputs`` (``combined`` or ``auto``) pools exit outputs (docs/outputs.md) with weights
+    fitted on the fit rows only, so the calibration rows stay unseen; every figure, the
+    accuracy drop and the disagreement included, is then of the pooled predictions (the
+    last exit's reference is its pooled prediction, the one the policy returns there)."""
     costs = np.asarray(costs, dtype=np.float64)
     n = feats.num_samples
     if budget is None and max_drop is None and max_disagreement is None:
@@ -109,6 +114,12 @@ def fit_certified(
         fit_mask = ~cal_mask
         if fit_mask.sum() < 20 or cal_mask.sum() < 20:
             raise InputError(f"{n} validation rows are too few to fit on one part and certify on the other (at least 40)", field="--confidence")
+    block = None
+    if outputs != "own":
+        from eenet_cli.core.outputs import combine, fit_outputs
+
+        block = fit_outputs(feats.subset(fit_mask), outputs, seed=seed)
+        feats = combine(feats, block)
     fit_feats, cal_feats = feats.subset(fit_mask), feats.subset(cal_mask)
     key = (id(feats), hashlib.sha256(np.packbits(fit_mask).tobytes()).hexdigest())
     cache = caches.get(key) if caches is not None else None
@@ -180,6 +191,10 @@ def fit_certified(
         policy["certificate"] = certificate(cal, confidence, unit, calibration_share, seed, cal_mask, predictions_sha256, int(fit_mask.sum()))
     extra = {"shift": shift, "uncalibrated_thresholds": base_thresholds} if path_info is None else {"calibrated_over": path_info}
     policy["threshold_fit"] = {**policy.get("threshold_fit", {}), **extra, "fitted_at_budget": base_budget}
+    if block is not None:
+        from eenet_cli.core.evaluate import attach_outputs
+
+        attach_outputs(policy, block)
     return policy
 
 
@@ -355,7 +370,10 @@ def certify_existing(policy: dict, feats: ExitFeatures, *, confidence: float, se
     """Upper confidence bounds for an existing policy's expected cost, accuracy drop and
     disagreement on ``feats`` (rows the policy was not fitted or calibrated on, for the
     bounds to hold; on its own calibration rows they reproduce its certificate)."""
+    from eenet_cli.core.policy import policy_features
+
     costs = np.asarray(policy["costs"]["costs"], dtype=np.float64)
+    feats = policy_features(policy, feats)  # a policy with pooled outputs is judged on its own predictions
     scores = compute_scores(policy["scorer"], feats)
     return certify_policy(
         scores, policy["thresholds"], costs,

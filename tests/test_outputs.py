@@ -214,8 +214,37 @@ def test_fit_apply_and_evaluate_commands(runner, tmp_path):
 
     r = invoke(runner, "fit", path, "--budget", "2ms", "--outputs", "mean")
     assert r.exit_code == 2 and "--outputs" in r.output and "own, combined, auto" in r.output
-    r = invoke(runner, "fit", path, "--budget", "2ms", "--method", "maxprob", "--outputs", "auto", "--confidence", "0.9")
-    assert r.exit_code == 2 and "not certified" in r.output
+    r = invoke(runner, "evaluate", path, "--methods", "lookahead", "--budgets", "2ms", "--outputs", "auto", "--confidence", "0.9")
+    assert r.exit_code == 2 and "--outputs" in r.output and "fit --confidence --outputs" in r.output
+
+
+def test_a_certified_policy_pools_with_weights_from_its_fit_rows_only(runner, tmp_path):
+    logits, y, split = noisy_exits(n=4000, k=3)
+    path = tmp_path / "preds.parquet"
+    write_predictions(path, logits, y, split=split, costs={"format": "costs", "version": 1, "unit": "ms", "costs": [1.0, 2.0, 3.0]})
+    pol = tmp_path / "certified.json"
+    r = invoke(runner, "fit", path, "--budget", "2ms", "--method", "lookahead", "--outputs", "combined",
+               "--confidence", "0.9", "-o", pol)
+    assert r.exit_code == 0, r.output
+    doc = json.loads(pol.read_text())
+    assert doc["version"] == 3 and doc["certificate"]["confidence"] == 0.9
+    fit_rows = doc["certificate"]["calibration"]["fit_rows"]
+    assert doc["outputs"]["fit"]["rows"] == fit_rows < 2000  # pooled on the fit rows, not the calibration rows
+    # on its calibration rows, `certify` reproduces the certificate: it pools as the fit did
+    bounds = tmp_path / "bounds.json"
+    r = invoke(runner, "certify", pol, path, "--calibration-rows", "--confidence", "0.9", "-o", bounds)
+    assert r.exit_code == 0, r.output
+    got = json.loads(bounds.read_text())
+    assert got["n"] == 2000 - fit_rows
+    assert got["expected_cost_at_most"] == pytest.approx(doc["certificate"]["guarantees"][0]["upper_bound"], rel=1e-12)
+    # the pooled policy is more accurate on the test rows than the same fit on the own outputs
+    plain = tmp_path / "plain.json"
+    assert invoke(runner, "fit", path, "--budget", "2ms", "--method", "lookahead", "--confidence", "0.9", "-o", plain).exit_code == 0
+    preds = api.load_predictions(str(path))
+    test = preds.features().subset(split == "test")
+    pooled_acc = apply_to_features(doc, test).correct.mean()
+    plain_acc = apply_to_features(json.loads(plain.read_text()), test).correct.mean()
+    assert pooled_acc > plain_acc
 
 
 def test_a_policy_with_outputs_is_refused_by_an_eenet_that_predates_it(tmp_path):
