@@ -383,11 +383,6 @@ def evaluate(
 
             print(left_out, file=sys.stderr)
     learner = _learner_for(methods)
-    if outputs != "own" and confidence is not None:
-        # each certified policy would pool with weights from its own fit rows, which the
-        # oracle's "either output" ceiling cannot know; fit --confidence --outputs does it
-        raise InputError("evaluate --confidence compares policies on the model's own outputs; "
-                         "certify a pooled policy with fit --confidence --outputs", field="--outputs")
     fitter = _certified_fitter(cost, confidence, seed, hyper, learner) if confidence is not None else None
     records, _ = evaluate_features(
         val, tst, cost.values, cost.unit, values, methods, seed=seed, hyper=hyper, on_step=on_step,

@@ -103,6 +103,11 @@ def evaluate_features(
 
     if outputs not in MODES:
         raise InputError(f"unknown outputs {outputs!r}; expected one of {', '.join(MODES)}", field="--outputs")
+    if outputs != "own" and fitter is not None:
+        # a certified fit pools with weights from its own fit rows (docs/certify.md), which the
+        # oracle's "either output" ceiling cannot know; fit --confidence --outputs does it
+        raise InputError("evaluate --confidence compares policies on the model's own outputs; "
+                         "certify a pooled policy with fit --confidence --outputs", field="--outputs")
     costs = np.asarray(costs, dtype=np.float64)
     cache = FitCache(val)
     block = fit_outputs(val, outputs, seed=seed) if outputs != "own" and any(
@@ -139,7 +144,7 @@ def evaluate_features(
                     extra["certified_cost_bound"] = cert["guarantees"][0]["upper_bound"]
                     before = policy.get("threshold_fit", {}).get("uncalibrated_thresholds")
                     if before is not None:  # the same fit before its calibration: the uncertified figures
-                        plain = test_figures({**policy, "thresholds": before}, fit_test, costs)
+                        plain = test_figures({**policy, "thresholds": before}, test, costs)
                         extra["uncertified_accuracy"] = plain["accuracy"]
                         extra["uncertified_avg_cost"] = plain["avg_cost"]
                         extra["uncertified_budget_met"] = within_budget(plain["avg_cost"], budget)
