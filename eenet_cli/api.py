@@ -272,7 +272,7 @@ def fit_policy(
             learner=_learner_for([method]),
         )
     if block is not None:
-        from eenet_cli.core.evaluate import attach_outputs
+        from eenet_cli.core.outputs import attach_outputs
 
         attach_outputs(policy, block)
     policy["costs"] = cost.brief()

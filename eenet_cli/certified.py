@@ -192,7 +192,7 @@ def fit_certified(
     extra = {"shift": shift, "uncalibrated_thresholds": base_thresholds} if path_info is None else {"calibrated_over": path_info}
     policy["threshold_fit"] = {**policy.get("threshold_fit", {}), **extra, "fitted_at_budget": base_budget}
     if block is not None:
-        from eenet_cli.core.evaluate import attach_outputs
+        from eenet_cli.core.outputs import attach_outputs
 
         attach_outputs(policy, block)
     return policy

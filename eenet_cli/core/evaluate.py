@@ -57,17 +57,6 @@ def _oracle_figures(correct: np.ndarray, costs: np.ndarray, budget: float) -> di
     }
 
 
-def attach_outputs(policy: dict, block: dict | None) -> dict:
-    """Put the combined-outputs block in a policy fitted on the combined features (the
-    policy format version that carries it, docs/spec.md §2.4)."""
-    from eenet_cli.core.policy import POLICY_OUTPUTS_VERSION
-
-    if block is not None:
-        policy["outputs"] = block
-        policy["version"] = max(int(policy.get("version", 1)), POLICY_OUTPUTS_VERSION)
-    return policy
-
-
 def evaluate_features(
     val: ExitFeatures,
     test: ExitFeatures,
@@ -99,7 +88,7 @@ def evaluate_features(
     says which outputs it used (``outputs``).
     """
     from eenet_cli.core.methods import METHODS
-    from eenet_cli.core.outputs import MODES, combine, describe, fit_outputs
+    from eenet_cli.core.outputs import MODES, attach_outputs, combine, describe, fit_outputs
 
     if outputs not in MODES:
         raise InputError(f"unknown outputs {outputs!r}; expected one of {', '.join(MODES)}", field="--outputs")

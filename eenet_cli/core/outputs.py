@@ -120,10 +120,15 @@ def combine(features: ExitFeatures, block: dict | None) -> ExitFeatures:
     return exit_features(out, kind, features.labels)
 
 
-def union_correct(features: ExitFeatures, combined: ExitFeatures) -> np.ndarray:
-    """``[N, K]``: right with the own output or with the combined one (the oracle's ceiling
-    when a policy may use either)."""
-    return features.correct | combined.correct
+def attach_outputs(policy: dict, block: dict | None) -> dict:
+    """Put the block in a policy fitted on the features it combines, with the policy format
+    version that carries it (docs/spec.md §2.4)."""
+    from eenet_cli.core.policy import POLICY_OUTPUTS_VERSION
+
+    if block is not None:
+        policy["outputs"] = block
+        policy["version"] = max(int(policy.get("version", 1)), POLICY_OUTPUTS_VERSION)
+    return policy
 
 
 # --------------------------------------------------------------------------- fitting
