@@ -57,14 +57,9 @@ OutputsOpt = Annotated[
 
 def check_outputs(outputs: str | None, field: str = "--outputs") -> str:
     """``own``, ``combined`` or ``auto`` (None: own), or one line naming them."""
-    from eenet_cli.core.outputs import MODES
-    from eenet_cli.errors import InputError
+    from eenet_cli.core.outputs import check_mode
 
-    if outputs is None:
-        return "own"
-    if outputs not in MODES:
-        raise InputError(f"expected one of {', '.join(MODES)}, got {outputs!r}", field=field)
-    return outputs
+    return "own" if outputs is None else check_mode(outputs, field)
 
 
 def eenet_hyper(inputs: str | None, field: str = "--eenet-inputs"):

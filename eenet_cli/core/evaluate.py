@@ -88,10 +88,9 @@ def evaluate_features(
     says which outputs it used (``outputs``).
     """
     from eenet_cli.core.methods import METHODS
-    from eenet_cli.core.outputs import MODES, attach_outputs, combine, describe, fit_outputs
+    from eenet_cli.core.outputs import attach_outputs, check_mode, combine, describe, fit_outputs
 
-    if outputs not in MODES:
-        raise InputError(f"unknown outputs {outputs!r}; expected one of {', '.join(MODES)}", field="--outputs")
+    check_mode(outputs)
     if outputs != "own" and fitter is not None:
         # a certified fit pools with weights from its own fit rows (docs/certify.md), which the
         # oracle's "either output" ceiling cannot know; fit --confidence --outputs does it

@@ -74,6 +74,7 @@ from eenet_cli.core.thresholds import (
     fit_geometric,
     realised_cost,
     within_budget,
+    wins_beyond_noise,
 )
 
 SCORER_TYPE = "lookahead"
@@ -968,8 +969,7 @@ def _held_out_choice(candidates: list[dict], own: int, cv: np.ndarray, measures:
     for i in range(len(candidates)):
         if i in plain:
             continue
-        d = right[i].astype(np.float64) - right[best]
-        if d.sum() > 0 and d.mean() > CHOICE_GUARD * d.std(ddof=1) / np.sqrt(n):
+        if wins_beyond_noise(right[i].astype(np.float64) - right[best], CHOICE_GUARD):
             best = i
     return best
 

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from eenet_cli.core.measures import ExitFeatures, exit_features
+from eenet_cli.core.thresholds import wins_beyond_noise
 from eenet_cli.errors import InputError
 
 OUTPUTS_TYPE = "geometric"
@@ -52,6 +53,13 @@ _CHUNK_ELEMENTS = 4_000_000
 
 COMPACT_REFUSAL = ("combined exit outputs need every exit's full score vector, and this file is compact "
                    "(docs/spec.md §2.1.1); use --outputs own, or dump the predictions without --compact")
+
+
+def check_mode(mode, field: str = "--outputs") -> str:
+    """``mode`` when it is one of :data:`MODES`, else one line naming them."""
+    if mode not in MODES:
+        raise InputError(f"expected one of {', '.join(MODES)}, got {mode!r}", field=field)
+    return mode
 
 
 def log_probs(scores: np.ndarray, kind: str) -> np.ndarray:
@@ -204,8 +212,7 @@ def fit_outputs(features: ExitFeatures, mode: str = "auto", *, seed: int = 0) ->
     """The ``outputs`` block for ``mode`` (see the module docstring), or None for the own
     outputs. The block's ``fit`` records, per exit, the held-out accuracy of the own head
     and of the combination (``auto``), and what was chosen."""
-    if mode not in MODES:
-        raise InputError(f"unknown outputs {mode!r}; expected one of {', '.join(MODES)}", field="--outputs")
+    check_mode(mode)
     if mode == "own" or features.num_exits < 2:
         return None
     if features.compact:
@@ -247,10 +254,9 @@ def fit_outputs(features: ExitFeatures, mode: str = "auto", *, seed: int = 0) ->
                 held = lp[:, te]
                 pred = (w @ held.reshape(k + 1, -1)).reshape(held.shape[1], c).argmax(axis=1)
                 diff[te] = (pred == y[rows][te]).astype(np.float64) - own_right[rows[te], k]
-            se = diff.std(ddof=1) / np.sqrt(diff.size) if diff.size > 1 else np.inf
             entry["heldout_own_accuracy"] = float(own_right[rows, k].mean())
             entry["heldout_combined_accuracy"] = float(own_right[rows, k].mean() + diff.mean())
-            use = bool(diff.sum() > 0 and diff.mean() > GUARD * se)
+            use = wins_beyond_noise(diff, GUARD)
         if use:
             w = _fit_weights(lp, y[rows], np.mean(fold_w, axis=0) if mode == "auto" and fold_w else None)
             exits.append({"weights": [float(v) for v in w]})

@@ -308,6 +308,16 @@ def search_thresholds(
 ThresholdRule = Callable[[Ranking, np.ndarray, float, np.ndarray], list]
 
 
+def wins_beyond_noise(diff: np.ndarray, guard_se: float) -> bool:
+    """True when a challenger's per-row held-out gain ``diff`` (its hits minus the
+    incumbent's, on the same rows) is positive and above ``guard_se`` standard errors of
+    the paired difference: the one test every held-out choice between rules uses."""
+    diff = np.asarray(diff, dtype=np.float64)
+    if diff.size < 2:
+        return False
+    return bool(diff.sum() > 0 and diff.mean() > guard_se * diff.std(ddof=1) / np.sqrt(diff.size))
+
+
 def cross_validated_choice(
     rules: dict[str, ThresholdRule],
     scores: np.ndarray,
@@ -343,7 +353,8 @@ def cross_validated_choice(
     costs = np.asarray(costs, dtype=np.float64)
     fold = np.random.default_rng(seed).permutation(n) % folds
     hits = dict.fromkeys(names, 0)
-    right = {name: np.zeros(n, dtype=np.int8) for name in guarded} if guarded else {}
+    guarded = [g for g in guarded if g in rules]
+    right = {name: np.zeros(n, dtype=np.int8) for name in names} if guarded else None  # per row, for the guard
     for f in range(folds):
         train, held = fold != f, fold == f
         rankings: dict[int, Ranking] = {}
@@ -356,14 +367,13 @@ def cross_validated_choice(
             exits = apply_thresholds(own[held], thr)
             got = correct[held][rows, exits]
             hits[name] += int(got.sum())
-            if right:
-                right.setdefault(name, np.zeros(n, dtype=np.int8))[held] = got
+            if right is not None:
+                right[name][held] = got
     figures = {name: hits[name] / n for name in names}
-    plain = [name for name in names if name not in set(guarded)] or names
+    plain = [name for name in names if name not in guarded] or names
     best = max(plain, key=lambda name: (hits[name], -names.index(name)))
-    for name in sorted((g for g in guarded if g in hits), key=lambda g: (-hits[g], names.index(g))):
-        d = right[name].astype(np.float64) - right[best]
-        if d.sum() > 0 and d.mean() > guard_se * d.std(ddof=1) / np.sqrt(n):
+    for name in sorted(guarded, key=lambda g: (-hits[g], names.index(g))):
+        if wins_beyond_noise(right[name].astype(np.float64) - right[best], guard_se):
             best = name
             break
     return best, figures
